@@ -1,0 +1,52 @@
+"""The `cryocloud` Typer application and its error handling.
+
+Command modules (cryocloud/cli/*_cmds.py) register their commands on `app`; `main` runs it and
+turns user errors (CryocloudError, pydantic ValidationError) into a one-line message and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import pydantic
+import typer
+from rich.console import Console
+
+from cryocloud.errors import CryocloudError
+
+app = typer.Typer(
+    name="cryocloud",
+    help="Cloud-native cryo-ET processing: OME-Zarr in object storage, Dask from frames to structures.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+
+USER_ERROR_EXIT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `cryocloud` console command; returns the exit code."""
+    import cryocloud.cli  # noqa: F401  (registers the command modules)
+
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 1
+    except (CryocloudError, pydantic.ValidationError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        return USER_ERROR_EXIT
+    except KeyboardInterrupt:
+        err_console.print("interrupted; rerun the same command to resume")
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+def console_main() -> None:
+    sys.exit(main())
