@@ -1,6 +1,5 @@
 """The `cryocloud` command line. Each *_cmds module registers its commands on `app`."""
 
 from cryocloud.cli.app import app, console_main, main
-from cryocloud.cli import cluster_cmds  # noqa: F401
 
 __all__ = ["app", "console_main", "main"]
