@@ -27,6 +27,21 @@ err_console = Console(stderr=True)
 USER_ERROR_EXIT = 2
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from cryocloud import __version__
+
+        typer.echo(f"cryocloud {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Cloud-native cryo-ET processing. Every path is a URL: a local folder, file://, or s3://."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cryocloud` console command; returns the exit code."""
     import cryocloud.cli  # noqa: F401  (registers the command modules)
