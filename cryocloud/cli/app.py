@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import pydantic
 import typer
 from rich.console import Console
@@ -47,20 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     import cryocloud.cli  # noqa: F401  (registers the command modules)
 
     try:
-        result = app(args=argv, standalone_mode=False)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
-        err_console.print("aborted")
-        return 1
+        app(args=argv, prog_name="cryocloud")  # standalone: usage errors print and raise SystemExit
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except (CryocloudError, pydantic.ValidationError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return USER_ERROR_EXIT
     except KeyboardInterrupt:
         err_console.print("interrupted; rerun the same command to resume")
         return 130
-    return result if isinstance(result, int) else 0
+    return 0
 
 
 def console_main() -> None:
