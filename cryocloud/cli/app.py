@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except (CryocloudError, pydantic.ValidationError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"error: {exc}", style="bold red", markup=False, highlight=False)
         return USER_ERROR_EXIT
     except KeyboardInterrupt:
         err_console.print("interrupted; rerun the same command to resume")
