@@ -1,0 +1,142 @@
+"""Where data live: URLs (local paths, ``file://``, ``s3://``) resolved to fsspec filesystems and zarr stores.
+
+Every path cryocloud accepts is a URL. ``s3://bucket/key`` takes credentials from the usual AWS
+sources (environment, ~/.aws, instance roles). A custom endpoint (MinIO, Ceph, moto) comes from
+``storage_options={"endpoint_url": ...}`` (or ``{"client_kwargs": {"endpoint_url": ...}}``) or
+from the environment variables ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``. Public buckets
+(the CryoET Data Portal) are read with ``storage_options={"anon": True}``.
+
+S3 filesystems are created with ``skip_instance_cache=True`` (a cached s3fs instance is bound to
+one event loop) and with request checksums only where required (botocore >= 1.36 sends CRC32
+checksums that some S3-compatible servers reject).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import fsspec
+
+from cryocloud.errors import StoreError
+
+_S3_CONFIG_DEFAULTS = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
+
+
+def _s3_options(storage_options: dict | None) -> dict:
+    """s3fs keyword arguments: user options + endpoint from env + safe defaults."""
+    opts = dict(storage_options or {})
+    client_kwargs = dict(opts.pop("client_kwargs", None) or {})
+    endpoint = opts.pop("endpoint_url", None) or client_kwargs.get("endpoint_url")
+    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    if client_kwargs:
+        opts["client_kwargs"] = client_kwargs
+    config_kwargs = dict(_S3_CONFIG_DEFAULTS)
+    config_kwargs.update(opts.pop("config_kwargs", None) or {})
+    opts["config_kwargs"] = config_kwargs
+    opts["skip_instance_cache"] = True
+    return opts
+
+
+@dataclass(frozen=True)
+class Location:
+    """A resolved URL: ``protocol`` ("file" or "s3"), ``path`` (absolute local path or "bucket/key")
+    and the fsspec ``storage_options`` to reach it."""
+
+    protocol: str
+    path: str
+    storage_options: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def url(self) -> str:
+        """Canonical URL: an absolute local path, or ``s3://bucket/key``."""
+        return self.path if self.protocol == "file" else f"{self.protocol}://{self.path}"
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol == "file"
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path.rstrip("/"))
+
+    def child(self, *parts: str) -> "Location":
+        return Location(self.protocol, posixpath.join(self.path, *parts), self.storage_options)
+
+    def filesystem(self) -> fsspec.AbstractFileSystem:
+        """A fresh fsspec filesystem for this location (asynchronous for S3)."""
+        if self.is_local:
+            return fsspec.filesystem("file")
+        if self.protocol == "s3":
+            return fsspec.filesystem("s3", asynchronous=False, **_s3_options(self.storage_options))
+        return fsspec.filesystem(self.protocol, **self.storage_options)
+
+    def zarr_store(self, *, read_only: bool):
+        """A zarr 3 store rooted at this location."""
+        from zarr.storage import FsspecStore, LocalStore
+
+        if self.is_local:
+            return LocalStore(self.path, read_only=read_only)
+        options = _s3_options(self.storage_options) if self.protocol == "s3" else dict(self.storage_options)
+        return FsspecStore.from_url(self.url, storage_options=options, read_only=read_only)
+
+    def exists(self) -> bool:
+        try:
+            return self.filesystem().exists(self.path)
+        except (PermissionError, OSError) as exc:
+            raise StoreError(self.url, f"cannot be reached: {exc}") from exc
+
+    def contains(self, other: "Location") -> bool:
+        """True when `other` is this location or lies inside it."""
+        if self.protocol != other.protocol:
+            return False
+        mine, theirs = self.path.rstrip("/"), other.path.rstrip("/")
+        return theirs == mine or theirs.startswith(mine + "/")
+
+
+def resolve(url: str | os.PathLike | Location, storage_options: dict | None = None) -> Location:
+    """Resolve a URL or local path into a `Location`; raises StoreError for unsupported schemes."""
+    if isinstance(url, Location):
+        return url if storage_options is None else Location(url.protocol, url.path, dict(storage_options))
+    text = os.fspath(url)
+    if not text:
+        raise StoreError("<empty>", "expected a local path, file:// or s3:// URL", field="url")
+    protocol, sep, rest = text.partition("://")
+    if not sep:
+        return Location("file", str(Path(text).expanduser().resolve()), dict(storage_options or {}))
+    protocol = protocol.lower()
+    if protocol == "file":
+        return Location("file", str(Path(rest).resolve()), dict(storage_options or {}))
+    if protocol in ("s3", "s3a"):
+        bucket_key = rest.strip("/")
+        if not bucket_key:
+            raise StoreError(text, "has no bucket name; expected s3://bucket/key", field="url")
+        return Location("s3", bucket_key, dict(storage_options or {}))
+    if protocol in ("gs", "gcs", "az", "abfs"):
+        return Location(protocol, rest.strip("/"), dict(storage_options or {}))
+    raise StoreError(text, f"unsupported URL scheme '{protocol}'; expected a local path, file:// or s3://", field="url")
+
+
+def open_url(url: str | os.PathLike, mode: str = "rb", *, storage_options: dict | None = None) -> IO[Any]:
+    """Open a (small) file at a URL; use as a context manager. Text modes decode UTF-8.
+
+    Raises StoreError naming the URL when the file (or its bucket) does not exist.
+    """
+    loc = resolve(url, storage_options)
+    fs = loc.filesystem()
+    try:
+        if "r" in mode and not fs.isfile(loc.path):
+            raise StoreError(loc.url, "does not exist (or is not a file)")
+        if "w" in mode and loc.is_local:
+            Path(loc.path).parent.mkdir(parents=True, exist_ok=True)
+        kwargs = {"encoding": "utf-8"} if "b" not in mode else {}
+        return fs.open(loc.path, mode, **kwargs)
+    except StoreError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise StoreError(loc.url, f"cannot be opened ({mode}): {exc}") from exc
