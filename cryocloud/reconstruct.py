@@ -1,0 +1,248 @@
+"""Tomogram reconstruction by weighted back-projection, one Dask task per Y slab.
+
+Geometry (see `cryocloud.geometry`): the input is an aligned tilt series (tilt, y, x), tilt axis
+along y. Voxel (x, z) of the output, relative to the centre indices (nx // 2, nz // 2), is read
+from detector position x' = x cos t + z sin t (relative to nx // 2) of tilt t, with linear
+interpolation: the back-projector is the exact adjoint of `cryocloud.project.project_volume`.
+Per-tilt `shift_x` / `shift_y` coordinates (A), when present, are applied on the fly: the
+aligned image at (x', y') is read from the stored image at (x' + shift_x, y' + shift_y)
+(geometry.aligned_to_raw with a zero tilt-axis angle). A non-zero `tilt_axis_angle` must be
+removed (images rotated) before reconstruction.
+
+Every XZ slice is independent, so the graph has one task per slab of Y rows: it reads those rows
+(plus the margin the y shifts need) of all tilts from the lazy tilt series, bins them, filters
+them (`cryocloud.recon_filters`) and back-projects them into a (z, rows, x) block. Memory per
+task is bounded by the slab, whatever the size of the tomogram.
+
+Values: projections are line integrals in pixel units; the reconstruction is in the same
+density units per voxel (a voxel of density 1 projected by `project_volume` comes back as ~1),
+independent of binning (binning by b mean-pools b x b pixels and divides by b, the path length
+of one binned voxel).
+"""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numba
+import numpy as np
+
+from cryocloud.errors import ModelError
+from cryocloud.model import TiltSeries, Tomogram
+from cryocloud.recon_filters import FilterSpec, apply_filter, filter_response
+
+HALVES = ("even", "odd")
+SLAB_TARGET_BYTES = 64 * 2**20
+
+
+@numba.njit(cache=True, inline="always")
+def _x_range(base: float, c: float, nx: int, nu: int) -> tuple[int, int]:
+    """Half-open range of x with -1 <= base + x c < nu (x' inside the detector, edge pixels incl.)."""
+    if c < 1e-9:
+        if -1.0 <= base < nu:
+            return 0, nx
+        return 0, 0
+    lo = max(0, int(np.ceil((-1.0 - base) / c)))
+    hi = min(nx, int(np.ceil((nu - base) / c)))
+    while lo < hi and base + lo * c < -1.0:  # guard against rounding of the divisions
+        lo += 1
+    while lo > 0 and base + (lo - 1) * c >= -1.0:
+        lo -= 1
+    while hi > lo and base + (hi - 1) * c >= nu:
+        hi -= 1
+    while hi < nx and base + hi * c < nu:
+        hi += 1
+    return lo, hi
+
+
+@numba.njit(parallel=True, cache=True, fastmath=True)
+def _backproject(proj: np.ndarray, cos_t: np.ndarray, sin_t: np.ndarray, shift_u: np.ndarray, out: np.ndarray) -> None:
+    """Write into out (z, y, x) the linear-interpolation back-projection of proj (tilt, u + 2, y).
+
+    proj[:, 0] and proj[:, -1] are zero guard rows (detector pixels -1 and nu). y is innermost in
+    proj and in the per-slice accumulator (x, y), so the interpolation weights of one (z, tilt, x)
+    serve a whole vector of y rows; each finished slice is transposed into out.
+    """
+    n_t, nup2, n_y = proj.shape
+    nu = nup2 - 2
+    nz, _, nx = out.shape
+    cx = nx // 2
+    cz = nz // 2
+    cu = nu // 2
+    for z in numba.prange(nz):
+        acc = np.zeros((nx, n_y), dtype=np.float32)
+        for t in range(n_t):
+            c = cos_t[t]
+            base = cu + (z - cz) * sin_t[t] - cx * c + shift_u[t]
+            lo, hi = _x_range(base, c, nx, nu)
+            p = proj[t]
+            for x in range(lo, hi):
+                u = base + x * c
+                i = int(u + 1.0)  # floor(u) + 1 >= 0: row of pixel floor(u) in proj
+                w = np.float32(u + 1.0 - i)
+                w0 = np.float32(1.0) - w
+                a = acc[x]
+                p0 = p[i]
+                p1 = p[i + 1]
+                for y in range(n_y):
+                    a[y] += w0 * p0[y] + w * p1[y]
+        for y in range(n_y):
+            for x in range(nx):
+                out[z, y, x] = acc[x, y]
+
+
+def backproject(filtered: np.ndarray, tilt_angles_deg, thickness_px: int, *, shift_u=None) -> np.ndarray:
+    """Back-project filtered rows (tilt, y, x) into a block (z, y, x) of `thickness_px` slices.
+
+    `shift_u` (pixels, per tilt) is added to the detector position x' (reads x' + shift_u).
+    Plain linear-interpolation back-projection, no weighting: the adjoint of `project_volume`.
+    """
+    n_t, n_y, n_x = filtered.shape
+    angles = np.deg2rad(np.asarray(tilt_angles_deg, dtype=np.float64).reshape(-1))
+    if angles.size != n_t:
+        raise ModelError("tilt_angles", f"has {angles.size} values for {n_t} images")
+    shifts = np.zeros(n_t) if shift_u is None else np.asarray(shift_u, dtype=np.float64).reshape(-1)
+    proj = np.zeros((n_t, n_x + 2, n_y), dtype=np.float32)
+    proj[:, 1:-1, :] = np.transpose(filtered, (0, 2, 1))
+    out = np.empty((int(thickness_px), n_y, n_x), dtype=np.float32)
+    _backproject(proj, np.cos(angles), np.sin(angles), shifts, out)
+    return out
+
+
+def reconstruct_rows(
+    rows: np.ndarray, tilt_angles_deg, thickness_px: int, spec: FilterSpec = FilterSpec(), *, shift_u=None
+) -> np.ndarray:
+    """Weighted back-projection of aligned rows (tilt, y, x) into a block (z, y, x), in memory."""
+    rows = np.asarray(rows, dtype=np.float32)
+    response = filter_response(rows.shape[2], tilt_angles_deg, spec, thickness_px=thickness_px)
+    return backproject(apply_filter(rows, response), tilt_angles_deg, thickness_px, shift_u=shift_u)
+
+
+def _bin(block: np.ndarray, b: int) -> np.ndarray:
+    """Mean-pool (tilt, y, x) by b in y and x (remainders cropped), divided by b (path length)."""
+    if b == 1:
+        return block.astype(np.float32, copy=False)
+    t, h, w = block.shape
+    h, w = h // b, w // b
+    pooled = block[:, : h * b, : w * b].reshape(t, h, b, w, b).mean(axis=(2, 4), dtype=np.float64)
+    return (pooled / b).astype(np.float32)
+
+
+def _shift_rows(binned: np.ndarray, lo: int, y0: int, y1: int, shift_y: np.ndarray) -> np.ndarray:
+    """Rows y0..y1 of the aligned images, read at y + shift_y (binned pixels) from `binned` rows lo.."""
+    if not np.any(shift_y) and lo == y0 and binned.shape[1] == y1 - y0:
+        return binned
+    n_t, n_rows, n_x = binned.shape
+    out = np.zeros((n_t, y1 - y0, n_x), dtype=np.float32)
+    for t in range(n_t):
+        pos = np.arange(y0, y1) + shift_y[t] - lo
+        i = np.floor(pos).astype(np.int64)
+        w = (pos - i).astype(np.float32)[:, None]
+        for idx, weight in ((i, 1.0 - w), (i + 1, w)):
+            ok = (idx >= 0) & (idx < n_rows)
+            out[t, ok] += weight[ok] * binned[t, idx[ok]]
+    return out
+
+
+def _slab(block, lo, y0, y1, binning, angles, shift_x, shift_y, thickness, spec) -> np.ndarray:
+    """One task: rows [y0, y1) (binned) of the tomogram from the raw rows [lo * b, ...) of all tilts."""
+    rows = _shift_rows(_bin(np.asarray(block), binning), lo, y0, y1, shift_y)
+    return reconstruct_rows(rows, angles, thickness, spec, shift_u=shift_x)
+
+
+def default_thickness(n_x: int) -> int:
+    """Default z size (binned voxels): a quarter of the image width, at least 64, even."""
+    return max(64, (n_x // 4) // 2 * 2)
+
+
+def default_slab_rows(n_y: int, n_x: int, thickness: int) -> int:
+    """Rows per task so that a slab of the output is about 64 MiB (4..64 rows, a multiple of 4)."""
+    rows = SLAB_TARGET_BYTES // (4 * n_x * thickness)
+    return int(min(n_y, max(4, min(64, rows // 4 * 4))))
+
+
+def reconstruct(
+    ts: TiltSeries,
+    *,
+    thickness_px: int | None = None,
+    binning: int = 1,
+    filter: str = "radial",
+    radial_cutoff: float = 0.35,
+    radial_falloff: float = 0.035,
+    sirt_iterations: int = 10,
+    slab_rows: int | None = None,
+    halves: str | None = None,
+) -> Tomogram:
+    """Lazy weighted back-projection of an aligned tilt series into a Tomogram (z, y, x).
+
+    thickness_px: z size in binned voxels (default `default_thickness`: max(64, width / 4)).
+    binning: mean-pooling factor of the tilt images (voxel size = pixel size x binning).
+    filter: "radial" (ramp with IMOD-like Gaussian falloff beyond `radial_cutoff`, sigma
+    `radial_falloff`, both cycles/pixel of the binned images, 0.5 = Nyquist), "sirt" (that filter
+    times a window equivalent to `sirt_iterations` SIRT iterations) or "none" (back-projection).
+    slab_rows: binned Y rows per task (default `default_slab_rows`, ~64 MiB of output each).
+    halves: "even" / "odd" when `ts` is the even or odd frame sum of a tilt series (from motion
+    correction); recorded on the output for half-map denoising and FSC, the maths is the same.
+
+    The result is Dask-backed float32 chunked (thickness, slab_rows, x); nothing is computed here.
+    """
+    if ts.has_frames:
+        raise ModelError("data", "reconstruction needs images (tilt, y, x); sum the movie frames first")
+    if abs(ts.tilt_axis_angle) > 1e-6:
+        raise ModelError(
+            "tilt_axis_angle",
+            f"is {ts.tilt_axis_angle} deg; reconstruction needs aligned images with the tilt axis along y (0)",
+        )
+    if halves is not None and halves not in HALVES:
+        raise ModelError("halves", f"expected one of {HALVES} or None, got {halves!r}")
+    if int(binning) != binning or binning < 1:
+        raise ModelError("binning", f"expected an integer >= 1, got {binning}")
+    binning = int(binning)
+    spec = FilterSpec(filter, radial_cutoff, radial_falloff, sirt_iterations)
+    _, ny_raw, nx_raw = ts.data.shape
+    ny, nx = ny_raw // binning, nx_raw // binning
+    if ny < 1 or nx < 2:
+        raise ModelError("binning", f"{binning} leaves no image from {ny_raw} x {nx_raw} pixels")
+    nz = default_thickness(nx) if thickness_px is None else int(thickness_px)
+    if nz < 1:
+        raise ModelError("thickness_px", f"expected a positive number of voxels, got {thickness_px}")
+    rows = default_slab_rows(ny, nx, nz) if slab_rows is None else int(slab_rows)
+    if rows < 1:
+        raise ModelError("slab_rows", f"expected a positive number of rows, got {slab_rows}")
+
+    pixel = ts.pixel_size * binning
+    angles = ts.tilt_angles
+    shift_x = _per_tilt_px(ts, "shift_x", pixel)
+    shift_y = _per_tilt_px(ts, "shift_y", pixel)
+    data = ts.data.data
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks=(-1, rows * binning, -1))
+
+    pieces = []
+    for y0 in range(0, ny, rows):
+        y1 = min(ny, y0 + rows)
+        lo = max(0, y0 + int(np.floor(shift_y.min())))
+        hi = min(ny, y1 + int(np.ceil(shift_y.max())) + 1) if shift_y.any() else y1
+        block = data[:, lo * binning : hi * binning, : nx * binning]
+        task = dask.delayed(_slab, pure=True)(block, lo, y0, y1, binning, angles, shift_x, shift_y, nz, spec)
+        pieces.append(da.from_delayed(task, shape=(nz, y1 - y0, nx), dtype=np.float32))
+    volume = da.concatenate(pieces, axis=1)
+
+    name = "tomogram" if halves is None else f"tomogram_{halves}"
+    tomo = Tomogram.from_array(volume, pixel_size=pixel, microscope=ts.microscope, tilt_angles=angles, name=name)
+    tomo.data.attrs["reconstruction"] = {
+        "method": "weighted back-projection",
+        "filter": spec.kind,
+        "radial_cutoff": spec.radial_cutoff,
+        "radial_falloff": spec.radial_falloff,
+        "sirt_iterations": spec.sirt_iterations if spec.kind == "sirt" else None,
+        "binning": binning,
+        "thickness_px": nz,
+        "half": halves,
+    }
+    return tomo
+
+
+def _per_tilt_px(ts: TiltSeries, name: str, pixel_a: float) -> np.ndarray:
+    values = ts.per_tilt(name)
+    return np.zeros(ts.n_tilts) if values is None else np.asarray(values, dtype=np.float64) / pixel_a
