@@ -7,14 +7,33 @@ metadata last, and resume after an interruption.
 
 from cryocloud.store.images import image_info, read_tilt_series, read_tomogram, write_tilt_series, write_tomogram
 from cryocloud.store.location import Location, open_url, resolve
+from cryocloud.store.mdoc import Mdoc, parse_mdoc, read_mdoc
+from cryocloud.store.mrc import mrc_info, read_mrc, read_tilt_series_mrc, write_mrc
+from cryocloud.store.particles_csv import read_particles_csv, write_particles_csv
+from cryocloud.store.tiltfiles import alignments_from_xf, read_tlt, read_xf, write_tlt, write_xf, xf_from_alignments
 
 __all__ = [
     "Location",
+    "Mdoc",
+    "alignments_from_xf",
     "image_info",
+    "mrc_info",
     "open_url",
+    "parse_mdoc",
+    "read_mdoc",
+    "read_mrc",
+    "read_particles_csv",
     "read_tilt_series",
+    "read_tilt_series_mrc",
+    "read_tlt",
     "read_tomogram",
+    "read_xf",
     "resolve",
+    "write_mrc",
+    "write_particles_csv",
     "write_tilt_series",
+    "write_tlt",
     "write_tomogram",
+    "write_xf",
+    "xf_from_alignments",
 ]
