@@ -1,0 +1,137 @@
+"""`cryocloud info` and `cryocloud convert`: inspect and convert OME-Zarr and MRC data at any URL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import PurePosixPath
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from cryocloud.cli.app import app
+from cryocloud.errors import StoreError
+from cryocloud.store import (
+    image_info, mrc_info, read_mrc, read_tilt_series, read_tilt_series_mrc, read_tomogram, write_mrc, write_tilt_series,
+    write_tlt, write_tomogram,
+)
+
+MRC_SUFFIXES = {".mrc", ".map", ".mrcs", ".st", ".ali", ".rec", ".preali"}
+console = Console(highlight=False)
+
+
+def _is_mrc(url: str) -> bool:
+    return PurePosixPath(url.rstrip("/")).suffix.lower() in MRC_SUFFIXES
+
+
+def _storage_options(anon: bool, endpoint_url: Optional[str]) -> Optional[dict]:
+    options: dict = {}
+    if anon:
+        options["anon"] = True
+    if endpoint_url:
+        options["endpoint_url"] = endpoint_url
+    return options or None
+
+
+ANON = typer.Option(False, "--anon", help="Anonymous access (public buckets such as the CryoET Data Portal).")
+ENDPOINT = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).")
+
+
+def _angles_text(angles: list[float]) -> str:
+    a = np.asarray(angles)
+    return f"{a.size} tilts, {a.min():.2f} .. {a.max():.2f} deg: " + " ".join(f"{v:.2f}" for v in a)
+
+
+@app.command()
+def info(
+    url: str = typer.Argument(..., help="OME-Zarr image or MRC file (local path, file:// or s3://)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
+    anon: bool = ANON,
+    endpoint_url: Optional[str] = ENDPOINT,
+) -> None:
+    """Show shape, voxel size, dtype, chunks, pyramid levels, tilt angles and metadata of an image."""
+    options = _storage_options(anon, endpoint_url)
+    summary = mrc_info(url, storage_options=options) if _is_mrc(url) else image_info(url, storage_options=options)
+    if as_json:
+        console.print_json(json.dumps(summary))
+        return
+    console.print(f"[bold]{summary['url']}[/]  {summary['format']}")
+    console.print(f"dtype       {summary['dtype']}")
+    px = summary["pixel_size"]
+    console.print(f"pixel size  {'unknown' if px is None else f'{px:.4f} A'}")
+    if "levels" not in summary:
+        console.print(f"shape       {tuple(summary['shape'])} (z, y, x)")
+        return
+    console.print(f"axes        {tuple(summary['axes'])}")
+    for level in summary["levels"]:
+        console.print(
+            f"level {level['path']:<5} shape {tuple(level['shape'])}  chunks {tuple(level['chunks'])}  "
+            f"scale {tuple(round(s, 4) for s in level['scale'])} translation {tuple(round(t, 4) for t in level['translation'])}"
+        )
+    block = summary.get("cryocloud")
+    if block is None:
+        console.print("no cryocloud metadata block (plain NGFF image)")
+        return
+    console.print(f"kind        {block['kind']}   microscope {block['microscope']}")
+    if block.get("per_tilt"):
+        console.print(f"tilt axis   {block['tilt_axis_angle']} deg")
+        console.print(f"angles      {_angles_text(block['per_tilt']['tilt_angle'])}")
+        console.print(f"per tilt    {', '.join(block['per_tilt'])}")
+    elif block.get("tilt_angles"):
+        console.print(f"angles      {_angles_text(block['tilt_angles'])}")
+    prov = block["provenance"]
+    console.print(f"provenance  stage {prov['stage']}, cryocloud {prov['software_version']}, {prov['created']}, parameters {prov['parameters']}")
+    if prov.get("inputs"):
+        console.print(f"inputs      {', '.join(prov['inputs'])}")
+    if block.get("metadata"):
+        console.print(f"metadata    {json.dumps(block['metadata'])}")
+
+
+@app.command()
+def convert(
+    source: str = typer.Argument(..., help="Input: MRC file or OME-Zarr image (URL)."),
+    target: str = typer.Argument(..., help="Output: OME-Zarr image (.zarr) or MRC file (.mrc, .st, ...)."),
+    tilt_angles: Optional[str] = typer.Option(None, "--tilt-angles", help=".tlt/.rawtlt file: the MRC is a tilt series."),
+    mdoc: Optional[str] = typer.Option(None, "--mdoc", help="SerialEM .mdoc: the MRC is a tilt series."),
+    pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="Pixel size (A), overrides the header."),
+    exposure: Optional[float] = typer.Option(None, "--exposure", help="Exposure per tilt (e/A^2)."),
+    tilt_axis_angle: Optional[float] = typer.Option(None, "--tilt-axis-angle", help="Tilt axis (deg, CCW from image y)."),
+    ngff_version: str = typer.Option("0.4", "--ngff-version", help="0.4 (zarr format 2) or 0.5 (zarr format 3)."),
+    levels: int = typer.Option(3, "--levels", help="Pyramid levels of the OME-Zarr output."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    anon: bool = ANON,
+    endpoint_url: Optional[str] = ENDPOINT,
+) -> None:
+    """Convert MRC <-> OME-Zarr (and OME-Zarr 0.4 <-> 0.5). A tilt series to MRC also writes <name>.tlt."""
+    options = _storage_options(anon, endpoint_url)
+    if _is_mrc(source) and _is_mrc(target):
+        raise StoreError(target, "input and output are both MRC; one of them must be an OME-Zarr image (.zarr)", field="target")
+    write_kwargs = dict(ngff_version=ngff_version, levels=levels, overwrite=overwrite, storage_options=options,
+                        metadata={"stage": "convert", "parameters": {"source": source}})
+    if _is_mrc(source):
+        if tilt_angles or mdoc:
+            ts = read_tilt_series_mrc(source, tilt_angles=tilt_angles, mdoc=mdoc, pixel_size=pixel_size, exposure=exposure,
+                                      tilt_axis_angle=tilt_axis_angle, storage_options=options)
+            write_tilt_series(ts, target, **write_kwargs)
+        else:
+            write_tomogram(read_mrc(source, pixel_size=pixel_size, storage_options=options), target, **write_kwargs)
+        console.print(f"wrote {target}")
+        return
+    kind = (image_info(source, storage_options=options).get("cryocloud") or {}).get("kind", "tomogram")
+    if kind == "tilt_series":
+        ts = read_tilt_series(source, storage_options=options)
+        if _is_mrc(target):
+            write_mrc(ts, target, overwrite=overwrite, storage_options=options)
+            tlt = str(PurePosixPath(target).with_suffix(".tlt")) if "://" not in target else target.rsplit(".", 1)[0] + ".tlt"
+            write_tlt(tlt, ts.tilt_angles, overwrite=overwrite, storage_options=options)
+            console.print(f"wrote {target} and {tlt}")
+            return
+        write_tilt_series(ts, target, **write_kwargs)
+    else:
+        tomo = read_tomogram(source, storage_options=options)
+        if _is_mrc(target):
+            write_mrc(tomo, target, overwrite=overwrite, storage_options=options)
+        else:
+            write_tomogram(tomo, target, **write_kwargs)
+    console.print(f"wrote {target}")
