@@ -1,5 +1,6 @@
 """The `cryocloud` command line. Each *_cmds module registers its commands on `app`."""
 
 from cryocloud.cli.app import app, console_main, main
+from cryocloud.cli import store_cmds  # noqa: F401
 
 __all__ = ["app", "console_main", "main"]
