@@ -1,0 +1,66 @@
+"""The result of tilt-series alignment and how it is written into a TiltSeries and IMOD files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from cryocloud.errors import ModelError
+from cryocloud.geometry import xf_from_alignment
+from cryocloud.model import TiltSeries
+
+
+@dataclass(frozen=True)
+class AlignmentResult:
+    """Alignment of one tilt series, per tilt in the order of the tilt series it was computed from.
+
+    tilt_axis_angle_deg: tilt axis in the raw images, counter-clockwise from image y (deg).
+    shifts_a: (T, 2) shift_x, shift_y (A) in the convention of `cryocloud.geometry.aligned_to_raw`;
+        the volume-translation gauge is removed (`cryocloud.alignment.axis.remove_gauge`).
+    tilt_offset_deg: added to the nominal tilt angles (0 unless estimated).
+    residuals: (T,) per-tilt residual (A) of the refinement: RMS patch-model residual
+        ("patch-tracking"), length of the last projection-matching correction
+        ("projection-matching"), NaN without refinement ("none").
+    tilt_angles_deg: nominal tilt angles (T,) (deg); pixel_size_a: raw pixel size (A).
+    """
+
+    tilt_axis_angle_deg: float
+    shifts_a: np.ndarray
+    tilt_offset_deg: float
+    residuals: np.ndarray
+    tilt_angles_deg: np.ndarray
+    pixel_size_a: float
+    method: str
+    binning: int
+
+    @property
+    def corrected_tilt_angles_deg(self) -> np.ndarray:
+        """Tilt angles with the offset applied (deg): what IMOD's .tlt holds after alignment."""
+        return np.asarray(self.tilt_angles_deg) + self.tilt_offset_deg
+
+    def xf_rows(self) -> np.ndarray:
+        """IMOD .xf rows (T, 6) in raw pixels mapping raw to aligned images."""
+        shifts_px = np.asarray(self.shifts_a) / self.pixel_size_a
+        return np.array([xf_from_alignment(self.tilt_axis_angle_deg, s) for s in shifts_px])
+
+    def apply_to(self, ts: TiltSeries) -> TiltSeries:
+        """`ts` with per-tilt shift_x / shift_y (A), the tilt-axis angle and the corrected tilt angles set."""
+        if ts.n_tilts != len(self.shifts_a):
+            raise ModelError("tilt", f"the alignment has {len(self.shifts_a)} tilts, the tilt series {ts.n_tilts}")
+        if not np.allclose(ts.tilt_angles, self.tilt_angles_deg, atol=1e-6):
+            raise ModelError("tilt_angle", "the tilt series' angles differ from those the alignment was computed for")
+        updated = ts.with_per_tilt(
+            shift_x=self.shifts_a[:, 0], shift_y=self.shifts_a[:, 1], tilt_angle=self.corrected_tilt_angles_deg
+        )
+        return replace(updated, tilt_axis_angle=float(self.tilt_axis_angle_deg))
+
+    def summary(self) -> dict:
+        """JSON-ready description (stored in the tilt series metadata)."""
+        return {
+            "method": self.method,
+            "binning": self.binning,
+            "tilt_axis_angle_deg": float(self.tilt_axis_angle_deg),
+            "tilt_offset_deg": float(self.tilt_offset_deg),
+            "residuals_a": [None if not np.isfinite(r) else float(r) for r in self.residuals],
+        }
