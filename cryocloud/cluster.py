@@ -18,7 +18,7 @@ from typing import Any
 import dask
 import dask.config
 import yaml
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from cryocloud.errors import CryocloudError
 
@@ -51,14 +51,14 @@ def _local_worker_count(settings: dict) -> int:
 
 
 def _connect_local(settings: dict) -> Client:
-    cluster = LocalCluster(
+    """A client that owns its LocalCluster: closing the client shuts the workers down."""
+    return Client(
         n_workers=_local_worker_count(settings),
         threads_per_worker=int(settings.get("threads_per_worker") or 1),
         processes=bool(settings.get("processes", True)),
         memory_limit=settings.get("memory_limit", "auto"),
         dashboard_address=settings.get("dashboard_address", ":0"),
     )
-    return Client(cluster)
 
 
 def _connect_address(address: str, timeout: str) -> Client:

@@ -22,7 +22,6 @@ def test_local_cluster_runs_a_graph():
         assert len(client.scheduler_info()["workers"]) == 1
         assert da.ones((100, 100), chunks=10).sum().compute() == 10000
         assert "dashboard" in describe(client)
-        client.cluster.close()
 
 
 def test_scheduler_address_from_dask_config_is_joined():

@@ -1,6 +1,10 @@
 """The `cryocloud` command line. Each *_cmds module registers its commands on `app`."""
 
 from cryocloud.cli.app import app, console_main, main
+from cryocloud.cli import run_cmds  # noqa: F401
 from cryocloud.cli import store_cmds  # noqa: F401
+from cryocloud.cli import reconstruct_cmds  # noqa: F401
+from cryocloud.cli import simulate_cmds  # noqa: F401
+from cryocloud.cli import align_cmds  # noqa: F401
 
 __all__ = ["app", "console_main", "main"]

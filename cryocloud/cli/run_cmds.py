@@ -1,0 +1,30 @@
+"""`cryocloud run`: the pipeline on a config, or on simulated data when none is given."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from cryocloud.cli.app import app
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(None, help="pipeline config (YAML); omit to simulate a dataset and process it"),
+    output: str = typer.Option(None, "--output", "-o", help="output URL; overrides the config's `output`"),
+    rerun_from: str = typer.Option(None, "--from", help="recompute this stage and every stage after it"),
+    workers: int = typer.Option(None, "--workers", help="local Dask workers (default: one per core)"),
+) -> None:
+    """Run the pipeline: simulate (or read the input) -> reconstruct -> ...; resumes completed stages."""
+    from cryocloud.cluster import connect, describe
+    from cryocloud.pipeline import load_config, run_pipeline
+
+    cfg = load_config(config)
+    if output:
+        cfg = cfg.model_copy(update={"output": output})
+    with connect(**{**cfg.cluster, **({"n_workers": workers} if workers else {})}) as client:
+        typer.echo(describe(client), err=True)
+        summary = run_pipeline(cfg, rerun_from=rerun_from)
+    typer.echo(json.dumps(summary, indent=2))
