@@ -23,12 +23,15 @@ import fsspec
 
 from cryocloud.errors import StoreError
 
+# one GET per chunk object: s3fs's concurrent ranged download (max_concurrency > 1) costs a HEAD
+# request per object to learn its size, and chunks are far smaller than its block size
+_S3_DEFAULTS = {"max_concurrency": 1}
 _S3_CONFIG_DEFAULTS = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
 
 
 def _s3_options(storage_options: dict | None) -> dict:
     """s3fs keyword arguments: user options + endpoint from env + safe defaults."""
-    opts = dict(storage_options or {})
+    opts = {**_S3_DEFAULTS, **(storage_options or {})}
     client_kwargs = dict(opts.pop("client_kwargs", None) or {})
     endpoint = opts.pop("endpoint_url", None) or client_kwargs.get("endpoint_url")
     endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")

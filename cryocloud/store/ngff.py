@@ -226,7 +226,7 @@ def _unit_factor(url: str, axis: dict) -> float:
 def _open_group(loc: Location, mode: str = "r") -> zarr.Group | None:
     """The zarr group at `loc`, or None when there is none."""
     try:
-        return zarr.open_group(store=loc.zarr_store(read_only=mode == "r"), mode=mode)
+        return zarr.open_group(store=loc.zarr_store(read_only=mode == "r"), mode=mode, use_consolidated=False)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         return None
     except KeyError:

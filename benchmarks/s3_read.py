@@ -1,0 +1,115 @@
+"""s3-read: reading a chunked tomogram from an S3 endpoint (a local moto server).
+
+Ours: ``read_tomogram(url).data.values`` (lazy Dask array over the OME-Zarr chunks, computed).
+Peer: the floor of what any reader can do: knowing the chunk keys already (no metadata
+reads), open an s3fs filesystem from the URL (as ours does), fetch the chunk objects' bytes
+in one concurrent ``fs.cat(list)``, decompress them with numcodecs and place them into a
+numpy array. Both results are compared with the volume written. Times are the best of
+interleaved repeats (the machine is shared); the ratio of medians is reported too.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+import uuid
+
+import numpy as np
+
+ENV = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+    "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+}
+
+
+def _volume(n: int) -> np.ndarray:
+    """Smooth structure plus noise: compresses like a real tomogram (a little), float32 (z, y, x)."""
+    rng = np.random.default_rng(0)
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n, dtype=np.float32),) * 3, indexing="ij")
+    return (np.sin(6 * x) * np.cos(5 * y) * np.sin(4 * z) + rng.normal(0, 0.5, (n, n, n))).astype(np.float32)
+
+
+def _peer_read(url: str, options: dict, shape: tuple[int, ...], chunk: int) -> np.ndarray:
+    from numcodecs import Blosc
+
+    from cryocloud.store import resolve
+
+    fs = resolve(url, options).filesystem()  # like ours, start from the URL (a new S3 client)
+    root = url.removeprefix("s3://") + "/0"
+    grid = [range(-(-n // chunk)) for n in shape]
+    keys = [f"{root}/{i}/{j}/{k}" for i in grid[0] for j in grid[1] for k in grid[2]]
+    blobs = fs.cat(keys)
+    codec = Blosc()
+    out = np.empty(shape, dtype=np.float32)
+    for key, blob in blobs.items():
+        i, j, k = (int(v) for v in key[len(root) + 1:].split("/"))
+        block = np.frombuffer(codec.decode(blob), dtype=np.float32)
+        sl = tuple(slice(c * chunk, min((c + 1) * chunk, n)) for c, n in zip((i, j, k), shape))
+        out[sl] = block.reshape(tuple(s.stop - s.start for s in sl))
+    return out
+
+
+def _interleaved_times(ours, peer, repeats: int) -> tuple[list[float], list[float], object, object]:
+    """Alternate ours and the peer `repeats` times (so background load hits both alike)."""
+    ours_t, peer_t, ours_r, peer_r = [], [], None, None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ours_r = ours()
+        t1 = time.perf_counter()
+        peer_r = peer()
+        t2 = time.perf_counter()
+        ours_t.append(t1 - t0)
+        peer_t.append(t2 - t1)
+    return ours_t, peer_t, ours_r, peer_r
+
+
+def run(quick: bool = False) -> dict:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from cryocloud.model import Tomogram
+    from cryocloud.store import read_tomogram, write_tomogram
+
+    os.environ.update(ENV)
+    n, chunk, repeats = (128, 64, 3) if quick else (256, 64, 9)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        bucket = f"bench-{uuid.uuid4().hex[:8]}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+        options = {"endpoint_url": endpoint}
+        url = f"s3://{bucket}/tomo.zarr"
+        volume = _volume(n)
+        print(f"s3-read: writing {n}^3 float32 in {chunk}^3 chunks to {url}", file=sys.stderr)
+        write_tomogram(Tomogram.from_array(volume, pixel_size=10.0), url, chunks=(chunk,) * 3, levels=1, storage_options=options)
+
+        ours_t, peer_t, ours, peer = _interleaved_times(
+            lambda: read_tomogram(url, storage_options=options).data.values,
+            lambda: _peer_read(url, options, volume.shape, chunk),
+            repeats,
+        )
+    finally:
+        server.stop()
+    return {
+        "name": "s3-read",
+        "ours_s": round(min(ours_t), 4),
+        "peer": "s3fs concurrent cat of all chunk objects + numcodecs Blosc decode",
+        "peer_s": round(min(peer_t), 4),
+        "ratio": round(min(peer_t) / min(ours_t), 3),
+        "ratio_of_medians": round(statistics.median(peer_t) / statistics.median(ours_t), 3),
+        "shape": [n, n, n],
+        "chunks": [chunk] * 3,
+        "megabytes": round(volume.nbytes / 2**20, 1),
+        "ours_max_abs_error": float(np.max(np.abs(ours - volume))),
+        "peer_max_abs_error": float(np.max(np.abs(peer - volume))),
+        "ours_equals_peer": bool(np.array_equal(ours, peer)),
+        "repeats": repeats,
+        "quick": quick,
+    }
