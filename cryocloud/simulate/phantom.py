@@ -305,8 +305,8 @@ def render_slab(spec: Specimen, templates: tuple, y0: int, y1: int) -> np.ndarra
         zz, yy, xx = np.meshgrid(np.arange(nz) * px, np.arange(y0, y1) * px, np.arange(nx) * px, indexing="ij", sparse=True)
         _render_membranes(spec, zz, yy, xx, y0, y1, out, labels)
         _render_fiducials(spec, zz, yy, xx, y0, y1, out, labels)
-    out *= occ
     _render_particles(spec, templates, y0, y1, out, labels)
+    out *= occ
     labels[np.broadcast_to(occ == 0, labels.shape)] = 0
     return np.stack([out.astype(np.float32), labels.astype(np.float32)])
 
