@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from cryocloud.errors import ModelError
-from cryocloud.geometry import xf_from_alignment
 from cryocloud.model import TiltSeries
+from cryocloud.store.tiltfiles import xf_from_alignments
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,7 @@ class AlignmentResult:
 
     def xf_rows(self) -> np.ndarray:
         """IMOD .xf rows (T, 6) in raw pixels mapping raw to aligned images."""
-        shifts_px = np.asarray(self.shifts_a) / self.pixel_size_a
-        return np.array([xf_from_alignment(self.tilt_axis_angle_deg, s) for s in shifts_px])
+        return xf_from_alignments(self.tilt_axis_angle_deg, np.asarray(self.shifts_a) / self.pixel_size_a)
 
     def apply_to(self, ts: TiltSeries) -> TiltSeries:
         """`ts` with per-tilt shift_x / shift_y (A), the tilt-axis angle and the corrected tilt angles set."""

@@ -1,0 +1,71 @@
+"""`cryocloud align`: align a raw tilt series; writes it with the alignment in its metadata, IMOD .xf/.tlt and a PNG."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from cryocloud.alignment import align_tilt_series
+from cryocloud.alignment.figures import save_residuals_png
+from cryocloud.cli.app import app
+from cryocloud.errors import OutputExistsError
+from cryocloud.store import open_url, read_tilt_series, resolve, write_tilt_series
+from cryocloud.store.tiltfiles import write_tlt, write_xf
+
+console = Console(highlight=False, stderr=True)
+
+
+def sibling_url(out_url: str, suffix: str) -> str:
+    """`<out without .zarr><suffix>`: where the .xf, .tlt and PNG of an output go by default."""
+    base = out_url.rstrip("/")
+    return (base[: -len(".zarr")] if base.endswith(".zarr") else base) + suffix
+
+
+@app.command()
+def align(
+    in_url: str = typer.Argument(..., help="Raw tilt series, OME-Zarr (local path, file:// or s3://)."),
+    out_url: str = typer.Argument(..., help="Output tilt series with the alignment in its metadata, OME-Zarr."),
+    xf: Optional[str] = typer.Option(None, "--xf", help="IMOD .xf output (default: next to OUT_URL)."),
+    tlt: Optional[str] = typer.Option(None, "--tlt", help="IMOD .tlt output (default: next to OUT_URL)."),
+    refine: str = typer.Option("projection-matching", "--refine", help="projection-matching | patch-tracking | none."),
+    iterations: int = typer.Option(3, "--iterations", help="Projection-matching iterations."),
+    estimate_axis: bool = typer.Option(True, "--estimate-axis/--fixed-axis", help="Fit the tilt-axis angle or keep it."),
+    axis_angle: Optional[float] = typer.Option(None, "--axis-angle", help="Tilt-axis angle guess (deg; default: the input's)."),
+    tilt_offset: bool = typer.Option(False, "--tilt-offset", help="Estimate a tilt-angle offset (levels the specimen)."),
+    binning: Optional[int] = typer.Option(None, "--binning", help="Image binning for alignment (default: to <= 512 px)."),
+    thickness: Optional[float] = typer.Option(None, "--thickness", help="Specimen thickness for projection matching (A)."),
+    ngff_version: str = typer.Option("0.4", "--ngff-version", help="0.4 (zarr v2) or 0.5 (zarr v3)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    anon: bool = typer.Option(False, "--anon", help="Anonymous read access (public buckets)."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint."),
+) -> None:
+    """Align a tilt series: shifts, tilt-axis angle and (optionally) tilt offset; residuals per tilt in a PNG."""
+    write_options = {"endpoint_url": endpoint_url} if endpoint_url else None
+    read_options = dict(write_options or {}, **({"anon": True} if anon else {})) or None
+    logger = logging.getLogger("cryocloud.alignment")
+    handler = RichHandler(console=console, show_path=False)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        ts = read_tilt_series(in_url, storage_options=read_options)
+        parameters = {"refine": refine, "iterations": iterations, "estimate_axis": estimate_axis, "axis_angle_guess_deg": axis_angle,
+                      "tilt_offset": tilt_offset, "binning": binning, "thickness_a": thickness}
+        result = align_tilt_series(ts, estimate_axis=estimate_axis, axis_angle_guess_deg=axis_angle, refine=refine,
+                                   iterations=iterations, tilt_offset=tilt_offset, binning=binning, thickness_a=thickness)
+    finally:
+        logger.removeHandler(handler)
+    write_tilt_series(result.apply_to(ts), out_url, ngff_version=ngff_version, overwrite=overwrite, storage_options=write_options,
+                      metadata={"stage": "align", "parameters": parameters, "alignment": result.summary()})
+    xf_url, tlt_url, png_url = xf or sibling_url(out_url, ".xf"), tlt or sibling_url(out_url, ".tlt"), sibling_url(out_url, "_residuals.png")
+    write_xf(xf_url, result.xf_rows(), overwrite=overwrite, storage_options=write_options)
+    write_tlt(tlt_url, result.corrected_tilt_angles_deg, overwrite=overwrite, storage_options=write_options)
+    if not overwrite and resolve(png_url, write_options).exists():
+        raise OutputExistsError(f"{png_url} exists; use --overwrite to replace it")
+    with open_url(png_url, "wb", storage_options=write_options) as f:
+        save_residuals_png(result, f, title=in_url)
+    console.print(f"axis {result.tilt_axis_angle_deg:.2f} deg, tilt offset {result.tilt_offset_deg:.2f} deg; "
+                  f"wrote {out_url}, {xf_url}, {tlt_url}, {png_url}")
