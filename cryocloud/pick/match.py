@@ -1,0 +1,291 @@
+"""The template-matching Dask graph: sub-volumes x orientation batches, tree-reduced maxima.
+
+Tasks (all arrays (z, y, x)):
+- `setup` (one): the template's padded spectrum and the band of frequencies with the search weight
+  W (tilt weighting x low-pass x optional whitening) for the common sub-volume shape S;
+- `prepare` (one per sub-volume): the sub-volume (its core plus an overlap of the template radius on
+  every side, padded with its mean at the tomogram's border), its FFT on the band and the local
+  standard deviation under the mask, shared by all its orientation batches;
+- `search` (sub-volumes x batches): best score and orientation index over a batch of rotations;
+- `combine`: pairwise tree reduction (max score, index of the max);
+- `finish`: zero outside the tomogram mask; crop to the core (the overlaps are dropped).
+The score map and the orientation-index map are lazy Dask arrays assembled from the cores.
+
+With a `BlockCache` each finished sub-volume is persisted, and sub-volumes already in the cache
+are loaded instead of searched: an interrupted job resumes with the missing ones only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from cryocloud.errors import ModelError
+from cryocloud.model import Tomogram
+from cryocloud.pick import score as sc
+from cryocloud.pick.template import Template
+from cryocloud.pick.weighting import CtfMode, TiltWeighting, lowpass, radial_power, tilt_weight, whitening
+
+FAST_SIZES = (64, 72, 80, 96, 108, 120, 128, 144, 160, 180, 192, 216, 240, 256)
+
+
+@dataclass(frozen=True)
+class MatchSettings:
+    """Search options. `resolution_a`: low-pass (A, default 3 voxels); `subvolume`: edge of the FFT
+    boxes (voxels, overlap included; smaller for small tomograms); `batch_size`: rotations per
+    task; `ctf`: "signed" | "abs" | "none"; `whiten`: spectral whitening from the tomogram."""
+
+    resolution_a: float | None = None
+    subvolume: int = 128
+    batch_size: int = 1000
+    ctf: CtfMode = "signed"
+    whiten: bool = False
+
+
+@dataclass(frozen=True)
+class Block:
+    """One sub-volume: `index` in the block grid, its `core` (start, stop) per axis in the tomogram
+    and the start of its FFT box (core start - overlap, may be negative)."""
+
+    index: tuple[int, int, int]
+    core: tuple[tuple[int, int], ...]
+    box_start: tuple[int, int, int]
+
+    @property
+    def key(self) -> str:
+        return "_".join(str(i) for i in self.index)
+
+    @property
+    def core_shape(self) -> tuple[int, int, int]:
+        return tuple(b - a for a, b in self.core)
+
+
+def plan_blocks(shape: tuple[int, int, int], box: int, overlap: int) -> list[Block]:
+    """Cover a volume of `shape` with cores of edge box - 2 * overlap."""
+    core = box - 2 * overlap
+    if core < 1:
+        raise ModelError("subvolume", f"{box} voxels leave no core after twice the template radius ({overlap})")
+    starts = [list(range(0, n, core)) for n in shape]
+    blocks = []
+    for index in np.ndindex(*[len(s) for s in starts]):
+        lo = [starts[a][i] for a, i in enumerate(index)]
+        core_range = tuple((lo[a], min(lo[a] + core, shape[a])) for a in range(3))
+        blocks.append(Block(tuple(int(i) for i in index), core_range, tuple(int(v - overlap) for v in lo)))
+    return blocks
+
+
+def choose_box(shape: tuple[int, int, int], requested: int, overlap: int) -> int:
+    """The smallest fast FFT size covering the tomogram with its overlaps, at most `requested`."""
+    need = max(shape) + 2 * overlap
+    fitting = [s for s in FAST_SIZES if s >= need]
+    box = min(fitting[0], requested) if fitting else requested
+    if box - 2 * overlap < 8:
+        raise ModelError("subvolume", f"{requested} voxels is too small for a template radius of {overlap} voxels")
+    return box
+
+
+def _read_box(data: np.ndarray, block: Block, box: int) -> np.ndarray:
+    """The FFT box of a block from the data slab covering it clipped to the tomogram, mean-padded."""
+    slab = np.asarray(data, dtype=np.float32)
+    out = np.full((box, box, box), float(slab.mean()), dtype=np.float32)
+    dst = tuple(slice(max(0, -s), max(0, -s) + n) for s, n in zip(block.box_start, slab.shape))
+    out[dst] = slab
+    return out
+
+
+def _clipped(block: Block, box: int, shape) -> tuple[slice, ...]:
+    return tuple(slice(max(0, s), min(n, s + box)) for s, n in zip(block.box_start, shape))
+
+
+@dataclass(frozen=True)
+class _Setup:
+    spectrum: sc.TemplateSpectrum
+    grid: sc.BandGrid
+    prefilter: np.ndarray | None
+
+
+def _setup(template: Template, box: int, tilts: TiltWeighting | None, settings: MatchSettings, power: np.ndarray | None) -> _Setup:
+    shape = (box, box, box)
+    px = template.voxel_size
+    resolution = settings.resolution_a or 3.0 * px
+    weight = lowpass(shape, px, resolution)
+    if tilts is not None:
+        weight = weight * tilt_weight(shape, px, tilts, ctf=settings.ctf)
+    prefilter = None
+    if power is not None:
+        prefilter = whitening(shape, power)
+        weight = weight * prefilter
+    k_max = min(0.5, 1.1 * px / resolution + 1.0 / box)
+    grid = sc.band_grid(shape, weight.astype(np.float32), k_max)
+    spectrum = sc.template_spectrum(template.data, template.mask, spherical=template.spherical)
+    return _Setup(spectrum, grid, prefilter)
+
+
+def _block_power(data: np.ndarray, block: Block, box: int) -> np.ndarray:
+    return radial_power(sc.rfftn(_read_box(data, block, box)), (box, box, box))
+
+
+def _mean_power(*powers: np.ndarray) -> np.ndarray:
+    return np.mean(np.stack(powers), axis=0)
+
+
+def _prepare(data: np.ndarray, mask_core: np.ndarray | None, block: Block, box: int, setup: _Setup, template: Template) -> sc.Subvolume | None:
+    if mask_core is not None and not np.any(mask_core):
+        return None  # nothing to search here
+    volume = _read_box(data, block, box)
+    lo = tuple(c[0] - s for c, s in zip(block.core, block.box_start))
+    return sc.prepare_subvolume(volume, setup.grid, template.mask, lo, block.core_shape, spherical=template.spherical, prefilter=setup.prefilter)
+
+
+def _search(sub: sc.Subvolume | None, setup: _Setup, rotations: np.ndarray, first: int, template: Template, core_shape) -> tuple[np.ndarray, np.ndarray]:
+    if sub is None:
+        return np.zeros(core_shape, np.float32), np.zeros(core_shape, np.int32)
+    return sc.search_orientations(sub, setup.spectrum, setup.grid, rotations, first, template.mask)
+
+
+def _combine(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    better = b[0] > a[0]
+    return np.where(better, b[0], a[0]), np.where(better, b[1], a[1])
+
+
+def _tree_reduce(parts: list):
+    while len(parts) > 1:
+        parts = [dask.delayed(_combine, pure=True)(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def _finish(result, mask_core: np.ndarray | None, cache: "BlockCache | None", key: str):
+    best, index = result
+    best = np.where(np.isfinite(best), best, 0).astype(np.float32)
+    if mask_core is not None:
+        best = np.where(mask_core, best, 0).astype(np.float32)
+        index = np.where(mask_core, index, 0).astype(np.int32)
+    if cache is not None:
+        cache.save(key, best, index)
+    return best, index.astype(np.int32)
+
+
+@dataclass(frozen=True)
+class BlockCache:
+    """Finished sub-volumes (score, index) as .npz files under `url` (a folder; local or s3://)."""
+
+    url: str
+    storage_options: dict = field(default_factory=dict)
+
+    def _location(self, key: str):
+        from cryocloud.store import resolve
+
+        return resolve(self.url, self.storage_options).child(f"{key}.npz")
+
+    def has(self, key: str) -> bool:
+        return self._location(key).exists()
+
+    def save(self, key: str, best: np.ndarray, index: np.ndarray) -> None:
+        from cryocloud.store import open_url
+
+        buffer = io.BytesIO()
+        np.savez(buffer, score=best, index=index)
+        loc = self._location(key)
+        partial = loc.url + ".partial"  # a reader never sees half a block
+        with open_url(partial, "wb", storage_options=self.storage_options) as f:
+            f.write(buffer.getvalue())
+        fs = loc.filesystem()
+        fs.mv(loc.path + ".partial", loc.path)
+
+    def load(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        from cryocloud.store import open_url
+
+        with open_url(self._location(key).url, "rb", storage_options=self.storage_options) as f:
+            stored = np.load(io.BytesIO(f.read()))
+            return stored["score"], stored["index"]
+
+
+def fingerprint(template: Template, rotations: np.ndarray, tilts: TiltWeighting | None, settings: MatchSettings, shape) -> str:
+    """Identity of a search (inputs and options): cached blocks are reused only for the same one."""
+    h = hashlib.sha256()
+    for arr in (template.data, template.mask, np.asarray(rotations)):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update(repr((template.voxel_size, settings, tuple(shape))).encode())
+    if tilts is not None:
+        for value in (tilts.tilt_angles, tilts.dose, tilts.defocus_u, tilts.defocus_v, tilts.astigmatism_angle):
+            h.update(b"-" if value is None else np.asarray(value, dtype=np.float64).tobytes())
+        h.update(repr(tilts.microscope).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """Lazy results: `scores` (z, y, x) float32 and `orientation` (z, y, x) int32 indices into
+    `rotations` (N, 3, 3); `searched` (z, y, x) bool, the voxels searched (None: all)."""
+
+    scores: xr.DataArray
+    orientation: xr.DataArray
+    rotations: np.ndarray
+    searched: xr.DataArray | None = None
+
+
+def match(
+    tomogram: Tomogram,
+    template: Template,
+    rotations: np.ndarray,
+    *,
+    tilts: TiltWeighting | None = None,
+    settings: MatchSettings = MatchSettings(),
+    tomogram_mask: xr.DataArray | np.ndarray | da.Array | None = None,
+    cache: BlockCache | None = None,
+) -> MatchResult:
+    """Build the lazy template-matching graph of `tomogram` (nothing is computed here).
+
+    The template must be at the tomogram's voxel size. `tomogram_mask` (z, y, x) boolean marks the
+    voxels to search; sub-volumes without any are skipped.
+    """
+    if abs(template.voxel_size - tomogram.pixel_size) > 1e-3 * tomogram.pixel_size:
+        raise ModelError("voxel_size", f"template is at {template.voxel_size} A but the tomogram at {tomogram.pixel_size} A; resample the template")
+    rotations = np.ascontiguousarray(rotations, dtype=np.float64)
+    shape = tomogram.shape
+    overlap = int(np.ceil(template.radius)) + 1
+    box = choose_box(shape, settings.subvolume, overlap)
+    blocks = plan_blocks(shape, box, overlap)
+    data = tomogram.data.data if isinstance(tomogram.data.data, da.Array) else da.from_array(np.asarray(tomogram.data.values))
+    mask = None
+    if tomogram_mask is not None:
+        mask = tomogram_mask.data if isinstance(tomogram_mask, xr.DataArray) else tomogram_mask
+        mask = mask if isinstance(mask, da.Array) else da.from_array(np.asarray(mask))
+        if mask.shape != shape:
+            raise ModelError("tomogram_mask", f"has shape {mask.shape}, expected the tomogram's {shape}")
+        mask = mask.astype(bool)
+
+    template_d = dask.delayed(template, pure=True)
+    power = None
+    if settings.whiten:
+        powers = [dask.delayed(_block_power, pure=True)(data[_clipped(b, box, shape)], b, box) for b in blocks]
+        power = dask.delayed(_mean_power, pure=True)(*powers)
+    setup = dask.delayed(_setup, pure=True)(template_d, box, tilts, settings, power)
+    batches = [(start, dask.delayed(rotations[start : start + settings.batch_size], pure=True)) for start in range(0, len(rotations), settings.batch_size)]
+
+    score_blocks = np.empty([max(b.index[a] for b in blocks) + 1 for a in range(3)], dtype=object)
+    index_blocks = np.empty_like(score_blocks)
+    for block in blocks:
+        core_slices = tuple(slice(a, b) for a, b in block.core)
+        mask_core = None if mask is None else mask[core_slices]
+        if cache is not None and cache.has(block.key):
+            done = dask.delayed(cache.load, pure=False)(block.key)
+        else:
+            sub = dask.delayed(_prepare, pure=True)(data[_clipped(block, box, shape)], mask_core, block, box, setup, template_d)
+            parts = [dask.delayed(_search, pure=True)(sub, setup, rot, start, template_d, block.core_shape) for start, rot in batches]
+            done = dask.delayed(_finish, pure=False)(_tree_reduce(parts), mask_core, cache, block.key)
+        score_blocks[block.index] = da.from_delayed(done[0], block.core_shape, dtype=np.float32)
+        index_blocks[block.index] = da.from_delayed(done[1], block.core_shape, dtype=np.int32)
+
+    coords = {d: tomogram.data.coords[d] for d in ("z", "y", "x")}
+    attrs = {"pixel_size": tomogram.pixel_size}
+    scores = xr.DataArray(da.block(score_blocks.tolist()), dims=("z", "y", "x"), coords=coords, name="scores", attrs=attrs)
+    orientation = xr.DataArray(da.block(index_blocks.tolist()), dims=("z", "y", "x"), coords=coords, name="orientation", attrs=attrs)
+    searched = None if mask is None else xr.DataArray(mask, dims=("z", "y", "x"), coords=coords, name="searched", attrs=attrs)
+    return MatchResult(scores, orientation, rotations, searched)

@@ -1,0 +1,218 @@
+"""Templates for matching: read from MRC / EM maps or built from atomic models, resampled, masked.
+
+Volumes are numpy float32 (z, y, x), cubic, with their centre at index n // 2
+(cryocloud.geometry.centre_index). Voxel sizes in Angstrom.
+
+The EM format (TOM toolbox / PyTom) has a 512-byte header: byte 0 the machine (6 = little-endian
+PC), byte 3 the data type (1 int8, 2 int16, 4 int32, 5 float32, 9 float64), bytes 4-15 nx, ny, nz
+(int32), data from byte 512 with x fastest. It stores no voxel size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from cryocloud.errors import ModelError, StoreError
+from cryocloud.store import open_url, read_mrc
+
+_EM_TYPES = {1: np.int8, 2: np.int16, 4: np.int32, 5: np.float32, 9: np.float64}
+_EM_HEADER = 512
+
+
+def parse_em(raw: bytes, source: str = "<em>") -> np.ndarray:
+    """Volume (z, y, x) float32 from the bytes of an EM file."""
+    if len(raw) < _EM_HEADER:
+        raise StoreError(source, f"is {len(raw)} bytes, shorter than the 512-byte EM header")
+    machine, dtype_code = raw[0], raw[3]
+    endian = "<" if machine in (5, 6) else ">"
+    if dtype_code not in _EM_TYPES:
+        raise StoreError(source, f"data type code {dtype_code} is not one of {sorted(_EM_TYPES)}", field="datatype")
+    nx, ny, nz = np.frombuffer(raw[4:16], dtype=f"{endian}i4")
+    dtype = np.dtype(_EM_TYPES[dtype_code]).newbyteorder(endian)
+    expected = int(nx) * int(ny) * int(nz) * dtype.itemsize
+    if nx <= 0 or ny <= 0 or nz <= 0 or len(raw) - _EM_HEADER < expected:
+        raise StoreError(source, f"header says {nx}x{ny}x{nz} of {dtype.name} ({expected} bytes) but the file has {len(raw) - _EM_HEADER}", field="dimensions")
+    data = np.frombuffer(raw, dtype=dtype, count=int(nx) * int(ny) * int(nz), offset=_EM_HEADER)
+    return data.reshape(int(nz), int(ny), int(nx)).astype(np.float32)
+
+
+def read_map(url: str, *, voxel_size: float | None = None, storage_options: dict | None = None) -> tuple[np.ndarray, float]:
+    """A density map (z, y, x) float32 and its voxel size (A) from an MRC (.mrc/.map/.rec) or EM file.
+
+    EM files store no voxel size: pass `voxel_size`. It also overrides an MRC header's value.
+    """
+    name = str(url).lower()
+    if name.endswith(".em"):
+        if voxel_size is None:
+            raise ModelError("voxel_size", "EM files store no voxel size; give the template's voxel size in Angstrom", source=str(url))
+        with open_url(url, "rb", storage_options=storage_options) as f:
+            return parse_em(f.read(), str(url)), float(voxel_size)
+    tomo = read_mrc(url, pixel_size=voxel_size, storage_options=storage_options)
+    return np.asarray(tomo.data.values, dtype=np.float32), tomo.pixel_size
+
+
+def map_from_model(url: str, voxel_size: float, *, resolution_a: float | None = None, storage_options: dict | None = None) -> np.ndarray:
+    """Density (z, y, x) float32 of an atomic model (PDB / mmCIF, gzipped or not) at `voxel_size` (A).
+
+    Atoms are weighted by their atomic number, spread trilinearly and blurred with a Gaussian whose
+    FWHM is `resolution_a` (default 2 voxels); the model's centre of mass sits at the box centre,
+    and the cubic box (even edge) holds the model with a margin of the blur.
+    """
+    import gzip
+
+    import gemmi
+
+    with open_url(url, "rb", storage_options=storage_options) as f:
+        raw = f.read()
+    text = gzip.decompress(raw).decode() if raw[:2] == b"\x1f\x8b" else raw.decode()
+    base = str(url).lower().removesuffix(".gz")
+    try:
+        if base.endswith((".cif", ".mmcif")):
+            structure = gemmi.make_structure_from_block(gemmi.cif.read_string(text).sole_block())
+        else:
+            structure = gemmi.read_pdb_string(text)
+    except (RuntimeError, ValueError) as exc:
+        raise StoreError(str(url), f"is not a readable atomic model: {exc}") from exc
+    structure.remove_hydrogens()
+    xyz, weight = [], []
+    for chain in structure[0]:
+        for residue in chain:
+            for atom in residue:
+                xyz.append(atom.pos.tolist())
+                weight.append(atom.element.atomic_number)
+    if not xyz:
+        raise StoreError(str(url), "contains no atoms")
+    xyz = np.asarray(xyz, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    resolution_a = 2.0 * voxel_size if resolution_a is None else resolution_a
+    sigma_vox = resolution_a / voxel_size / 2.3548
+    centred = (xyz - np.average(xyz, axis=0, weights=weight)) / voxel_size
+    half = int(np.ceil(np.abs(centred).max() + 3 * sigma_vox + 2))
+    box = 2 * half
+    idx = centred[:, ::-1] + box // 2  # (z, y, x) voxel coordinates
+    volume = np.zeros((box, box, box), dtype=np.float64)
+    base_idx = np.floor(idx).astype(np.int64)
+    frac = idx - base_idx
+    for corner in np.ndindex(2, 2, 2):
+        w = weight * np.prod(np.where(np.array(corner), frac, 1.0 - frac), axis=1)
+        np.add.at(volume, tuple((base_idx + np.array(corner)).T), w)
+    return ndimage.gaussian_filter(volume, sigma_vox).astype(np.float32)
+
+
+def resample(volume: np.ndarray, voxel_size: float, target_voxel_size: float) -> np.ndarray:
+    """Resample a cubic volume to `target_voxel_size` (A) by cropping / zero-padding its Fourier transform.
+
+    The edge becomes round(n * voxel_size / target_voxel_size) (same physical box); values keep
+    their scale (a constant stays the same constant).
+    """
+    n = volume.shape[0]
+    m = int(round(n * voxel_size / target_voxel_size))
+    if m < 4:
+        raise ModelError("voxel_size", f"resampling {n} voxels of {voxel_size} A to {target_voxel_size} A leaves {m} voxels")
+    if m == n:
+        return np.asarray(volume, dtype=np.float32)
+    spectrum = np.fft.fftshift(np.fft.fftn(volume))
+    out = np.zeros((m, m, m), dtype=np.complex128)
+    k = min(n, m)
+    src = slice(n // 2 - k // 2, n // 2 - k // 2 + k)
+    dst = slice(m // 2 - k // 2, m // 2 - k // 2 + k)
+    out[dst, dst, dst] = spectrum[src, src, src]
+    return (np.fft.ifftn(np.fft.ifftshift(out)).real * (m / n) ** 3).astype(np.float32)
+
+
+def pad_to_box(volume: np.ndarray, box: int) -> np.ndarray:
+    """Centre a cubic volume in a (box, box, box) array (padding with zeros or cropping)."""
+    n = volume.shape[0]
+    out = np.zeros((box, box, box), dtype=np.float32)
+    k = min(n, box)
+    src = slice(n // 2 - k // 2, n // 2 - k // 2 + k)
+    dst = slice(box // 2 - k // 2, box // 2 - k // 2 + k)
+    out[dst, dst, dst] = volume[src, src, src]
+    return out
+
+
+def spherical_mask(box: int, radius: float, soft_edge: float = 2.0) -> np.ndarray:
+    """Sphere of `radius` voxels around the box centre with a raised-cosine edge `soft_edge` voxels wide."""
+    c = box // 2
+    z, y, x = np.ogrid[:box, :box, :box]
+    r = np.sqrt((z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2)
+    return _soft(r - radius, soft_edge)
+
+
+def _soft(distance: np.ndarray, soft_edge: float) -> np.ndarray:
+    if soft_edge <= 0:
+        return (distance <= 0).astype(np.float32)
+    t = np.clip(distance / soft_edge, 0.0, 1.0)
+    return (0.5 * (1 + np.cos(np.pi * t))).astype(np.float32)
+
+
+def shape_mask(template: np.ndarray, threshold: float | None = None, dilation: float = 2.0, soft_edge: float = 2.0) -> np.ndarray:
+    """Non-spherical mask following the template: voxels above `threshold` (default: mean + 1 std),
+    largest connected component, dilated by `dilation` voxels, with a raised-cosine edge."""
+    threshold = float(template.mean() + template.std()) if threshold is None else threshold
+    inside = template > threshold
+    labels, n = ndimage.label(inside)
+    if n == 0:
+        raise ModelError("mask_threshold", f"no template voxel is above {threshold}")
+    sizes = ndimage.sum(inside, labels, index=np.arange(1, n + 1))
+    inside = labels == 1 + int(np.argmax(sizes))
+    distance = ndimage.distance_transform_edt(~inside) - dilation
+    return _soft(distance, soft_edge)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A template ready for matching: `data` (b, b, b) float32 density at `voxel_size` (A), its
+    `mask` (b, b, b) in [0, 1], whether the mask is `spherical`, and the mask `radius` (voxels)
+    that bounds it (the overlap between sub-volumes)."""
+
+    data: np.ndarray
+    voxel_size: float
+    mask: np.ndarray
+    spherical: bool
+    radius: float
+
+    @property
+    def box(self) -> int:
+        return self.data.shape[0]
+
+
+def prepare_template(
+    volume: np.ndarray,
+    voxel_size: float,
+    target_voxel_size: float,
+    *,
+    mask_radius_a: float | None = None,
+    non_spherical: bool = False,
+    invert: bool = False,
+    soft_edge: float = 2.0,
+) -> Template:
+    """Resample a map to the tomogram's voxel size, invert its contrast if asked, and mask it.
+
+    The spherical mask radius defaults to the radius that holds the template's density above
+    10 % of its maximum plus 2 voxels; the box is cropped / padded to fit the mask with its edge.
+    """
+    vol = np.asarray(volume, dtype=np.float32)
+    if vol.ndim != 3 or len(set(vol.shape)) != 1:
+        raise ModelError("template", f"expected a cubic volume, got shape {vol.shape}")
+    vol = resample(vol, voxel_size, target_voxel_size)
+    if invert:
+        vol = -vol
+    if mask_radius_a is None:
+        c = vol.shape[0] // 2
+        z, y, x = np.nonzero(np.abs(vol) > 0.1 * np.abs(vol).max())
+        radius = float(np.sqrt((z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2).max()) + 2.0
+    else:
+        radius = mask_radius_a / target_voxel_size
+    box = 2 * int(np.ceil(radius + soft_edge + 1))
+    vol = pad_to_box(vol, box)
+    if non_spherical:
+        mask = shape_mask(vol, soft_edge=soft_edge)
+        c = box // 2
+        z, y, x = np.nonzero(mask > 0)
+        radius = float(np.sqrt((z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2).max())
+        return Template(vol, target_voxel_size, mask, False, radius)
+    return Template(vol, target_voxel_size, spherical_mask(box, radius, soft_edge), True, radius + soft_edge)

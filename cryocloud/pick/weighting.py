@@ -1,0 +1,117 @@
+"""Search weights in Fourier space from the tilt series actually collected.
+
+A tomogram reconstructed from a tilt series samples Fourier space on one central slice per tilt
+(Fourier slice theorem), each slice multiplied by that tilt's CTF and attenuated by the dose
+received so far. The template is given the same sampling: for tilt i with beam direction
+d_i = (-sin t_i, 0, cos t_i) (x, y, z; cryocloud.geometry: the specimen rotates about +y),
+
+    W(k) = sum_i s_i(k) f_i(k) / max(1, sum_i s_i(k)),   s_i(k) = max(0, 1 - |k . d_i| / dk)
+
+with dk one frequency step of the grid (a slice one voxel thick, linearly interpolated) and
+f_i = CTF_i(k) (signed, for tomograms that are not CTF-corrected; |CTF_i| for phase-flipped ones;
+1 without CTF) x dose weight exp(-N_i / 2 Ne(|k|)) at the tilt's mid-exposure
+N_i = pre_exposure + exposure / 2 (cryocloud.optics). The CTF of tilt i is evaluated at the
+frequency's coordinates in that tilt's image plane: x' = (cos t, 0, sin t), y' = (0, 1, 0).
+Without CTF and dose, W is 1 inside the sampled region and 0 in the missing wedge (the real tilt
+angles, not a generic wedge).
+
+Also here: a raised-cosine low-pass and spectral whitening from a radial power spectrum.
+Weights are float32 on the rfft grid (z, y, x // 2 + 1) of a volume shape (z, y, x).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from cryocloud.errors import ModelError
+from cryocloud.model import Microscope, TiltSeries
+from cryocloud.optics import astigmatic_defocus, chi, ctf_from_chi, dose_weight, frequency_grid
+
+CtfMode = Literal["signed", "abs", "none"]
+
+
+@dataclass(frozen=True)
+class TiltWeighting:
+    """Per-tilt acquisition parameters for the weight: angles (deg), mid-exposure dose (e/A^2) and
+    defocus (A, underfocus positive; None when unknown), with the microscope's optics."""
+
+    tilt_angles: np.ndarray
+    dose: np.ndarray | None = None
+    defocus_u: np.ndarray | None = None
+    defocus_v: np.ndarray | None = None
+    astigmatism_angle: np.ndarray | None = None
+    microscope: Microscope = Microscope()
+
+    @classmethod
+    def from_tilt_series(cls, ts: TiltSeries) -> "TiltWeighting":
+        """Angles, dose (pre_exposure + exposure / 2) and, when estimated, defocus of each tilt."""
+        dose = ts.per_tilt("pre_exposure") + 0.5 * ts.per_tilt("exposure")
+        du = ts.per_tilt("defocus_u")
+        dv = ts.per_tilt("defocus_v")
+        return cls(ts.tilt_angles, dose if np.any(dose > 0) else None, du, du if dv is None else dv, ts.per_tilt("astigmatism_angle"), ts.microscope)
+
+    @classmethod
+    def wedge(cls, min_angle: float, max_angle: float, step: float = 3.0) -> "TiltWeighting":
+        """A plain missing wedge: tilts from `min_angle` to `max_angle` (deg) every `step`."""
+        if not -90 <= min_angle < max_angle <= 90 or step <= 0:
+            raise ModelError("tilt_range", f"expected -90 <= min < max <= 90 and step > 0, got {min_angle}, {max_angle}, {step}")
+        return cls(np.arange(min_angle, max_angle + 1e-9, step))
+
+
+def tilt_weight(shape: tuple[int, int, int], voxel_size: float, tilts: TiltWeighting, *, ctf: CtfMode = "signed") -> np.ndarray:
+    """W on the rfft grid of `shape` (z, y, x) at `voxel_size` (A); see the module docstring."""
+    kz, ky, kx = frequency_grid(shape, voxel_size, rfft=True)
+    dk = 1.0 / (max(shape) * voxel_size)
+    k = np.sqrt(kz * kz + ky * ky + kx * kx)
+    total = np.zeros(np.broadcast_shapes(kz.shape, ky.shape, kx.shape), dtype=np.float64)
+    coverage = np.zeros_like(total)
+    use_ctf = ctf != "none" and tilts.defocus_u is not None
+    m = tilts.microscope
+    for i, angle in enumerate(np.deg2rad(np.asarray(tilts.tilt_angles, dtype=np.float64))):
+        along_beam = -np.sin(angle) * kx + np.cos(angle) * kz
+        s = np.clip(1.0 - np.abs(along_beam) / dk, 0.0, None)
+        f = np.ones_like(total)
+        if use_ctf:
+            kxp = np.cos(angle) * kx + np.sin(angle) * kz
+            astig = 0.0 if tilts.astigmatism_angle is None else float(tilts.astigmatism_angle[i])
+            df = astigmatic_defocus(ky, kxp, float(tilts.defocus_u[i]), float(tilts.defocus_v[i]), astig)
+            c = ctf_from_chi(chi(k, df, voltage_kv=m.voltage_kv, cs_mm=m.cs_mm), m.amplitude_contrast)
+            f = f * (np.abs(c) if ctf == "abs" else c)
+        if tilts.dose is not None:
+            f = f * dose_weight(k, float(tilts.dose[i]), voltage_kv=m.voltage_kv)
+        total += s * f
+        coverage += s
+    return (total / np.maximum(coverage, 1.0)).astype(np.float32)
+
+
+def lowpass(shape: tuple[int, int, int], voxel_size: float, resolution_a: float, edge_fraction: float = 0.1) -> np.ndarray:
+    """Raised-cosine low-pass on the rfft grid: 1 below 1/resolution, 0 above (1 + edge_fraction)/resolution."""
+    if resolution_a < 2 * voxel_size - 1e-9:
+        raise ModelError("resolution", f"{resolution_a} A is finer than Nyquist ({2 * voxel_size} A)")
+    kz, ky, kx = frequency_grid(shape, voxel_size, rfft=True)
+    k = np.sqrt(kz * kz + ky * ky + kx * kx) * resolution_a
+    t = np.clip((k - 1.0) / edge_fraction, 0.0, 1.0)
+    return (0.5 * (1 + np.cos(np.pi * t))).astype(np.float32)
+
+
+def radial_power(spectrum: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Mean |F|^2 in shells one frequency step wide (index = shell), from a half spectrum of `shape`."""
+    kz, ky, kx = frequency_grid(shape, 1.0, rfft=True)
+    shell = np.rint(np.sqrt(kz * kz + ky * ky + kx * kx) * max(shape)).astype(np.int64).reshape(-1)
+    power = np.abs(spectrum.reshape(-1)) ** 2
+    sums = np.bincount(shell, weights=power)
+    counts = np.bincount(shell)
+    return sums / np.maximum(counts, 1)
+
+
+def whitening(shape: tuple[int, int, int], power: np.ndarray) -> np.ndarray:
+    """1 / sqrt(radial power) on the rfft grid of `shape` (shells as in `radial_power`), max 1."""
+    kz, ky, kx = frequency_grid(shape, 1.0, rfft=True)
+    shell = np.minimum(np.rint(np.sqrt(kz * kz + ky * ky + kx * kx) * max(shape)).astype(np.int64), power.size - 1)
+    amplitude = np.sqrt(np.maximum(power, 0.0))
+    inv = np.where(amplitude > 0, 1.0 / np.maximum(amplitude, 1e-30), 0.0)
+    inv /= inv[1:].max() if inv.size > 1 and inv[1:].max() > 0 else 1.0
+    return inv[shell].astype(np.float32)
