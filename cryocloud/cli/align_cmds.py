@@ -10,19 +10,11 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from cryocloud.alignment import align_tilt_series
-from cryocloud.alignment.figures import save_residuals_png
+from cryocloud.alignment.outputs import write_alignment
 from cryocloud.cli.app import app
-from cryocloud.errors import OutputExistsError
-from cryocloud.store import open_url, read_tilt_series, resolve, write_tilt_series
-from cryocloud.store.tiltfiles import write_tlt, write_xf
+from cryocloud.store import read_tilt_series
 
 console = Console(highlight=False, stderr=True)
-
-
-def sibling_url(out_url: str, suffix: str) -> str:
-    """`<out without .zarr><suffix>`: where the .xf, .tlt and PNG of an output go by default."""
-    base = out_url.rstrip("/")
-    return (base[: -len(".zarr")] if base.endswith(".zarr") else base) + suffix
 
 
 @app.command()
@@ -58,14 +50,7 @@ def align(
                                    iterations=iterations, tilt_offset=tilt_offset, binning=binning, thickness_a=thickness)
     finally:
         logger.removeHandler(handler)
-    write_tilt_series(result.apply_to(ts), out_url, ngff_version=ngff_version, overwrite=overwrite, storage_options=write_options,
-                      metadata={"stage": "align", "parameters": parameters, "alignment": result.summary()})
-    xf_url, tlt_url, png_url = xf or sibling_url(out_url, ".xf"), tlt or sibling_url(out_url, ".tlt"), sibling_url(out_url, "_residuals.png")
-    write_xf(xf_url, result.xf_rows(), overwrite=overwrite, storage_options=write_options)
-    write_tlt(tlt_url, result.corrected_tilt_angles_deg, overwrite=overwrite, storage_options=write_options)
-    if not overwrite and resolve(png_url, write_options).exists():
-        raise OutputExistsError(f"{png_url} exists; use --overwrite to replace it")
-    with open_url(png_url, "wb", storage_options=write_options) as f:
-        save_residuals_png(result, f, title=in_url)
+    urls = write_alignment(ts, result, out_url, parameters=parameters, xf_url=xf, tlt_url=tlt, ngff_version=ngff_version,
+                           overwrite=overwrite, storage_options=write_options, title=in_url)
     console.print(f"axis {result.tilt_axis_angle_deg:.2f} deg, tilt offset {result.tilt_offset_deg:.2f} deg; "
-                  f"wrote {out_url}, {xf_url}, {tlt_url}, {png_url}")
+                  f"wrote {', '.join(urls.values())}")
