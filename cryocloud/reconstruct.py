@@ -144,8 +144,24 @@ def _shift_rows(binned: np.ndarray, lo: int, y0: int, y1: int, shift_y: np.ndarr
     return out
 
 
+def _in_distributed_worker() -> bool:
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return True
+
+
 def _slab(block, lo, y0, y1, binning, angles, shift_x, shift_y, thickness, spec) -> np.ndarray:
-    """One task: rows [y0, y1) (binned) of the tomogram from the raw rows [lo * b, ...) of all tilts."""
+    """One task: rows [y0, y1) (binned) of the tomogram from the raw rows [lo * b, ...) of all tilts.
+
+    In a distributed worker the kernel runs on one numba thread (thread-local setting): cryocloud's
+    clusters run one single-threaded worker per core, so Dask supplies the parallelism.
+    """
+    if _in_distributed_worker():
+        numba.set_num_threads(1)
     rows = _shift_rows(_bin(np.asarray(block), binning), lo, y0, y1, shift_y)
     return reconstruct_rows(rows, angles, thickness, spec, shift_u=shift_x)
 
@@ -155,10 +171,17 @@ def default_thickness(n_x: int) -> int:
     return max(64, (n_x // 4) // 2 * 2)
 
 
-def default_slab_rows(n_y: int, n_x: int, thickness: int) -> int:
-    """Rows per task so that a slab of the output is about 64 MiB (4..64 rows, a multiple of 4)."""
-    rows = SLAB_TARGET_BYTES // (4 * n_x * thickness)
-    return int(min(n_y, max(4, min(64, rows // 4 * 4))))
+def default_slab_rows(n_y: int, n_x: int, thickness: int, input_rows: int | None = None) -> int:
+    """Rows per task: an output slab of at most ~64 MiB (4..128 rows).
+
+    With `input_rows` (binned rows per chunk of the stored tilt series) the slab is the largest
+    divisor of it within that limit, so slabs tile the input chunks and each chunk is decoded by
+    as few tasks as possible (a zarr chunk is always decoded whole).
+    """
+    limit = int(min(n_y, max(4, min(128, SLAB_TARGET_BYTES // (4 * n_x * thickness)))))
+    if input_rows is None or input_rows < 1:
+        return limit
+    return max(d for d in range(1, min(limit, input_rows) + 1) if input_rows % d == 0)
 
 
 def reconstruct(
@@ -180,7 +203,8 @@ def reconstruct(
     filter: "radial" (ramp with IMOD-like Gaussian falloff beyond `radial_cutoff`, sigma
     `radial_falloff`, both cycles/pixel of the binned images, 0.5 = Nyquist), "sirt" (that filter
     times a window equivalent to `sirt_iterations` SIRT iterations) or "none" (back-projection).
-    slab_rows: binned Y rows per task (default `default_slab_rows`, ~64 MiB of output each).
+    slab_rows: binned Y rows per task (default `default_slab_rows`: <= ~64 MiB of output, tiling
+    the input's Y chunks).
     halves: "even" / "odd" when `ts` is the even or odd frame sum of a tilt series (from motion
     correction); recorded on the output for half-map denoising and FSC, the maths is the same.
 
@@ -206,17 +230,18 @@ def reconstruct(
     nz = default_thickness(nx) if thickness_px is None else int(thickness_px)
     if nz < 1:
         raise ModelError("thickness_px", f"expected a positive number of voxels, got {thickness_px}")
-    rows = default_slab_rows(ny, nx, nz) if slab_rows is None else int(slab_rows)
+    data = ts.data.data
+    input_rows = data.chunks[1][0] // binning if isinstance(data, da.Array) else None
+    rows = default_slab_rows(ny, nx, nz, input_rows) if slab_rows is None else int(slab_rows)
     if rows < 1:
         raise ModelError("slab_rows", f"expected a positive number of rows, got {slab_rows}")
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks=(-1, rows * binning, -1))
 
     pixel = ts.pixel_size * binning
     angles = ts.tilt_angles
     shift_x = _per_tilt_px(ts, "shift_x", pixel)
     shift_y = _per_tilt_px(ts, "shift_y", pixel)
-    data = ts.data.data
-    if not isinstance(data, da.Array):
-        data = da.from_array(np.asarray(data), chunks=(-1, rows * binning, -1))
 
     pieces = []
     for y0 in range(0, ny, rows):

@@ -13,7 +13,7 @@ from cryocloud.errors import ModelError
 from cryocloud.model import TiltSeries
 from cryocloud.project import project_volume
 from cryocloud.recon_filters import FilterSpec, angular_weights, filter_response, padded_length
-from cryocloud.reconstruct import backproject, reconstruct, reconstruct_rows
+from cryocloud.reconstruct import backproject, default_slab_rows, reconstruct, reconstruct_rows
 
 ANGLES = np.arange(-60.0, 61.0, 3.0)
 
@@ -206,3 +206,13 @@ def test_unaligned_or_frame_input_is_refused():
     frames = TiltSeries.from_array(np.ones((ANGLES.size, 2, 8, 16), np.float32), tilt_angles=ANGLES, pixel_size=1.0)
     with pytest.raises(ModelError, match="frames"):
         reconstruct(frames)
+
+
+def test_default_slabs_tile_the_input_chunks():
+    assert default_slab_rows(512, 512, 256) == 128  # 64 MiB of output
+    assert default_slab_rows(512, 512, 256, input_rows=256) == 128
+    assert default_slab_rows(512, 512, 256, input_rows=96) == 96
+    assert default_slab_rows(512, 512, 256, input_rows=200) == 100
+    assert default_slab_rows(4096, 4096, 1024, input_rows=256) == 4  # huge slices: few rows per task
+    images = da.zeros((ANGLES.size, 60, 32), dtype=np.float32, chunks=(1, 20, 32))
+    assert reconstruct(_ts(images), thickness_px=16).data.data.chunks[1] == (20, 20, 20)

@@ -1,0 +1,81 @@
+"""`cryocloud reconstruct`: weighted back-projection of an aligned tilt series into an OME-Zarr tomogram."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from cryocloud.cli.app import app
+from cryocloud.cluster import connect, describe
+from cryocloud.reconstruct import reconstruct as reconstruct_tomogram
+from cryocloud.report import save_slices_png
+from cryocloud.store import open_url, read_tilt_series, read_tomogram, write_tomogram
+
+console = Console(highlight=False, stderr=True)
+
+
+def figure_url(out_url: str) -> str:
+    """Where the slices figure of an output goes: next to it, `<name>_slices.png`."""
+    base = out_url.rstrip("/")
+    stem = base[: -len(".zarr")] if base.endswith(".zarr") else base
+    return f"{stem}_slices.png"
+
+
+@app.command()
+def reconstruct(
+    in_url: str = typer.Argument(..., help="Aligned tilt series, OME-Zarr (local path, file:// or s3://)."),
+    out_url: str = typer.Argument(..., help="Output tomogram, OME-Zarr."),
+    thickness: Optional[int] = typer.Option(None, "--thickness", help="Z size in binned voxels (default max(64, width/4))."),
+    binning: int = typer.Option(1, "--binning", help="Mean-pool the tilt images by this factor first."),
+    filter: str = typer.Option("radial", "--filter", help="radial | sirt | none."),
+    radial_cutoff: float = typer.Option(0.35, "--radial-cutoff", help="Falloff start, cycles/pixel (0.5 = Nyquist)."),
+    radial_falloff: float = typer.Option(0.035, "--radial-falloff", help="Gaussian falloff sigma, cycles/pixel."),
+    sirt_iterations: int = typer.Option(10, "--sirt-iterations", help="Equivalent SIRT iterations of --filter sirt."),
+    slab_rows: Optional[int] = typer.Option(None, "--slab-rows", help="Y rows per task (default ~64 MiB of output)."),
+    halves: Optional[str] = typer.Option(None, "--halves", help="even | odd: the input is that frame-half sum."),
+    ngff_version: str = typer.Option("0.4", "--ngff-version", help="0.4 (zarr v2) or 0.5 (zarr v3)."),
+    levels: int = typer.Option(3, "--levels", help="Pyramid levels to write."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    anon: bool = typer.Option(False, "--anon", help="Anonymous read access (public buckets)."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address (default: cryocloud.cluster)."),
+) -> None:
+    """Reconstruct a tomogram; writes OME-Zarr and a PNG of the central XY and XZ slices next to it."""
+    write_options = {"endpoint_url": endpoint_url} if endpoint_url else None
+    read_options = dict(write_options or {}, **({"anon": True} if anon else {})) or None
+    ts = read_tilt_series(in_url, storage_options=read_options)
+    tomo = reconstruct_tomogram(
+        ts,
+        thickness_px=thickness,
+        binning=binning,
+        filter=filter,
+        radial_cutoff=radial_cutoff,
+        radial_falloff=radial_falloff,
+        sirt_iterations=sirt_iterations,
+        slab_rows=slab_rows,
+        halves=halves,
+    )
+    nz, ny, nx = tomo.shape
+    rows = tomo.data.data.chunks[1][0]
+    console.print(f"{in_url}: {ts.n_tilts} tilts of {ts.data.shape[1]} x {ts.data.shape[2]} px -> {nx} x {ny} x {nz} voxels "
+                  f"of {tomo.pixel_size:.3f} A, {filter} filter, {len(tomo.data.data.chunks[1])} slabs of {rows} rows")
+    client = connect(scheduler)
+    try:
+        console.print(describe(client))
+        write_tomogram(
+            tomo, out_url, ngff_version=ngff_version, chunks=(64, rows, 64), levels=levels, overwrite=overwrite,
+            storage_options=write_options,
+            metadata={"stage": "reconstruct", "parameters": tomo.data.attrs["reconstruction"]},
+        )
+    finally:
+        cluster = client.cluster
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    stored = read_tomogram(out_url, storage_options=write_options)
+    png = figure_url(out_url)
+    with open_url(png, "wb", storage_options=write_options) as f:
+        save_slices_png(stored.data.data, f, title=f"{out_url} ({filter}, {tomo.pixel_size:.2f} A/voxel)")
+    console.print(f"wrote {out_url} and {png}")
