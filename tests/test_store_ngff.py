@@ -296,3 +296,35 @@ def test_s3_endpoint_from_environment_and_missing_bucket(s3_bucket, monkeypatch)
     assert read_tomogram(url).data.shape == (8, 8, 8)
     with pytest.raises(StoreError, match="does not exist|cannot be"):
         read_tomogram("s3://no-such-bucket-xyz/t.zarr")
+
+
+def test_s3_resume_rewrites_only_deleted_chunk_objects(s3_bucket):
+    url = f"{s3_bucket.url}/run/t.zarr"
+    opts = s3_bucket.storage_options
+    tomo = _tomogram(shape=(32, 32, 32), seed=6)
+    write_tomogram(tomo, url, chunks=(16, 16, 16), levels=2, storage_options=opts)
+    fs = s3_bucket.fs()
+    root = url.removeprefix("s3://")
+    attrs = json.loads(fs.cat_file(f"{root}/.zattrs"))
+    del attrs["multiscales"]  # as if the run died before its metadata
+    fs.pipe_file(f"{root}/.zattrs", json.dumps(attrs).encode())
+    fs.rm_file(f"{root}/0/1/0/1")
+    with pytest.raises(StoreError, match="incomplete"):
+        read_tomogram(url, storage_options=opts)
+    good = _Counting(tomo.data.values, 16)
+    write_tomogram(tomo.with_data(good.array), url, chunks=(16, 16, 16), levels=2, storage_options=opts)
+    assert good.computed == [(1, 0, 1)]
+    np.testing.assert_array_equal(read_tomogram(url, storage_options=opts).data.values, tomo.data.values)
+
+
+def test_write_and_read_on_a_distributed_cluster(s3_bucket):
+    from distributed import Client, LocalCluster
+
+    url = f"{s3_bucket.url}/cluster/ts.zarr"
+    ts = _tilt_series()
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0") as cluster, Client(cluster):
+        write_tilt_series(ts.with_data(da.from_array(ts.data.values, chunks=(2, 12, 30))), url,
+                          storage_options=s3_bucket.storage_options, chunks=(1, 8, 30))
+        back = read_tilt_series(url, storage_options=s3_bucket.storage_options)
+        assert float(back.data.sum().compute()) == pytest.approx(float(ts.data.values.sum(dtype=np.float64)), rel=1e-5)
+        np.testing.assert_array_equal(back.data[3].values, ts.data.values[3])

@@ -16,7 +16,7 @@ import pydantic
 import xarray as xr
 
 from cryocloud.errors import ModelError, StoreError
-from cryocloud.model import REQUIRED_TILT_COORDS, OPTIONAL_TILT_COORDS, Microscope, TiltSeries, Tomogram
+from cryocloud.model import OPTIONAL_TILT_COORDS, REQUIRED_TILT_COORDS, Microscope, TiltSeries, Tomogram, pixel_size_of
 from cryocloud.store.location import Location, resolve
 from cryocloud.store.metadata import ATTRS_KEY, CryocloudAttrs, split_caller_metadata
 from cryocloud.store.ngff import NgffImage, open_image, write_multiscale
@@ -39,18 +39,25 @@ def source_locations(data: Any) -> list[Location]:
     return list(found.values())
 
 
-def _lazy(values: Any) -> da.Array:
-    return values if isinstance(values, da.Array) else da.from_array(np.asarray(values), chunks="auto")
-
-
-def _attrs_for(kind: str, pixel_size: float, microscope: Microscope, metadata: dict | None, sources: list[Location], **fields) -> dict:
+def _write(
+    kind: str, data: xr.DataArray, microscope: Microscope, url: str, *, axes: list[dict], binned: tuple[bool, ...],
+    ngff_version: str, chunks, levels: int, overwrite: bool, storage_options: dict | None, metadata: dict | None, **fields: Any,
+) -> None:
+    """Write one image with its cryocloud block (provenance inputs found in the Dask graph)."""
+    loc = resolve(url, storage_options)
+    array = data.data if isinstance(data.data, da.Array) else da.from_array(np.asarray(data.data), chunks="auto")
+    sources = source_locations(array)
+    pixel_size = pixel_size_of(data)
     provenance, rest = split_caller_metadata(metadata)
     provenance.inputs = [s.url for s in sources]
     try:
         block = CryocloudAttrs(kind=kind, pixel_size=pixel_size, microscope=microscope, provenance=provenance, metadata=rest, **fields)
     except pydantic.ValidationError as exc:
         raise ModelError("metadata", f"cannot be stored: {exc}") from exc
-    return {ATTRS_KEY: block.model_dump(mode="json")}
+    write_multiscale(
+        array, loc, axes=axes, binned=binned, pixel_size=pixel_size, ngff_version=ngff_version, chunks=chunks, levels=levels,
+        overwrite=overwrite, extra_attrs={ATTRS_KEY: block.model_dump(mode="json")}, sources=sources, name=str(data.name or kind),
+    )
 
 
 def write_tilt_series(
@@ -71,18 +78,15 @@ def write_tilt_series(
     """
     if ts.has_frames:
         raise StoreError(url, "movie frames (tilt, frame, y, x) are not stored as OME-Zarr; store the motion-corrected tilt series", field="dims")
-    loc = resolve(url, storage_options)
-    data = _lazy(ts.data.data)
-    sources = source_locations(data)
     per_tilt = {
         name: [float(v) for v in np.asarray(ts.data.coords[name].values, dtype=np.float64)]
         for name in REQUIRED_TILT_COORDS + OPTIONAL_TILT_COORDS
         if name in ts.data.coords
     }
-    extra = _attrs_for("tilt_series", ts.pixel_size, ts.microscope, metadata, sources, tilt_axis_angle=ts.tilt_axis_angle, per_tilt=per_tilt)
-    write_multiscale(
-        data, loc, axes=TILT_SERIES_AXES, binned=(False, True, True), pixel_size=ts.pixel_size, ngff_version=ngff_version,
-        chunks=chunks, levels=levels, overwrite=overwrite, extra_attrs=extra, sources=sources, name=str(ts.data.name or "tilt_series"),
+    _write(
+        "tilt_series", ts.data, ts.microscope, url, axes=TILT_SERIES_AXES, binned=(False, True, True), ngff_version=ngff_version,
+        chunks=chunks, levels=levels, overwrite=overwrite, storage_options=storage_options, metadata=metadata,
+        tilt_axis_angle=ts.tilt_axis_angle, per_tilt=per_tilt,
     )
 
 
@@ -98,14 +102,11 @@ def write_tomogram(
     metadata: dict | None = None,
 ) -> None:
     """Write a tomogram (z, y, x) as OME-Zarr in cubic chunks; data first, metadata last; resumable."""
-    loc = resolve(url, storage_options)
-    data = _lazy(tomo.data.data)
-    sources = source_locations(data)
     angles = None if tomo.tilt_angles is None else [float(t) for t in tomo.tilt_angles]
-    extra = _attrs_for("tomogram", tomo.pixel_size, tomo.microscope, metadata, sources, tilt_angles=angles)
-    write_multiscale(
-        data, loc, axes=TOMOGRAM_AXES, binned=(True, True, True), pixel_size=tomo.pixel_size, ngff_version=ngff_version,
-        chunks=chunks, levels=levels, overwrite=overwrite, extra_attrs=extra, sources=sources, name=str(tomo.data.name or "tomogram"),
+    _write(
+        "tomogram", tomo.data, tomo.microscope, url, axes=TOMOGRAM_AXES, binned=(True, True, True), ngff_version=ngff_version,
+        chunks=chunks, levels=levels, overwrite=overwrite, storage_options=storage_options, metadata=metadata,
+        tilt_angles=angles,
     )
 
 
