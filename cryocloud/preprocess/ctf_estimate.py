@@ -7,17 +7,20 @@ Per tilt (one Dask task per tilt):
    `tilt_axis_angle` ccw from image y, and `shift_x/shift_y` move it off the centre). Tiles
    with nearly the same offset are grouped and their periodograms averaged; amplitude spectra
    (square root of the power) are used.
-2. Background: the rotational average of the amplitude, binned finely in k^2 (where Thon rings
-   are periodic), is smoothed by a running mean over one ring period; it is subtracted and the
-   result divided by its local RMS (envelope normalisation).
-3. 1D search: a grid over defocus scores the Pearson correlation between the normalised spectra
-   (all groups together) and CTF^2 at each group's defocus (df + delta), within the resolution
-   band [1/min_resolution_a, 1/max_resolution_a]; the best grid point is polished by a bounded
-   scalar search, and the background is re-estimated with a window matched to that defocus.
+2. 1D search: rotational averages of the amplitude, binned finely in k^2 (where Thon rings are
+   periodic), within the band [1/min_resolution_a, 1/max_resolution_a]. For each defocus of a
+   grid, data and model CTF^2 (at each group's df + delta) are both high-passed by subtracting
+   their running mean over two ring periods of that defocus (background removal that treats data
+   and model alike), the data divided by its local RMS (envelope); the score is their Pearson
+   correlation (all groups together). The best grid point is polished by a bounded scalar search.
+3. Background for 2D: the same running mean at the 1D defocus, interpolated to every pixel of
+   the band, is subtracted from the 2D spectra, which are divided by their local RMS.
 4. 2D refinement: Nelder-Mead over (mean defocus, astigmatism vector (a cos 2 theta, a sin 2 theta))
    maximising the same correlation on the 2D half-plane spectra -> defocus U >= V and the angle
    of U (deg ccw from +x, as CTFFIND4).
-5. Score: that correlation. Fit resolution: spectra are averaged in equiphase bins of the fitted
+5. Series: `estimate_ctf` sums the per-tilt 1D score curves to find the defocus that fits the
+   whole series, then searches each tilt within `series_window_a` of it (robust at low dose).
+6. Score: that correlation. Fit resolution: spectra are averaged in equiphase bins of the fitted
    CTF (chi), correlated with CTF^2 in windows of two Thon rings; the fit resolution is the
    spacing (A) where that correlation first drops below `resolution_threshold`.
 
@@ -26,7 +29,7 @@ Units: Angstrom, degrees; defocus positive = underfocus.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dask
 import dask.array as da
@@ -198,13 +201,50 @@ class _Model:
         return _weighted_pearson(self.s.data, model, self.s.weights)
 
 
-def _search_1d(model: _Model, defocus_range_a: tuple[float, float], step_a: float) -> float:
+class _Profiles:
+    """Rotational averages of the group spectra on fine bins uniform in k^2 (Thon rings periodic).
+
+    The 1D score for a defocus filters data and model alike: each minus its running mean over two
+    ring periods of that defocus, so background leakage affects both the same way."""
+
+    def __init__(self, tiles: TileSpectra, k_lo: float, k_hi: float, microscope: Microscope):
+        ky, kx = frequency_grid((tiles.box, tiles.box), tiles.pixel_size_a, rfft=True)
+        k2 = np.broadcast_to(ky * ky + kx * kx, tiles.amplitude.shape[1:])
+        band = (k2 >= k_lo * k_lo) & (k2 <= k_hi * k_hi)
+        n_bins = tiles.box
+        edges = np.linspace(k_lo * k_lo, k_hi * k_hi, n_bins + 1)
+        index = np.clip(np.searchsorted(edges, k2[band]) - 1, 0, n_bins - 1)
+        counts = np.bincount(index, minlength=n_bins)
+        filled = counts > 0
+        self.k2 = 0.5 * (edges[1:] + edges[:-1])[filled]
+        self.bin_width = edges[1] - edges[0]
+        self.profiles = np.stack([np.bincount(index, amp[band], minlength=n_bins)[filled] / counts[filled] for amp in tiles.amplitude])
+        self.weights = np.outer(tiles.counts, np.sqrt(counts[filled])).ravel()
+        self.offsets = tiles.offsets_a
+        self.microscope = microscope
+        self.lam = wavelength_a(microscope.voltage_kv)
+
+    def _highpass(self, values: np.ndarray, window: int) -> np.ndarray:
+        return values - ndimage.uniform_filter1d(values, size=window, axis=-1, mode="nearest")
+
+    def score(self, df: float) -> float:
+        window = int(np.clip(round(2.0 / (self.lam * df) / self.bin_width), 3, self.k2.size // 2))
+        data = self._highpass(self.profiles, window)
+        data = data / np.sqrt(np.maximum(ndimage.uniform_filter1d(data * data, size=window, axis=-1, mode="nearest"), 1e-30))
+        m = self.microscope
+        model = np.stack(
+            [ctf_from_chi(chi(np.sqrt(self.k2), df + off, voltage_kv=m.voltage_kv, cs_mm=m.cs_mm), m.amplitude_contrast) ** 2 for off in self.offsets]
+        )
+        return _weighted_pearson(data.ravel(), self._highpass(model, window).ravel(), self.weights)
+
+
+def _search_1d(profiles: _Profiles, defocus_range_a: tuple[float, float], step_a: float) -> float:
     lo, hi = defocus_range_a
     grid = np.arange(lo, hi + step_a, step_a)
-    scores = np.array([model.score(df, df, 0.0) for df in grid])
+    scores = np.array([profiles.score(df) for df in grid])
     best = grid[int(np.argmax(scores))]
     res = optimize.minimize_scalar(
-        lambda df: -model.score(df, df, 0.0), bounds=(max(lo, best - step_a), min(hi, best + step_a)), method="bounded",
+        lambda df: -profiles.score(df), bounds=(max(lo, best - step_a), min(hi, best + step_a)), method="bounded",
         options={"xatol": 1.0},
     )
     return float(res.x)
@@ -220,7 +260,7 @@ def _refine_2d(model: _Model, df0: float, defocus_range_a: tuple[float, float], 
 
     def cost(p: np.ndarray) -> float:
         u, v, ang = params(p)
-        penalty = max(0.0, np.hypot(p[1], p[2]) * 1000.0 - max_astigmatism_a) + max(0.0, lo - v) + max(0.0, u - hi)
+        penalty = max(0.0, u - v - max_astigmatism_a) + max(0.0, lo - v) + max(0.0, u - hi)
         return -model.score(u, v, ang) + penalty * 1e-3
 
     starts = [np.array([0.0, 0.0, 0.0]), np.array([0.0, 0.3, 0.0]), np.array([0.0, 0.0, 0.3])]
@@ -272,6 +312,63 @@ def fit_resolution(ks: np.ndarray, ccs: np.ndarray, threshold: float, k_hi: floa
     return float(1.0 / k)
 
 
+@dataclass(frozen=True)
+class CtfSearch:
+    """Search settings. Box (pixels) of the spectrum tiles; defocus range and 1D grid step (A);
+    resolution band (A); largest |defocus_u - defocus_v| (A); fit-resolution threshold;
+    `series_window_a`: `estimate_ctf` first finds the defocus that best fits the whole series
+    (sum of the per-tilt 1D score curves) and then searches each tilt within this distance of it
+    (None: every tilt searches the full range)."""
+
+    box: int = 256
+    defocus_range_a: tuple[float, float] = (5000.0, 70000.0)
+    defocus_step_a: float = 250.0
+    min_resolution_a: float = 30.0
+    max_resolution_a: float = 5.0
+    max_astigmatism_a: float = 3000.0
+    resolution_threshold: float = 0.5
+    series_window_a: float | None = 5000.0
+
+    def band(self, pixel_size_a: float) -> tuple[float, float]:
+        """Spatial-frequency band (1/A) fitted: [1/min_resolution, min(1/max_resolution, 0.95 Nyquist)]."""
+        lo, hi = self.defocus_range_a
+        if lo <= 0 or hi <= lo:
+            raise ModelError("defocus_range_a", f"expected 0 < min < max (A), got {self.defocus_range_a}")
+        k_hi = min(1.0 / self.max_resolution_a, 0.5 / pixel_size_a * 0.95)
+        k_lo = 1.0 / self.min_resolution_a
+        if k_lo >= k_hi:
+            raise ModelError("min_resolution_a", f"must be coarser than max resolution {1 / k_hi:.2f} A, got {self.min_resolution_a}")
+        return k_lo, k_hi
+
+    def grid(self) -> np.ndarray:
+        lo, hi = self.defocus_range_a
+        return np.arange(lo, hi + self.defocus_step_a, self.defocus_step_a)
+
+
+def score_curve(tiles: TileSpectra, microscope: Microscope, search: CtfSearch) -> np.ndarray:
+    """1D scores of the spectra on the defocus grid `search.grid()`."""
+    profiles = _Profiles(tiles, *search.band(tiles.pixel_size_a), microscope)
+    return np.array([profiles.score(df) for df in search.grid()])
+
+
+def series_defocus(search: CtfSearch, *curves: np.ndarray) -> float:
+    """The grid defocus (A) with the highest summed score over tilts."""
+    return float(search.grid()[int(np.argmax(np.sum(curves, axis=0)))])
+
+
+def fit_tiles(tiles: TileSpectra, microscope: Microscope, search: CtfSearch, centre_a: float | None = None) -> CtfFit:
+    """Fit U/V/angle to tile spectra; with `centre_a`, search within `series_window_a` of it."""
+    k_lo, k_hi = search.band(tiles.pixel_size_a)
+    lo, hi = search.defocus_range_a
+    if centre_a is not None and search.series_window_a is not None:
+        lo, hi = max(lo, centre_a - search.series_window_a), min(hi, centre_a + search.series_window_a)
+    df1 = _search_1d(_Profiles(tiles, k_lo, k_hi, microscope), (lo, hi), search.defocus_step_a)
+    model = _Model(_Spectra(tiles, k_lo, k_hi, 2.0 / (wavelength_a(microscope.voltage_kv) * df1)), microscope)
+    u, v, ang = _refine_2d(model, df1, search.defocus_range_a, search.max_astigmatism_a)
+    ks, ccs = equiphase_correlation(model, u, v, ang)
+    return CtfFit(u, v, ang, model.score(u, v, ang), fit_resolution(ks, ccs, search.resolution_threshold, k_hi))
+
+
 def fit_ctf(
     image: np.ndarray,
     pixel_size_a: float,
@@ -280,51 +377,45 @@ def fit_ctf(
     tilt_deg: float = 0.0,
     tilt_axis_angle_deg: float = 0.0,
     shift_xy_a=(0.0, 0.0),
-    box: int = 256,
-    defocus_range_a: tuple[float, float] = (5000.0, 70000.0),
-    defocus_step_a: float = 250.0,
-    min_resolution_a: float = 30.0,
-    max_resolution_a: float = 5.0,
-    max_astigmatism_a: float = 3000.0,
-    resolution_threshold: float = 0.5,
+    search: CtfSearch = CtfSearch(),
 ) -> CtfFit:
-    """Fit defocus U/V and astigmatism angle to one image (y, x); see the module docstring."""
-    if defocus_range_a[0] <= 0 or defocus_range_a[1] <= defocus_range_a[0]:
-        raise ModelError("defocus_range_a", f"expected 0 < min < max (A), got {defocus_range_a}")
-    k_hi = min(1.0 / max_resolution_a, 0.5 / pixel_size_a * 0.95)
-    k_lo = 1.0 / min_resolution_a
-    if k_lo >= k_hi:
-        raise ModelError("min_resolution_a", f"must be coarser than max resolution {1 / k_hi:.2f} A, got {min_resolution_a}")
-    tiles = tile_spectra(image, pixel_size_a, box=box, tilt_deg=tilt_deg, tilt_axis_angle_deg=tilt_axis_angle_deg, shift_xy_a=shift_xy_a)
-    lam = wavelength_a(microscope.voltage_kv)
-    coarse = _Model(_Spectra(tiles, k_lo, k_hi, 1.0 / (lam * defocus_range_a[0])), microscope)
-    df1 = _search_1d(coarse, defocus_range_a, defocus_step_a)
-    model = _Model(_Spectra(tiles, k_lo, k_hi, 2.0 / (lam * df1)), microscope)
-    df1 = _search_1d(model, (max(defocus_range_a[0], df1 - 2 * defocus_step_a), min(defocus_range_a[1], df1 + 2 * defocus_step_a)), defocus_step_a / 5)
-    u, v, ang = _refine_2d(model, df1, defocus_range_a, max_astigmatism_a)
-    score = model.score(u, v, ang)
-    ks, ccs = equiphase_correlation(model, u, v, ang)
-    return CtfFit(u, v, ang, score, fit_resolution(ks, ccs, resolution_threshold, k_hi))
+    """Fit defocus U/V and astigmatism angle to one image (y, x) over the full defocus range."""
+    search.band(pixel_size_a)
+    tiles = tile_spectra(image, pixel_size_a, box=search.box, tilt_deg=tilt_deg, tilt_axis_angle_deg=tilt_axis_angle_deg, shift_xy_a=shift_xy_a)
+    return fit_tiles(tiles, microscope, search)
 
 
-def _fit_task(block: np.ndarray, pixel_size_a: float, microscope: Microscope, tilt_deg: float, axis: float, shift, options: dict) -> np.ndarray:
-    return fit_ctf(block[0], pixel_size_a, microscope=microscope, tilt_deg=tilt_deg, tilt_axis_angle_deg=axis, shift_xy_a=shift, **options).as_array()[None]
+def _spectra_task(block: np.ndarray, pixel_size_a: float, box: int, tilt_deg: float, axis: float, shift) -> TileSpectra:
+    return tile_spectra(block[0], pixel_size_a, box=box, tilt_deg=tilt_deg, tilt_axis_angle_deg=axis, shift_xy_a=shift)
 
 
-def ctf_fit_graph(ts: TiltSeries, **options) -> da.Array:
-    """Lazy per-tilt fits (tilt, 5): columns FIT_COLUMNS; one Dask task per tilt. Options as `fit_ctf`."""
+def _fit_task(tiles: TileSpectra, microscope: Microscope, search: CtfSearch, centre_a: float | None) -> np.ndarray:
+    return fit_tiles(tiles, microscope, search, centre_a).as_array()[None]
+
+
+def ctf_fit_graph(ts: TiltSeries, search: CtfSearch = CtfSearch()) -> da.Array:
+    """Lazy per-tilt fits (tilt, 5), columns FIT_COLUMNS. Per tilt: a spectra task, a 1D score
+    curve task and a fit task; the fits wait for the series defocus (sum of the curves) unless
+    `search.series_window_a` is None."""
     if ts.has_frames:
         raise ModelError("dims", "CTF estimation needs summed images (tilt, y, x); motion-correct the frames first")
+    search.band(ts.pixel_size)
     arr = da.asarray(ts.data.data).astype(np.float32)
     arr = arr.rechunk((1,) + arr.shape[1:])
     shift_x = ts.per_tilt("shift_x")
     shift_y = ts.per_tilt("shift_y")
-    task = dask.delayed(_fit_task, pure=True)
-    rows = []
+    spectra = []
     for i, block in enumerate(arr.to_delayed().ravel()):
         shift = (0.0 if shift_x is None else float(shift_x[i]), 0.0 if shift_y is None else float(shift_y[i]))
-        fit = task(block, ts.pixel_size, ts.microscope, float(ts.tilt_angles[i]), ts.tilt_axis_angle, shift, options)
-        rows.append(da.from_delayed(fit, shape=(1, len(FIT_COLUMNS)), dtype=np.float64))
+        spectra.append(dask.delayed(_spectra_task, pure=True)(block, ts.pixel_size, search.box, float(ts.tilt_angles[i]), ts.tilt_axis_angle, shift))
+    centre = None
+    if search.series_window_a is not None:
+        curves = [dask.delayed(score_curve, pure=True)(t, ts.microscope, search) for t in spectra]
+        centre = dask.delayed(series_defocus, pure=True)(search, *curves)
+    rows = [
+        da.from_delayed(dask.delayed(_fit_task, pure=True)(t, ts.microscope, search, centre), shape=(1, len(FIT_COLUMNS)), dtype=np.float64)
+        for t in spectra
+    ]
     return da.concatenate(rows, axis=0)
 
 
@@ -335,23 +426,17 @@ def fits_table(ts: TiltSeries, fits: np.ndarray) -> pd.DataFrame:
     return table
 
 
-def estimate_ctf(
-    ts: TiltSeries,
-    *,
-    defocus_range_a: tuple[float, float] = (5000.0, 70000.0),
-    box: int = 256,
-    min_resolution_a: float = 30.0,
-    max_resolution_a: float = 5.0,
-    quiet: bool = True,
-    **options,
-) -> CtfResult:
-    """Estimate the CTF of every tilt (Dask, one task per tilt) and set the defocus coordinates.
+def estimate_ctf(ts: TiltSeries, *, search: CtfSearch = CtfSearch(), quiet: bool = True, **settings) -> CtfResult:
+    """Estimate the CTF of every tilt (Dask tasks per tilt) and set the defocus coordinates.
 
+    `settings` override fields of `search` (e.g. defocus_range_a=(5000, 70000), box=256).
     Computes only the small per-tilt fit table; the image data of the returned series stay lazy.
     """
-    graph = ctf_fit_graph(
-        ts, defocus_range_a=defocus_range_a, box=box, min_resolution_a=min_resolution_a, max_resolution_a=max_resolution_a, **options
-    )
+    try:
+        search = replace(search, **settings)
+    except TypeError as exc:
+        raise ModelError("settings", f"unknown CTF search setting: {exc}") from None
+    graph = ctf_fit_graph(ts, search)
     (fits,) = progress.compute(graph, description="CTF estimation", quiet=quiet)
     table = fits_table(ts, fits)
     fitted = ts.with_per_tilt(
