@@ -144,6 +144,20 @@ def dose_weight(k: np.ndarray, exposure_e_per_a2: float, *, voltage_kv: float = 
     return np.exp(-n / (2.0 * critical_exposure(k)))
 
 
+def exposure_averaged_dose_weight(k: np.ndarray, pre_exposure: float, exposure: float, *, voltage_kv: float = 300.0) -> np.ndarray:
+    """Mean amplitude attenuation over an exposure window [pre, pre + exposure] (e/A^2) at k (1/A).
+
+    The average of exp(-N / (2 Ne(k))) over N in the window: the dose weight of an image summed
+    from frames recorded during that window (equal to `dose_weight(k, pre)` when exposure = 0).
+    """
+    scale = voltage_dose_scale(voltage_kv)
+    ne2 = 2.0 * critical_exposure(k)
+    x = exposure * scale / ne2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        window = np.where(x > 0, -np.expm1(-x) / np.where(x > 0, x, 1.0), 1.0)
+    return np.exp(-pre_exposure * scale / ne2) * window
+
+
 def dose_filter_2d(
     shape: tuple[int, int],
     pixel_size_a: float,
