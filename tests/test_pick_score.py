@@ -65,10 +65,11 @@ def test_fourier_search_equals_brute_force_correlation(setup):
     mask_grid = np.roll(np.pad(mask, (0, S - B)), (-(B // 2),) * 3, axis=(0, 1, 2))
     rotations = random_rotations(3, np.random.default_rng(1))
     for i, rotation in enumerate(rotations):
-        best, index = sc.search_orientations(sub, spectrum, grid, rotation[None], first_index=7 + i)
+        best, index, moments = sc.search_orientations(sub, spectrum, grid, rotation[None], first_index=7 + i)
         template_grid = sc.effective_template(spectrum, grid, rotation)
         assert np.abs(best - _brute_force(volume, template_grid, mask_grid)).max() < 1e-4
         assert np.all(index == 7 + i)
+        assert np.allclose(moments, [best.sum(), (best.astype(np.float64) ** 2).sum(), best.size], rtol=1e-4)
         # the effective template is zero-mean and lies (99 % of its energy) inside the mask
         assert abs(template_grid.mean()) < 1e-6
         assert ((template_grid * mask_grid) ** 2).sum() / (template_grid**2).sum() > 0.985
@@ -95,7 +96,7 @@ def test_best_orientation_of_a_pasted_copy(setup):
     volume = np.random.default_rng(4).normal(scale=0.05, size=(S, S, S)).astype(np.float32)
     volume[8:24, 8:24, 8:24] += rotate_real_space(_template(), rotations[13])  # centre at voxel 16
     sub = sc.prepare_subvolume(volume, grid, mask, LO, CORE, spherical=True)
-    best, index = sc.search_orientations(sub, spectrum, grid, rotations)
+    best, index, _ = sc.search_orientations(sub, spectrum, grid, rotations)
     peak = np.unravel_index(np.argmax(best), best.shape)
     assert tuple(int(p) + 8 for p in peak) == (16, 16, 16)
     assert index[peak] == 13
@@ -111,7 +112,7 @@ def test_non_spherical_mask_path_finds_the_orientation():
     volume = np.random.default_rng(6).normal(scale=0.05, size=(S, S, S)).astype(np.float32)
     volume[8:24, 8:24, 8:24] += rotate_real_space(template, rotations[4])
     sub = sc.prepare_subvolume(volume, grid, mask, LO, CORE, spherical=False)
-    best, index = sc.search_orientations(sub, spectrum, grid, rotations, mask=mask)
+    best, index, _ = sc.search_orientations(sub, spectrum, grid, rotations, mask=mask)
     peak = np.unravel_index(np.argmax(best), best.shape)
     assert tuple(int(p) + 8 for p in peak) == (16, 16, 16)
     assert index[peak] == 4

@@ -25,6 +25,7 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.delayed import Delayed
 
 from cryocloud.errors import ModelError
 from cryocloud.model import Tomogram
@@ -143,15 +144,16 @@ def _prepare(data: np.ndarray, mask_core: np.ndarray | None, block: Block, box: 
     return sc.prepare_subvolume(volume, setup.grid, template.mask, lo, block.core_shape, spherical=template.spherical, prefilter=setup.prefilter)
 
 
-def _search(sub: sc.Subvolume | None, setup: _Setup, rotations: np.ndarray, first: int, template: Template, core_shape) -> tuple[np.ndarray, np.ndarray]:
+def _search(sub: sc.Subvolume | None, setup: _Setup, rotations: np.ndarray, first: int, template: Template, core_shape) -> tuple:
     if sub is None:
-        return np.zeros(core_shape, np.float32), np.zeros(core_shape, np.int32)
+        return np.zeros(core_shape, np.float32), np.zeros(core_shape, np.int32), np.zeros(3)
     return sc.search_orientations(sub, setup.spectrum, setup.grid, rotations, first, template.mask)
 
 
-def _combine(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _combine(a: tuple, b: tuple) -> tuple:
+    """Keep the better score per voxel with its orientation; add the score moments."""
     better = b[0] > a[0]
-    return np.where(better, b[0], a[0]), np.where(better, b[1], a[1])
+    return np.where(better, b[0], a[0]), np.where(better, b[1], a[1]), a[2] + b[2]
 
 
 def _tree_reduce(parts: list):
@@ -161,14 +163,15 @@ def _tree_reduce(parts: list):
 
 
 def _finish(result, mask_core: np.ndarray | None, cache: "BlockCache | None", key: str):
-    best, index = result
+    best, index, moments = result
     best = np.where(np.isfinite(best), best, 0).astype(np.float32)
     if mask_core is not None:
         best = np.where(mask_core, best, 0).astype(np.float32)
         index = np.where(mask_core, index, 0).astype(np.int32)
+    index = index.astype(np.int32)
     if cache is not None:
-        cache.save(key, best, index)
-    return best, index.astype(np.int32)
+        cache.save(key, best, index, moments)
+    return best, index, moments
 
 
 @dataclass(frozen=True)
@@ -186,11 +189,11 @@ class BlockCache:
     def has(self, key: str) -> bool:
         return self._location(key).exists()
 
-    def save(self, key: str, best: np.ndarray, index: np.ndarray) -> None:
+    def save(self, key: str, best: np.ndarray, index: np.ndarray, moments: np.ndarray) -> None:
         from cryocloud.store import open_url
 
         buffer = io.BytesIO()
-        np.savez(buffer, score=best, index=index)
+        np.savez(buffer, score=best, index=index, moments=moments)
         loc = self._location(key)
         partial = loc.url + ".partial"  # a reader never sees half a block
         with open_url(partial, "wb", storage_options=self.storage_options) as f:
@@ -198,12 +201,12 @@ class BlockCache:
         fs = loc.filesystem()
         fs.mv(loc.path + ".partial", loc.path)
 
-    def load(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+    def load(self, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from cryocloud.store import open_url
 
         with open_url(self._location(key).url, "rb", storage_options=self.storage_options) as f:
             stored = np.load(io.BytesIO(f.read()))
-            return stored["score"], stored["index"]
+            return stored["score"], stored["index"], stored["moments"]
 
 
 def fingerprint(template: Template, rotations: np.ndarray, tilts: TiltWeighting | None, settings: MatchSettings, shape) -> str:
@@ -222,12 +225,21 @@ def fingerprint(template: Template, rotations: np.ndarray, tilts: TiltWeighting 
 @dataclass(frozen=True)
 class MatchResult:
     """Lazy results: `scores` (z, y, x) float32 and `orientation` (z, y, x) int32 indices into
-    `rotations` (N, 3, 3); `searched` (z, y, x) bool, the voxels searched (None: all)."""
+    `rotations` (N, 3, 3); `searched` (z, y, x) bool, the voxels searched (None: all);
+    `moments` a Delayed (sum, sum of squares, count) of every score evaluated (voxels x
+    orientations), whose standard deviation sets the false-alarm threshold."""
 
     scores: xr.DataArray
     orientation: xr.DataArray
     rotations: np.ndarray
+    moments: Delayed
     searched: xr.DataArray | None = None
+
+    def score_std(self) -> tuple[float, float]:
+        """(standard deviation of all evaluated scores, their count); computes the moments."""
+        total, total2, count = np.asarray(self.moments.compute(), dtype=np.float64)
+        mean = total / count
+        return float(np.sqrt(max(total2 / count - mean * mean, 0.0))), float(count)
 
 
 def match(
@@ -271,6 +283,7 @@ def match(
 
     score_blocks = np.empty([max(b.index[a] for b in blocks) + 1 for a in range(3)], dtype=object)
     index_blocks = np.empty_like(score_blocks)
+    moments = []
     for block in blocks:
         core_slices = tuple(slice(a, b) for a, b in block.core)
         mask_core = None if mask is None else mask[core_slices]
@@ -282,10 +295,15 @@ def match(
             done = dask.delayed(_finish, pure=False)(_tree_reduce(parts), mask_core, cache, block.key)
         score_blocks[block.index] = da.from_delayed(done[0], block.core_shape, dtype=np.float32)
         index_blocks[block.index] = da.from_delayed(done[1], block.core_shape, dtype=np.int32)
+        moments.append(done[2])
 
     coords = {d: tomogram.data.coords[d] for d in ("z", "y", "x")}
     attrs = {"pixel_size": tomogram.pixel_size}
     scores = xr.DataArray(da.block(score_blocks.tolist()), dims=("z", "y", "x"), coords=coords, name="scores", attrs=attrs)
     orientation = xr.DataArray(da.block(index_blocks.tolist()), dims=("z", "y", "x"), coords=coords, name="orientation", attrs=attrs)
     searched = None if mask is None else xr.DataArray(mask, dims=("z", "y", "x"), coords=coords, name="searched", attrs=attrs)
-    return MatchResult(scores, orientation, rotations, searched)
+    return MatchResult(scores, orientation, rotations, dask.delayed(_sum_moments, pure=True)(*moments), searched)
+
+
+def _sum_moments(*moments: np.ndarray) -> np.ndarray:
+    return np.sum(np.stack(moments), axis=0)

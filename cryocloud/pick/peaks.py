@@ -8,7 +8,9 @@ n_false expected false peaks above
 
 Candidates are local maxima (3x3x3) above the threshold, found chunk by chunk on the lazy score
 map; a greedy non-maximum suppression then keeps the highest and drops every candidate within
-the particle radius of a kept one. Only the candidate lists and scalars are computed.
+the particle radius of a kept one. Only the candidate lists are computed. sigma is the standard
+deviation of every score evaluated (voxels x orientations, accumulated by the search), not of the
+map of maxima.
 """
 
 from __future__ import annotations
@@ -30,21 +32,6 @@ def false_alarm_threshold(sigma: float, n_search: float, n_false: float = 1.0) -
     if not 0 < n_false < n_search / 2:
         raise ModelError("n_false", f"expected 0 < n_false < N_search / 2 = {n_search / 2:g}, got {n_false}")
     return float(erfcinv(2.0 * n_false / n_search) * np.sqrt(2.0) * sigma)
-
-
-def score_statistics(scores: xr.DataArray, searched: xr.DataArray | None = None) -> tuple[float, int]:
-    """(standard deviation of the scores, number of voxels) over the searched voxels."""
-    values = scores.data if isinstance(scores.data, da.Array) else da.from_array(np.asarray(scores.values))
-    if searched is None:
-        std, count = da.std(values), values.size
-        return float(std.compute()), int(count)
-    mask = searched.data if isinstance(searched.data, da.Array) else da.from_array(np.asarray(searched.values))
-    mask = mask.astype(bool).rechunk(values.chunks)
-    n = mask.sum()
-    mean = da.where(mask, values, 0).sum() / n
-    var = da.where(mask, (values - mean) ** 2, 0).sum() / n
-    var, n = dask.compute(var, n)
-    return float(np.sqrt(var)), int(n)
 
 
 def _local_maxima(block: np.ndarray, threshold: float) -> np.ndarray:
@@ -96,22 +83,25 @@ def extract_peaks(
     radius_a: float,
     n_false: float | None = 1.0,
     number: int | None = None,
-    searched: xr.DataArray | None = None,
+    score_std: float | None = None,
+    n_search: float | None = None,
     tomogram: str = "",
     class_name: str = "",
 ) -> tuple[Particles, float | None]:
     """Particles (positions in A, rotations, scores) picked from a score map; and the threshold used.
 
-    Give `n_false` (expected false positives, the statistical cut-off) and/or `number` (keep the
-    best `number`). Positions are voxel indices times the voxel size (voxel (0,0,0) at 0 A).
+    Give `n_false` (expected false positives, the statistical cut-off; needs the search's
+    `score_std` and `n_search` = voxels x orientations, see MatchResult.score_std) and/or `number`
+    (keep the best `number`). Positions are voxel indices times the voxel size (voxel (0,0,0) at 0 A).
     """
     if n_false is None and number is None:
         raise ModelError("n_false", "give a false-alarm count or a number of particles to extract")
     px = pixel_size_of(scores)
     threshold = None
     if n_false is not None:
-        sigma, n_voxels = score_statistics(scores, searched)
-        threshold = false_alarm_threshold(sigma, float(n_voxels) * len(rotations), n_false)
+        if score_std is None or n_search is None:
+            raise ModelError("score_std", "the false-alarm cut-off needs the search's score standard deviation and N_search")
+        threshold = false_alarm_threshold(score_std, n_search, n_false)
     positions, values = candidates(scores, threshold if threshold is not None else 1e-12)
     keep = non_maximum_suppression(positions, values, radius_a / px, number)
     zyx = positions[keep]

@@ -178,16 +178,24 @@ def _fill_rotated(rot, spec, kxyz, weight, mult, vhat, flat, out):
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
-def _update_best(corr, lo, scale, inv_norm, best, best_index, index):
-    """best = max(best, corr[core] * scale * inv_norm), keeping the orientation index."""
+def _update_best(corr, lo, scale, inv_norm, best, best_index, index, moments):
+    """best = max(best, corr[core] * scale * inv_norm), keeping the orientation index; adds the
+    scores' sum and sum of squares to `moments` (for the search's score standard deviation)."""
     nz, ny, nx = best.shape
+    total = 0.0
+    total2 = 0.0
     for z in range(nz):
         for y in range(ny):
             for x in range(nx):
                 s = corr[z + lo[0], y + lo[1], x + lo[2]] * scale[z, y, x] * inv_norm
+                total += s
+                total2 += s * s
                 if s > best[z, y, x]:
                     best[z, y, x] = s
                     best_index[z, y, x] = index
+    moments[0] += total
+    moments[1] += total2
+    moments[2] += nz * ny * nx
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
@@ -271,14 +279,16 @@ def search_orientations(
     rotations: np.ndarray,
     first_index: int = 0,
     mask: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Best score and orientation index (first_index + i) per core voxel over `rotations` (N, 3, 3).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best score and orientation index (first_index + i) per core voxel over `rotations` (N, 3, 3),
+    and the moments (sum, sum of squares, count) of all scores evaluated.
 
     A non-spherical search also needs the template `mask` (b, b, b) for its voxel count.
     """
     shape = sub.shape
     best = np.full(sub.core_shape, -np.inf, dtype=np.float32)
     best_index = np.zeros(sub.core_shape, dtype=np.int32)
+    moments = np.zeros(3, dtype=np.float64)
     product = np.zeros(half_shape(shape), dtype=np.complex64)
     flat_product = product.reshape(-1)
     corr = np.empty(shape, dtype=np.float32)
@@ -294,8 +304,8 @@ def search_orientations(
             scale = sub.scale
         else:
             scale = _rotated_mask_scale(sub, spectrum, full, rot, float(mask.sum()), lo)
-        _update_best(corr, lo, scale, 1.0 / np.sqrt(norm2 / n_voxels), best, best_index, first_index + i)
-    return best, best_index
+        _update_best(corr, lo, scale, 1.0 / np.sqrt(norm2 / n_voxels), best, best_index, first_index + i, moments)
+    return best, best_index, moments
 
 
 def _rotated_mask_scale(sub: Subvolume, spectrum: TemplateSpectrum, full: BandGrid, rot: np.ndarray, n: float, lo) -> np.ndarray:

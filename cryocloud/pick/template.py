@@ -54,52 +54,18 @@ def read_map(url: str, *, voxel_size: float | None = None, storage_options: dict
     return np.asarray(tomo.data.values, dtype=np.float32), tomo.pixel_size
 
 
-def map_from_model(url: str, voxel_size: float, *, resolution_a: float | None = None, storage_options: dict | None = None) -> np.ndarray:
-    """Density (z, y, x) float32 of an atomic model (PDB / mmCIF, gzipped or not) at `voxel_size` (A).
+def map_from_model(path: str, voxel_size: float, *, resolution_a: float | None = None) -> np.ndarray:
+    """Coulomb potential (z, y, x) float32 of an atomic model (local mmCIF / PDB) at `voxel_size` (A),
+    centroid at the box centre (cryocloud.simulate.atomic), low-passed to `resolution_a` if given."""
+    from cryocloud.simulate.atomic import potential_map, read_atomic_model
 
-    Atoms are weighted by their atomic number, spread trilinearly and blurred with a Gaussian whose
-    FWHM is `resolution_a` (default 2 voxels); the model's centre of mass sits at the box centre,
-    and the cubic box (even edge) holds the model with a margin of the blur.
-    """
-    import gzip
+    volume = potential_map(read_atomic_model(path), voxel_size)
+    if resolution_a is not None:
+        from cryocloud.pick.weighting import lowpass
 
-    import gemmi
-
-    with open_url(url, "rb", storage_options=storage_options) as f:
-        raw = f.read()
-    text = gzip.decompress(raw).decode() if raw[:2] == b"\x1f\x8b" else raw.decode()
-    base = str(url).lower().removesuffix(".gz")
-    try:
-        if base.endswith((".cif", ".mmcif")):
-            structure = gemmi.make_structure_from_block(gemmi.cif.read_string(text).sole_block())
-        else:
-            structure = gemmi.read_pdb_string(text)
-    except (RuntimeError, ValueError) as exc:
-        raise StoreError(str(url), f"is not a readable atomic model: {exc}") from exc
-    structure.remove_hydrogens()
-    xyz, weight = [], []
-    for chain in structure[0]:
-        for residue in chain:
-            for atom in residue:
-                xyz.append(atom.pos.tolist())
-                weight.append(atom.element.atomic_number)
-    if not xyz:
-        raise StoreError(str(url), "contains no atoms")
-    xyz = np.asarray(xyz, dtype=np.float64)
-    weight = np.asarray(weight, dtype=np.float64)
-    resolution_a = 2.0 * voxel_size if resolution_a is None else resolution_a
-    sigma_vox = resolution_a / voxel_size / 2.3548
-    centred = (xyz - np.average(xyz, axis=0, weights=weight)) / voxel_size
-    half = int(np.ceil(np.abs(centred).max() + 3 * sigma_vox + 2))
-    box = 2 * half
-    idx = centred[:, ::-1] + box // 2  # (z, y, x) voxel coordinates
-    volume = np.zeros((box, box, box), dtype=np.float64)
-    base_idx = np.floor(idx).astype(np.int64)
-    frac = idx - base_idx
-    for corner in np.ndindex(2, 2, 2):
-        w = weight * np.prod(np.where(np.array(corner), frac, 1.0 - frac), axis=1)
-        np.add.at(volume, tuple((base_idx + np.array(corner)).T), w)
-    return ndimage.gaussian_filter(volume, sigma_vox).astype(np.float32)
+        spectrum = np.fft.rfftn(volume) * lowpass(volume.shape, voxel_size, resolution_a)
+        volume = np.fft.irfftn(spectrum, s=volume.shape).astype(np.float32)
+    return volume
 
 
 def resample(volume: np.ndarray, voxel_size: float, target_voxel_size: float) -> np.ndarray:
