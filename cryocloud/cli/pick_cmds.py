@@ -1,0 +1,152 @@
+"""`cryocloud match` (template matching into OME-Zarr maps) and `cryocloud extract-peaks` (particle lists)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import dask.array as da
+import numpy as np
+import typer
+from rich.console import Console
+
+from cryocloud.cli.app import app
+from cryocloud.errors import ModelError
+from cryocloud.pick.angles import crowther_increment, parse_angle_list, uniform_rotations
+from cryocloud.pick.figures import score_histogram_png, score_slices_png, slice_planes
+from cryocloud.pick.formats import format_from_name, write_picks
+from cryocloud.pick.match import MatchSettings
+from cryocloud.pick.peaks import extract_peaks
+from cryocloud.pick.results import read_match, run_match
+from cryocloud.pick.template import map_from_model, prepare_template, read_map
+from cryocloud.pick.weighting import TiltWeighting
+from cryocloud.store import open_url, read_mrc, read_tilt_series, read_tomogram
+
+console = Console(highlight=False, stderr=True)
+MODEL_SUFFIXES = (".cif", ".cif.gz", ".mmcif", ".pdb", ".pdb.gz", ".ent")
+
+
+def _options(endpoint_url: Optional[str], anon: bool = False) -> dict | None:
+    opts = {"endpoint_url": endpoint_url} if endpoint_url else {}
+    if anon:
+        opts["anon"] = True
+    return opts or None
+
+
+def _read_volume(url: str, options: dict | None):
+    return read_mrc(url, storage_options=options) if url.lower().endswith((".mrc", ".rec", ".map")) else read_tomogram(url, storage_options=options)
+
+
+def _tilts(tilt_series: Optional[str], tilt_range: Optional[str], tomogram, options) -> TiltWeighting | None:
+    if tilt_series:
+        return TiltWeighting.from_tilt_series(read_tilt_series(tilt_series, storage_options=options))
+    if tilt_range:
+        try:
+            lo, hi, step = (float(v) for v in tilt_range.split(","))
+        except ValueError:
+            raise ModelError("tilt_range", f"expected MIN,MAX,STEP in degrees, got {tilt_range!r}") from None
+        return TiltWeighting.wedge(lo, hi, step)
+    if tomogram.tilt_angles is not None:
+        return TiltWeighting(np.asarray(tomogram.tilt_angles), microscope=tomogram.microscope)
+    return None
+
+
+@app.command()
+def match(
+    tomogram_url: str = typer.Argument(..., help="Tomogram: OME-Zarr or MRC (local path, file:// or s3://)."),
+    template_path: str = typer.Argument(..., help="Template: MRC / EM map, or an atomic model (.cif/.pdb, local)."),
+    out_url: str = typer.Argument(..., help="Output folder: scores.zarr, orientation.zarr, angles.npy, match.json."),
+    template_voxel_size: Optional[float] = typer.Option(None, "--template-voxel-size", help="Template voxel size (A); EM files need it."),
+    angular_increment: Optional[float] = typer.Option(None, "--angular-increment", help="Degrees (default: Crowther, resolution / diameter)."),
+    symmetry: str = typer.Option("C1", "--symmetry", help="Particle symmetry: C1, Cn, Dn, T, O."),
+    angle_list: Optional[str] = typer.Option(None, "--angle-list", help="Custom rotations: text, RELION rot tilt psi or 9 matrix values a line."),
+    resolution: Optional[float] = typer.Option(None, "--resolution", help="Search resolution / low-pass (A; default 3 voxels)."),
+    mask_radius: Optional[float] = typer.Option(None, "--mask-radius", help="Spherical mask radius (A; default from the template)."),
+    non_spherical_mask: bool = typer.Option(False, "--non-spherical-mask", help="Mask following the template's shape (slower)."),
+    invert: bool = typer.Option(False, "--invert", help="Invert the template's contrast."),
+    tilt_series: Optional[str] = typer.Option(None, "--tilt-series", help="Tilt series (OME-Zarr) for the per-tilt wedge, CTF and dose weights."),
+    tilt_range: Optional[str] = typer.Option(None, "--tilt-range", help="MIN,MAX,STEP (deg): a plain wedge when no tilt series is given."),
+    ctf: str = typer.Option("signed", "--ctf", help="signed (not CTF-corrected) | abs (phase-flipped) | none."),
+    whiten: bool = typer.Option(False, "--whiten", help="Spectral whitening from the tomogram's power spectrum."),
+    subvolume: int = typer.Option(128, "--subvolume", help="FFT box edge (voxels, overlap included)."),
+    batch_size: int = typer.Option(1000, "--batch-size", help="Rotations per task."),
+    tomogram_mask: Optional[str] = typer.Option(None, "--tomogram-mask", help="OME-Zarr / MRC mask: search where > 0."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished result."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint."),
+    anon: bool = typer.Option(False, "--anon", help="Anonymous read access (public buckets)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address (default: cryocloud.cluster)."),
+) -> None:
+    """Template matching; rerun the same command to resume an interrupted job."""
+    from cryocloud.cluster import connect, describe
+
+    if ctf not in ("signed", "abs", "none"):
+        raise ModelError("ctf", f"expected signed, abs or none, got {ctf!r}")
+    read_options, write_options = _options(endpoint_url, anon), _options(endpoint_url)
+    tomo = _read_volume(tomogram_url, read_options)
+    px = tomo.pixel_size
+    if template_path.lower().endswith(MODEL_SUFFIXES):
+        volume, template_px = map_from_model(template_path, px), px
+    else:
+        volume, template_px = read_map(template_path, voxel_size=template_voxel_size, storage_options=read_options)
+    template = prepare_template(volume, template_px, px, mask_radius_a=mask_radius, non_spherical=non_spherical_mask, invert=invert)
+    settings = MatchSettings(resolution_a=resolution, subvolume=subvolume, batch_size=batch_size, ctf=ctf, whiten=whiten)
+    if angle_list:
+        with open_url(angle_list, "r", storage_options=read_options) as f:
+            rotations = parse_angle_list(f.read(), source=angle_list)
+    else:
+        increment = angular_increment or crowther_increment(resolution or 3.0 * px, 2.0 * template.radius * px)
+        rotations = uniform_rotations(increment, symmetry)
+        console.print(f"angular increment {increment:.2f} deg, symmetry {symmetry}: {len(rotations):,} rotations")
+    mask = None if tomogram_mask is None else _read_volume(tomogram_mask, read_options).data > 0
+    tilts = _tilts(tilt_series, tilt_range, tomo, read_options)
+    client = connect(scheduler)
+    try:
+        console.print(describe(client))
+        summary = run_match(
+            tomo, template, rotations, out_url, tilts=tilts, settings=settings, tomogram_mask=mask, overwrite=overwrite,
+            storage_options=write_options, description={"tomogram": tomogram_url, "template": template_path, "symmetry": symmetry},
+        )
+    finally:
+        cluster = client.cluster
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    console.print(f"{out_url}: {summary['n_orientations']:,} orientations, score std {summary['score_std']:.4f}")
+
+
+@app.command("extract-peaks")
+def extract_peaks_cmd(
+    match_url: str = typer.Argument(..., help="Output folder of `cryocloud match`."),
+    out_url: str = typer.Argument(..., help="Particle list: .ndjson (portal), .star (RELION 5), .json (copick) or .csv."),
+    format: Optional[str] = typer.Option(None, "--format", help="ndjson | star | copick | csv (default from the name)."),
+    radius: Optional[float] = typer.Option(None, "--radius", help="Particle radius (A) for non-maximum suppression (default: the mask radius)."),
+    n_false: Optional[float] = typer.Option(1.0, "--n-false", help="Expected false positives of the statistical cut-off (0: none)."),
+    number: Optional[int] = typer.Option(None, "--number", help="Keep at most this many particles."),
+    object_name: str = typer.Option("particle", "--object-name", help="Class / copick object name."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Write <out>_slices.png and <out>_histogram.png."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint."),
+) -> None:
+    """Pick particles from a score map: false-alarm cut-off and/or a fixed number, non-maximum suppression."""
+    options = _options(endpoint_url)
+    fmt = format or format_from_name(out_url)
+    scores, orientation, rotations, summary = read_match(match_url, storage_options=options)
+    px = float(summary["voxel_size"])
+    radius_a = radius or float(summary["template_radius_voxels"]) * px
+    particles, threshold = extract_peaks(
+        scores, orientation, rotations, radius_a=radius_a, n_false=n_false or None, number=number,
+        score_std=summary["score_std"], n_search=summary["n_search"], tomogram=str(summary.get("tomogram", "")), class_name=object_name,
+    )
+    shape = tuple(int(n) for n in summary["shape_zyx"])
+    write_picks(particles, out_url, fmt, storage_options=options, pixel_size=px, shape_zyx=shape, object_name=object_name)
+    cut = "none" if threshold is None else f"{threshold:.4f}"
+    console.print(f"{out_url}: {len(particles)} particles (cut-off {cut}, radius {radius_a:.1f} A)")
+    if figures:
+        stem = out_url.rsplit(".", 1)[0]
+        planes = slice_planes(shape[0], particles, px)
+        slices = dict(zip(planes, (np.asarray(scores.data[z]) for z in planes)))
+        values = scores.data if isinstance(scores.data, da.Array) else da.from_array(np.asarray(scores.values))
+        lo, hi = da.compute(values.min(), values.max())
+        counts, edges = da.histogram(values, bins=200, range=(float(lo), float(hi) + 1e-6))
+        with open_url(f"{stem}_slices.png", "wb", storage_options=options) as f:
+            score_slices_png(slices, particles, px, f, radius_a=radius_a, title=f"{match_url} scores")
+        with open_url(f"{stem}_histogram.png", "wb", storage_options=options) as f:
+            score_histogram_png(counts.compute(), edges, threshold, f, picks=particles, title=f"{match_url}: {len(particles)} picks")

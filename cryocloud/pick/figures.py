@@ -1,0 +1,58 @@
+"""Figures of a template-matching result (matplotlib, Agg): score-map slices with the picks, and the
+score histogram with the cut-off. Each function writes a PNG to an open binary file."""
+
+from __future__ import annotations
+
+from typing import IO
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cryocloud.model import Particles  # noqa: E402
+
+
+def slice_planes(n_z: int, particles: Particles, pixel_size: float) -> list[int]:
+    """The XY planes to show: the central one and the one through the best pick."""
+    z_best = int(round(particles.positions[0, 2] / pixel_size)) if len(particles) else n_z // 2
+    return sorted({n_z // 2, min(max(z_best, 0), n_z - 1)})
+
+
+def score_slices_png(slices: dict[int, np.ndarray], particles: Particles, pixel_size: float, out: IO[bytes], *, radius_a: float, title: str = "") -> None:
+    """XY score slices {z: (y, x) array} with the picks within `radius_a` of each slice circled."""
+    fig, axes = plt.subplots(1, len(slices), figsize=(5.5 * len(slices), 5), squeeze=False)
+    vmax = max(float(np.max(s)) for s in slices.values()) or 1.0
+    for ax, (z, plane) in zip(axes[0], sorted(slices.items())):
+        image = ax.imshow(plane, cmap="magma", vmin=0, vmax=vmax, origin="lower")
+        near = np.abs(particles.positions[:, 2] / pixel_size - z) <= radius_a / pixel_size
+        for x, y in particles.positions[near, :2] / pixel_size:
+            ax.add_patch(plt.Circle((x, y), radius_a / pixel_size, fill=False, color="cyan", lw=1))
+        ax.set_title(f"z = {z} ({int(near.sum())} picks near this slice)")
+        ax.set_xlabel("x (voxels)")
+        ax.set_ylabel("y (voxels)")
+        fig.colorbar(image, ax=ax, shrink=0.8, label="score")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, format="png", dpi=100)
+    plt.close(fig)
+
+
+def score_histogram_png(counts: np.ndarray, edges: np.ndarray, threshold: float | None, out: IO[bytes], *, picks: Particles | None = None, title: str = "") -> None:
+    """Histogram (log counts; `counts` per bin between `edges`) of the score map with the cut-off
+    and the picked scores."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.stairs(np.maximum(counts, 0.5), edges, color="0.3", fill=True, label="score map (best per voxel)")
+    ax.set_yscale("log")
+    if threshold is not None:
+        ax.axvline(threshold, color="red", label=f"cut-off {threshold:.3f}")
+    if picks is not None and len(picks):
+        ax.plot(picks.scores, np.ones(len(picks)), "c|", markersize=14, label=f"{len(picks)} picks")
+    ax.set_xlabel("score")
+    ax.set_ylabel("voxels")
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,96 @@
+"""A template-matching job's output folder (local or s3://), resumable.
+
+    <out>/blocks/<search id>/*.npz   finished sub-volumes (the resume cache)
+    <out>/scores.zarr                OME-Zarr score map (z, y, x) float32
+    <out>/orientation.zarr           OME-Zarr orientation-index map (z, y, x) int32
+    <out>/angles.npy                 the rotations (N, 3, 3) the indices refer to
+    <out>/match.json                 search summary (written last: the job is complete)
+
+`run_match` first searches every sub-volume missing from the cache (only the score moments come
+back to the client), then streams the maps from the cache into OME-Zarr through cryocloud.store.
+Rerunning an interrupted job searches only the missing sub-volumes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import replace
+
+import numpy as np
+import xarray as xr
+
+from cryocloud.errors import OutputExistsError, StoreError
+from cryocloud.model import Tomogram
+from cryocloud.pick.match import BlockCache, MatchSettings, fingerprint, match
+from cryocloud.pick.template import Template
+from cryocloud.pick.weighting import TiltWeighting
+from cryocloud.progress import compute
+from cryocloud.store import open_url, read_tomogram, resolve, write_tomogram
+
+
+def run_match(
+    tomogram: Tomogram,
+    template: Template,
+    rotations: np.ndarray,
+    url: str,
+    *,
+    tilts: TiltWeighting | None = None,
+    settings: MatchSettings = MatchSettings(),
+    tomogram_mask=None,
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+    description: dict | None = None,
+) -> dict:
+    """Search, persist and write the results of a template-matching job; returns the summary."""
+    out = resolve(url, storage_options)
+    summary_loc = out.child("match.json")
+    if summary_loc.exists():
+        if not overwrite:
+            raise OutputExistsError(f"{summary_loc.url}: a finished template-matching result exists; use overwrite=True (--overwrite)")
+        out.filesystem().rm(out.path, recursive=True)
+    search_id = fingerprint(template, rotations, tilts, settings, tomogram.shape)
+    cache = BlockCache(out.child("blocks", search_id).url, out.storage_options)
+    searched = match(tomogram, template, rotations, tilts=tilts, settings=settings, tomogram_mask=tomogram_mask, cache=cache)
+    (moments,) = compute(searched.moments, description=f"template matching: {len(rotations):,} orientations")
+    total, total2, count = np.asarray(moments, dtype=np.float64)
+    sigma = float(np.sqrt(max(total2 / count - (total / count) ** 2, 0.0)))
+    stored = match(tomogram, template, rotations, tilts=tilts, settings=settings, tomogram_mask=tomogram_mask, cache=cache)
+    summary = {
+        "n_orientations": int(len(rotations)),
+        "score_std": sigma,
+        "n_search": float(count),
+        "voxel_size": tomogram.pixel_size,
+        "template_radius_voxels": float(template.radius),
+        "shape_zyx": list(tomogram.shape),
+        "search_id": search_id,
+        "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+        **(description or {}),
+    }
+    for name, data in (("scores", stored.scores), ("orientation", stored.orientation)):
+        write_tomogram(
+            replace(tomogram, data=data), out.child(f"{name}.zarr").url, overwrite=overwrite, storage_options=storage_options, metadata={"template_matching": summary}
+        )
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(rotations, dtype=np.float64))
+    with open_url(out.child("angles.npy").url, "wb", storage_options=storage_options) as f:
+        f.write(buffer.getvalue())
+    with open_url(summary_loc.url, "w", storage_options=storage_options) as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+def read_match(url: str, *, storage_options: dict | None = None) -> tuple[xr.DataArray, xr.DataArray, np.ndarray, dict]:
+    """A finished job's lazy score and orientation maps, its rotations and summary (StoreError when
+    it is not finished)."""
+    out = resolve(url, storage_options)
+    try:
+        with open_url(out.child("match.json").url, "r", storage_options=storage_options) as f:
+            summary = json.load(f)
+    except StoreError as exc:
+        raise StoreError(out.url, "is not a finished template-matching result (no match.json); rerun `cryocloud match` to resume it") from exc
+    with open_url(out.child("angles.npy").url, "rb", storage_options=storage_options) as f:
+        rotations = np.load(io.BytesIO(f.read()))
+    scores = read_tomogram(out.child("scores.zarr").url, storage_options=storage_options).data
+    orientation = read_tomogram(out.child("orientation.zarr").url, storage_options=storage_options).data
+    return scores, orientation, rotations, summary
