@@ -6,5 +6,8 @@ from cryocloud.cli import store_cmds  # noqa: F401
 from cryocloud.cli import reconstruct_cmds  # noqa: F401
 from cryocloud.cli import simulate_cmds  # noqa: F401
 from cryocloud.cli import align_cmds  # noqa: F401
+from cryocloud.cli import submit_cmds  # noqa: F401
+from cryocloud.cli import preprocess_cmds  # noqa: F401
+from cryocloud.cli import pick_cmds  # noqa: F401
 
 __all__ = ["app", "console_main", "main"]
