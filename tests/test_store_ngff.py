@@ -328,3 +328,18 @@ def test_write_and_read_on_a_distributed_cluster(s3_bucket):
         back = read_tilt_series(url, storage_options=s3_bucket.storage_options)
         assert float(back.data.sum().compute()) == pytest.approx(float(ts.data.values.sum(dtype=np.float64)), rel=1e-5)
         np.testing.assert_array_equal(back.data[3].values, ts.data.values[3])
+
+
+def test_plain_ngff_written_by_ome_zarr_reads_as_tomogram_in_angstrom(tmp_path):
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    vol = np.random.default_rng(7).normal(size=(8, 12, 16)).astype(np.float32)
+    group = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w", zarr_format=2)
+    write_image(vol, group, axes="zyx", fmt=FormatV04(), scale_factors=[], scale={"z": 0.8, "y": 0.8, "x": 0.8},
+                axes_units={"z": "nanometer", "y": "nanometer", "x": "nanometer"})
+    tomo = read_tomogram(str(tmp_path / "plain.zarr"))
+    np.testing.assert_array_equal(tomo.data.values, vol)
+    assert tomo.pixel_size == pytest.approx(8.0) and tomo.tilt_angles is None
+    with pytest.raises(StoreError, match=r"axes \('z', 'y', 'x'\), expected \('tilt', 'y', 'x'\)"):
+        read_tilt_series(str(tmp_path / "plain.zarr"))
