@@ -153,7 +153,7 @@ def _labels(spec: JobSpec, component: str | None = None) -> dict[str, str]:
 def _resources(cpu: str | int, memory: str, gpus: int = 0) -> dict:
     limits: dict[str, Any] = {"memory": memory}
     if gpus:
-        limits["nvidia.com/gpu"] = gpus
+        limits["nvidia.com/gpu"] = str(gpus)  # the DaskJob CRD types quantities as strings
     return {"requests": {"cpu": str(cpu), "memory": memory}, "limits": limits}
 
 
