@@ -1,0 +1,194 @@
+"""RELION-5 / WarpTools particle sets: particle STAR, tomograms STAR with projection matrices, 2D tilt stacks.
+
+Read with the `starfile` package. Units out: Angstrom, degrees, e/A^2; rotations as matrices
+(`cryocloud.geometry.relion_euler_to_matrix`: reference -> particle).
+
+- Tomograms STAR: a `global` table (one row per tilt series: name, frame count, bin-1 size in
+  pixels, handedness, tilt-series pixel size, optics, dose per tilt) and one table per tilt series
+  with, per tilt, the projection matrix rows `rlnTomoProjX/Y/Z/W` (4 x 4: tomogram coordinates ->
+  image coordinates, z along the beam), defocus U/V/angle, CTF scale factor and pre-exposure.
+- Particles STAR: `optics` (image pixel size and box, binning, whether the CTF is premultiplied)
+  and `particles` (tilt-series name, coordinates, RELION Euler angles, origins in A, the 2D stack
+  file, `rlnTomoVisibleFrames`).
+- Coordinates: `rlnCenteredCoordinateX/Y/ZAngst` (RELION 5: A from the tomogram centre) when
+  present, else `rlnCoordinateX/Y/Z` in pixels of `coordinate_pixel_size_a` (WarpTools exports
+  them in the export pixel size, `rlnImagePixelSize`, the default). The particle sits at the
+  coordinate minus `rlnOriginX/Y/ZAngst`. Positions returned are in A from the tomogram corner
+  (voxel (0, 0, 0) at 0 A), with the tomogram's extent (bin-1 size x tilt-series pixel size).
+- Depth of field (RELION's Tomogram::getDepthOffset): the defocus of tilt f at a particle is the
+  tilt's defocus + hand * z_f, z_f the particle's image-space z (A) under the projection matrix,
+  from the tomogram centre.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from cryocloud.errors import ModelError, StoreError
+from cryocloud.geometry import relion_euler_to_matrix
+from cryocloud.model import Microscope, Particles
+
+
+@dataclass(frozen=True)
+class RelionTiltSeries:
+    """One tilt series' geometry: `projections` (T, 4, 4), per-tilt `defocus_u`, `defocus_v` (A),
+    `defocus_angle` (deg), `ctf_scale`, `pre_exposure` (e/A^2); `dose_per_tilt` (e/A^2),
+    `extent_a` (x, y, z) of the tomogram (A), `hand` (+1 / -1) and the `microscope`."""
+
+    name: str
+    projections: np.ndarray
+    defocus_u: np.ndarray
+    defocus_v: np.ndarray
+    defocus_angle: np.ndarray
+    ctf_scale: np.ndarray
+    pre_exposure: np.ndarray
+    dose_per_tilt: float
+    extent_a: np.ndarray
+    hand: float
+    microscope: Microscope
+
+    @property
+    def n_tilts(self) -> int:
+        return self.projections.shape[0]
+
+    def tilt_angles(self) -> np.ndarray:
+        """Tilt angle (deg) of each frame: the rotation of the beam direction about the image y axis."""
+        rows = self.projections[:, 2, :3]  # image z axis in tomogram coordinates
+        return np.rad2deg(np.arctan2(-rows[:, 0], rows[:, 2]))
+
+
+@dataclass(frozen=True)
+class RelionParticles:
+    """Particles with their 2D tilt stacks: `particles` (positions A, rotations), `stack_paths` (N,),
+    `visible` (N, T) bool, `tilt_series` names per particle, optics (`pixel_size_a`, `box`,
+    `ctf_premultiplied`) and the `tomograms` geometry by name."""
+
+    particles: Particles
+    stack_paths: np.ndarray
+    visible: np.ndarray
+    pixel_size_a: float
+    box: int
+    ctf_premultiplied: bool
+    tomograms: dict[str, RelionTiltSeries]
+
+
+def _read_star(path: str | os.PathLike) -> dict[str, pd.DataFrame]:
+    if not Path(path).is_file():
+        raise StoreError(str(path), "does not exist")
+    try:
+        return starfile.read(path, always_dict=True)
+    except Exception as exc:  # starfile raises several parser errors
+        raise StoreError(str(path), f"is not a readable STAR file ({exc})") from exc
+
+
+def _column(df: pd.DataFrame, name: str, source: str, block: str) -> np.ndarray:
+    if name not in df.columns:
+        raise StoreError(source, f"table {block!r} has no column {name}", field=name)
+    return df[name].to_numpy()
+
+
+def _vector(text, source: str, field: str) -> np.ndarray:
+    try:
+        values = np.array([float(v) for v in str(text).strip().strip("[]").split(",")])
+    except ValueError:
+        raise StoreError(source, f"expected a bracketed list of numbers, got {text!r}", field=field) from None
+    if values.size != 4:
+        raise StoreError(source, f"expected 4 numbers, got {values.size}", field=field)
+    return values
+
+
+def read_relion_tomograms(path: str | os.PathLike) -> dict[str, RelionTiltSeries]:
+    """Geometry of every tilt series of a RELION-5 tomograms STAR file, by `rlnTomoName`."""
+    src = str(path)
+    blocks = _read_star(path)
+    if "global" not in blocks:
+        raise StoreError(src, "has no data_global table", field="global")
+    glob = blocks["global"]
+    out = {}
+    for _, row in glob.iterrows():
+        name = str(row["rlnTomoName"])
+        if name not in blocks:
+            raise StoreError(src, f"has no table data_{name} with the tilt geometry", field=name)
+        t = blocks[name]
+        proj = np.stack(
+            [np.stack([_vector(v, src, f"rlnTomoProj{a}") for v in _column(t, f"rlnTomoProj{a}", src, name)]) for a in "XYZW"],
+            axis=1,
+        )
+        px = float(row["rlnTomoTiltSeriesPixelSize"])
+        size = np.array([float(row[f"rlnTomoSize{a}"]) for a in "XYZ"])
+        mic = Microscope(voltage_kv=float(row["rlnVoltage"]), cs_mm=float(row["rlnSphericalAberration"]), amplitude_contrast=float(row["rlnAmplitudeContrast"]))
+        n = proj.shape[0]
+        out[name] = RelionTiltSeries(
+            name=name,
+            projections=proj,
+            defocus_u=_column(t, "rlnDefocusU", src, name).astype(np.float64),
+            defocus_v=_column(t, "rlnDefocusV", src, name).astype(np.float64),
+            defocus_angle=_column(t, "rlnDefocusAngle", src, name).astype(np.float64),
+            ctf_scale=t["rlnCtfScalefactor"].to_numpy(np.float64) if "rlnCtfScalefactor" in t else np.ones(n),
+            pre_exposure=_column(t, "rlnMicrographPreExposure", src, name).astype(np.float64),
+            dose_per_tilt=float(row.get("rlnTomoImportFractionalDose", 0.0)),
+            extent_a=size * px,
+            hand=float(row.get("rlnTomoHand", 1.0)),
+            microscope=mic,
+        )
+    return out
+
+
+def _visible(text, n: int, source: str) -> np.ndarray:
+    flags = [v.strip() for v in str(text).strip().strip("[]").split(",")]
+    if len(flags) != n or any(f not in ("0", "1") for f in flags):
+        raise StoreError(source, f"expected {n} flags 0/1, got {text!r}", field="rlnTomoVisibleFrames")
+    return np.array([f == "1" for f in flags])
+
+
+def read_relion_particles(
+    particles_star: str | os.PathLike,
+    tomograms_star: str | os.PathLike | None = None,
+    *,
+    coordinate_pixel_size_a: float | None = None,
+) -> RelionParticles:
+    """A RELION-5 particle set (2D stacks) with its tilt geometry; an optimisation-set STAR may be given
+    as `particles_star` alone. Stack paths are resolved relative to the particle STAR's folder."""
+    src = str(particles_star)
+    blocks = _read_star(particles_star)
+    first = next(iter(blocks.values()), None)
+    if "particles" not in blocks and isinstance(first, dict) and "rlnTomoParticlesFile" in first:
+        base = Path(particles_star).parent
+        opt = first
+        return read_relion_particles(base / opt["rlnTomoParticlesFile"], base / opt["rlnTomoTomogramsFile"], coordinate_pixel_size_a=coordinate_pixel_size_a)
+    if tomograms_star is None:
+        raise ModelError("tomograms_star", "is needed with a particle STAR file (or pass an optimisation set)", source=src)
+    for block in ("optics", "particles"):
+        if block not in blocks:
+            raise StoreError(src, f"has no data_{block} table", field=block)
+    optics = blocks["optics"]
+    parts = blocks["particles"]
+    tomograms = read_relion_tomograms(tomograms_star)
+    px = float(_column(optics, "rlnImagePixelSize", src, "optics")[0])
+    box = int(_column(optics, "rlnImageSize", src, "optics")[0])
+    premultiplied = bool(int(optics["rlnCtfDataAreCtfPremultiplied"].iloc[0])) if "rlnCtfDataAreCtfPremultiplied" in optics else False
+    names = _column(parts, "rlnTomoName", src, "particles").astype(str)
+    unknown = sorted(set(names) - set(tomograms))
+    if unknown:
+        raise StoreError(src, f"particles refer to tilt series {unknown} missing from {tomograms_star}", field="rlnTomoName")
+    extent = np.stack([tomograms[n].extent_a for n in names])
+    if {"rlnCenteredCoordinateXAngst"} <= set(parts.columns):
+        pos = np.stack([parts[f"rlnCenteredCoordinate{a}Angst"].to_numpy(np.float64) for a in "XYZ"], axis=1) + extent / 2
+    else:
+        scale = px if coordinate_pixel_size_a is None else float(coordinate_pixel_size_a)
+        pos = np.stack([_column(parts, f"rlnCoordinate{a}", src, "particles").astype(np.float64) for a in "XYZ"], axis=1) * scale
+    origins = [f"rlnOrigin{a}Angst" for a in "XYZ"]
+    if set(origins) <= set(parts.columns):
+        pos = pos - parts[origins].to_numpy(np.float64)
+    rot = relion_euler_to_matrix(*(_column(parts, f"rlnAngle{a}", src, "particles").astype(np.float64) for a in ("Rot", "Tilt", "Psi")))
+    base = Path(particles_star).parent
+    stacks = np.array([str(base / str(v).split("@")[-1]) for v in _column(parts, "rlnImageName", src, "particles")])
+    visible = np.stack([_visible(v, tomograms[n].n_tilts, src) for v, n in zip(_column(parts, "rlnTomoVisibleFrames", src, "particles"), names)])
+    particles = Particles.create(pos, rot, tomogram=names)
+    return RelionParticles(particles, stacks, visible, px, box, premultiplied, tomograms)
