@@ -6,6 +6,7 @@ from cryocloud.cli import store_cmds  # noqa: F401
 from cryocloud.cli import reconstruct_cmds  # noqa: F401
 from cryocloud.cli import simulate_cmds  # noqa: F401
 from cryocloud.cli import align_cmds  # noqa: F401
+from cryocloud.cli import average_cmds  # noqa: F401
 from cryocloud.cli import submit_cmds  # noqa: F401
 from cryocloud.cli import preprocess_cmds  # noqa: F401
 from cryocloud.cli import pick_cmds  # noqa: F401
