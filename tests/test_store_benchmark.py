@@ -15,6 +15,7 @@ def test_s3_read_quick_prints_one_json_line_with_ratio_and_equal_results(capsys)
     assert abs(result["ratio"] - result["peer_s"] / result["ours_s"]) < 0.01 * result["ratio"] + 2e-3
     assert result["ours_s"] > 0 and result["peer_s"] > 0
     assert result["ours_max_abs_error"] == 0.0 and result["peer_max_abs_error"] == 0.0 and result["ours_equals_peer"]
+    assert result["ours_auto_max_abs_error"] == 0.0
 
 
 def test_unknown_benchmark_is_a_user_error(capsys):

@@ -14,7 +14,7 @@ import zarr
 from cryocloud.errors import OutputExistsError, StoreError
 from cryocloud.model import Microscope, TiltSeries, Tomogram
 from cryocloud.store import read_tilt_series, read_tomogram, write_tilt_series, write_tomogram
-from cryocloud.store.ngff import default_chunks
+from cryocloud.store.ngff import default_chunks, read_chunks
 
 
 def _tomogram(shape=(20, 34, 45), seed=0, **kw) -> Tomogram:
@@ -102,6 +102,18 @@ def test_default_chunks_follow_the_documented_rules():
     assert default_chunks((41, 1000, 16384), 4, (False, True, True)) == (1, 128, 16384)
     chunk = default_chunks((3, 10, 4 * 2**20), 4, (False, True, True))
     assert chunk[0] == 1 and chunk[1] * chunk[2] * 4 <= 8 * 2**20
+    assert read_chunks((256, 256, 256), (64, 64, 64), 4) == (256, 256, 128)  # 32 MiB of whole zarr chunks
+    assert read_chunks((41, 4096, 4096), (1, 256, 4096), 4) == (4, 512, 4096)
+    assert read_chunks((20, 30, 40), (16, 16, 16), 4) == (20, 30, 40)
+
+
+def test_auto_read_chunks_cover_whole_zarr_chunks(tmp_path):
+    tomo = _tomogram(shape=(40, 34, 45))
+    write_tomogram(tomo, str(tmp_path / "t.zarr"), chunks=(8, 16, 16), levels=1)
+    back = read_tomogram(str(tmp_path / "t.zarr"), chunks="auto")
+    assert back.data.data.chunks == ((40,), (34,), (45,))
+    np.testing.assert_array_equal(back.data.values, tomo.data.values)
+    assert read_tomogram(str(tmp_path / "t.zarr")).data.data.chunksize == (8, 16, 16)
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])

@@ -126,9 +126,9 @@ def _check_axes(image: NgffImage, expected: tuple[str, ...]) -> None:
         raise StoreError(image.url, f"has axes {image.axis_names}, expected {expected}", field="multiscales.axes")
 
 
-def _spatial_array(image: NgffImage, level: int, dims: tuple[str, ...]) -> xr.DataArray:
+def _spatial_array(image: NgffImage, level: int, dims: tuple[str, ...], chunks: Any) -> xr.DataArray:
     """Lazy DataArray of a level with x/y(/z) coordinates (A) at the voxel centres of that level."""
-    data = image.dask_array(level)
+    data = image.dask_array(level, chunks)
     scale, translation = image.scale_translation(level)
     px0 = image.scale_translation(0)[0][-1]
     coords = {
@@ -140,18 +140,19 @@ def _spatial_array(image: NgffImage, level: int, dims: tuple[str, ...]) -> xr.Da
     return xr.DataArray(data, dims=dims, coords=coords, attrs=attrs, name=image.location.name)
 
 
-def read_tomogram(url: str, *, level: int = 0, storage_options: dict | None = None) -> Tomogram:
+def read_tomogram(url: str, *, level: int = 0, storage_options: dict | None = None, chunks: Any = None) -> Tomogram:
     """Lazily read a tomogram (z, y, x) from OME-Zarr (NGFF 0.4 or 0.5, with or without cryocloud block).
 
     Coordinates x, y, z (A) are the voxel centres of the level read (level n is shifted by
-    (2**n - 1) / 2 level-0 voxels); the pixel size is that level's.
+    (2**n - 1) / 2 level-0 voxels); the pixel size is that level's. `chunks`: None = one Dask
+    chunk per zarr chunk, "auto" = larger chunks for bulk reads (see `NgffImage.dask_array`).
     """
     image = open_image(resolve(url, storage_options))
     _check_axes(image, ("z", "y", "x"))
     block = cryocloud_attrs(image)
     if block is not None and block.kind != "tomogram":
         raise StoreError(image.url, f"holds a {block.kind}, expected a tomogram", field=f"{ATTRS_KEY}.kind")
-    array = _spatial_array(image, level, ("z", "y", "x"))
+    array = _spatial_array(image, level, ("z", "y", "x"), chunks)
     try:
         return Tomogram(
             array,
@@ -162,8 +163,8 @@ def read_tomogram(url: str, *, level: int = 0, storage_options: dict | None = No
         raise StoreError(image.url, exc.problem, field=exc.field) from exc
 
 
-def read_tilt_series(url: str, *, level: int = 0, storage_options: dict | None = None) -> TiltSeries:
-    """Lazily read a tilt series (tilt, y, x) from OME-Zarr with all its per-tilt coordinates."""
+def read_tilt_series(url: str, *, level: int = 0, storage_options: dict | None = None, chunks: Any = None) -> TiltSeries:
+    """Lazily read a tilt series (tilt, y, x) from OME-Zarr with all its per-tilt coordinates (`chunks` as in read_tomogram)."""
     image = open_image(resolve(url, storage_options))
     _check_axes(image, ("tilt", "y", "x"))
     block = cryocloud_attrs(image)
@@ -171,7 +172,7 @@ def read_tilt_series(url: str, *, level: int = 0, storage_options: dict | None =
         raise StoreError(image.url, "is missing: a tilt series needs the tilt angles stored in the cryocloud block", field=ATTRS_KEY)
     if block.kind != "tilt_series":
         raise StoreError(image.url, f"holds a {block.kind}, expected a tilt series", field=f"{ATTRS_KEY}.kind")
-    array = _spatial_array(image, level, ("tilt", "y", "x"))
+    array = _spatial_array(image, level, ("tilt", "y", "x"), chunks)
     n = array.sizes["tilt"]
     try:
         coords = {}

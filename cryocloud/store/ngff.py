@@ -39,6 +39,7 @@ NGFF_VERSIONS = {"0.4": 2, "0.5": 3}
 TOMOGRAM_CHUNK_BYTES = 8 * 2**20
 TILT_SLAB_ROWS = 256
 TILT_CHUNK_BYTES = 8 * 2**20
+READ_CHUNK_BYTES = 32 * 2**20
 
 
 # ----------------------------------------------------------------------------------------- layout
@@ -64,6 +65,23 @@ def default_chunks(shape: Sequence[int], itemsize: int, binned: Sequence[bool]) 
     cx = nx if row_bytes <= TILT_CHUNK_BYTES else max(1, TILT_CHUNK_BYTES // itemsize)
     cy = max(1, min(ny, TILT_SLAB_ROWS, TILT_CHUNK_BYTES // (cx * itemsize)))
     return tuple([1] * len(lead) + [cy, cx])
+
+
+def read_chunks(shape: Sequence[int], zarr_chunks: Sequence[int], itemsize: int, limit: int = READ_CHUNK_BYTES) -> tuple[int, ...]:
+    """Dask chunks for lazy reads: whole zarr chunks, doubled axis by axis (outermost first) up to `limit` bytes.
+
+    A task reading several chunk objects fetches them concurrently (zarr's async I/O), which
+    hides object-store latency; each Dask chunk covers whole zarr chunks.
+    """
+    chunks = [min(int(c), int(n)) for c, n in zip(zarr_chunks, shape)]
+    grown = True
+    while grown:
+        grown = False
+        for axis, n in enumerate(shape):
+            if chunks[axis] < n and math.prod(chunks) * 2 * itemsize <= limit:
+                chunks[axis] = min(2 * chunks[axis], int(n))
+                grown = True
+    return tuple(chunks)
 
 
 def pyramid_shapes(shape: Sequence[int], binned: Sequence[bool], levels: int) -> list[tuple[int, ...]]:
@@ -187,11 +205,21 @@ class NgffImage:
         return arr
 
     def dask_array(self, level: int = 0, chunks: Any = None) -> da.Array:
-        """Lazy Dask array of a level; by default one Dask chunk per zarr chunk."""
+        """Lazy Dask array of a level.
+
+        `chunks`: None (default) gives one Dask chunk per zarr chunk, so any selection reads
+        exactly the chunk objects it overlaps; "auto" gives `read_chunks` (several zarr chunks
+        per task, fetched concurrently: faster bulk reads from object stores, but a selection
+        reads whole Dask chunks); or explicit Dask chunks.
+        """
         arr = self.zarr_array(level)
         reader = ChunkReader(arr, self.location, self.dataset_paths[level])
-        name = f"read-ngff-{dask.base.tokenize(self.url, level, arr.shape, str(arr.dtype), arr.chunks)}"
-        return da.from_array(reader, chunks=chunks or arr.chunks, name=name, asarray=False, fancy=False)
+        name = f"read-ngff-{dask.base.tokenize(self.url, level, arr.shape, str(arr.dtype), arr.chunks, chunks)}"
+        if chunks is None:
+            chunks = arr.chunks
+        elif isinstance(chunks, str) and chunks == "auto":
+            chunks = read_chunks(arr.shape, arr.chunks, arr.dtype.itemsize)
+        return da.from_array(reader, chunks=chunks, name=name, asarray=False, fancy=False)
 
     def scale_translation(self, level: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Scale and translation of a level in Angstrom for spatial axes (unit-converted)."""
