@@ -166,3 +166,17 @@ def test_particles_csv_round_trip_and_errors(tmp_path, s3_bucket):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(StoreError, match="bad.csv.*'x'"):
         read_particles_csv(tmp_path / "bad.csv")
+
+
+def test_open_url_reads_and_writes_local_and_s3_and_names_missing_files(tmp_path, s3_bucket):
+    from cryocloud.store import open_url
+
+    for url, opts in ((str(tmp_path / "sub" / "note.txt"), None), (f"{s3_bucket.url}/notes/note.txt", s3_bucket.storage_options)):
+        with open_url(url, "wt", storage_options=opts) as f:
+            f.write("angstrom\n")
+        with open_url(url, "rb", storage_options=opts) as f:
+            assert f.read() == b"angstrom\n"
+    with pytest.raises(StoreError, match="missing.txt.*does not exist"):
+        open_url(tmp_path / "missing.txt")
+    with pytest.raises(StoreError, match="does not exist|cannot be opened"):
+        open_url(f"{s3_bucket.url}/missing.txt", storage_options=s3_bucket.storage_options)

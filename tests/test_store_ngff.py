@@ -280,6 +280,10 @@ def test_bad_inputs_raise_store_errors_naming_url_and_field(tmp_path):
         write_tomogram(_tomogram(), str(tmp_path / "v.zarr"), ngff_version="0.3")
     with pytest.raises(StoreError, match="scheme"):
         read_tomogram("ftp://host/x.zarr")
+    frames = TiltSeries.from_array(np.zeros((3, 2, 4, 4), np.float32), tilt_angles=[-3, 0, 3], pixel_size=1.0)
+    with pytest.raises(StoreError, match="movie frames") as err:
+        write_tilt_series(frames, str(tmp_path / "frames.zarr"))
+    assert err.value.field == "dims" and not (tmp_path / "frames.zarr").exists()
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
