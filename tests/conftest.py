@@ -1,5 +1,8 @@
 """Shared pytest fixtures.
 
+Real data: ``real_data`` (session) is the folder of real test data (../shared/data/real,
+read-only); ``REAL_DATA`` is the same path for module-level use (``from conftest import REAL_DATA``).
+
 S3 (a real HTTP endpoint, no mocks of the client side):
 
 - ``s3_endpoint`` (session): starts ``moto.server.ThreadedMotoServer`` on 127.0.0.1 at a free port
