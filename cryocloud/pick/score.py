@@ -14,7 +14,8 @@ correlation under the mask; leakage of the filtered template outside the mask st
 numerator (see tests/test_pick_score.py for both comparisons against brute force).
 
 Speed (one inverse FFT per orientation):
-- the masked template's FFT is computed once on a box padded `OVERSAMPLING` times, with the
+- the masked template's FFT is computed once on a box padded `OVERSAMPLING` times (or more, to a
+  power of two so that the periodic wrap is a bit mask), with the
   trilinear-interpolation apodisation (sinc^2 per axis) divided out beforehand (gridding);
 - per orientation a numba kernel samples it at R^T k for the sub-volume's rfft frequencies k inside
   the band |k| < k_max only (the weight is zero outside), multiplies by W and conj() by V's FFT,
@@ -54,7 +55,8 @@ def half_shape(shape: tuple[int, int, int]) -> tuple[int, int, int]:
 
 @dataclass(frozen=True)
 class TemplateSpectrum:
-    """FFT of a masked template on a box padded `OVERSAMPLING` times, origin at the template centre.
+    """FFT of a masked template on a box padded at least `OVERSAMPLING` times (to a power of two),
+    origin at the template centre.
 
     `values` (P, P, P) complex64 full FFT; `box` the template's edge (voxels); `mask_values` the same
     for a non-spherical mask (None for a spherical one, which needs no rotation).
@@ -72,7 +74,7 @@ class TemplateSpectrum:
 def _gridding_spectrum(volume: np.ndarray) -> np.ndarray:
     """Padded, origin-centred FFT of a cubic volume, pre-divided by trilinear apodisation."""
     b = volume.shape[0]
-    p = OVERSAMPLING * b
+    p = 1 << int(np.ceil(np.log2(OVERSAMPLING * b)))  # a power of two: periodic wrap by bit mask
     padded = np.zeros((p, p, p), dtype=np.float64)
     c = b // 2
     padded[:b, :b, :b] = volume
@@ -136,22 +138,15 @@ def band_grid(shape: tuple[int, int, int], weight: np.ndarray, k_max: float = 0.
     return BandGrid(tuple(shape), flat, kxyz, weight.reshape(-1)[flat].astype(np.float32), np.where(twice, 2.0, 1.0).astype(np.float32))
 
 
-@numba.njit(cache=True, fastmath=True, nogil=True, inline="always")
-def _wrap(i, p):
-    if i < 0:
-        i += p
-    elif i >= p:
-        i -= p
-    return i
-
-
 @numba.njit(cache=True, fastmath=True, nogil=True)
-def _sample(spec, p, qx, qy, qz):
-    """Trilinear sample of a periodic (p, p, p) complex grid at (x, y, z) in grid units, |q| < p."""
+def _sample(spec, m, qx, qy, qz):
+    """Trilinear sample of a periodic (p, p, p) complex grid, p a power of two and m = p - 1, at
+    (x, y, z) in grid units."""
     fx, fy, fz = np.floor(qx), np.floor(qy), np.floor(qz)
-    dx, dy, dz = np.float32(qx - fx), np.float32(qy - fy), np.float32(qz - fz)
-    x0, y0, z0 = _wrap(int(fx), p), _wrap(int(fy), p), _wrap(int(fz), p)
-    x1, y1, z1 = _wrap(x0 + 1, p), _wrap(y0 + 1, p), _wrap(z0 + 1, p)
+    dx, dy, dz = qx - fx, qy - fy, qz - fz
+    ix, iy, iz = int(fx), int(fy), int(fz)
+    x0, y0, z0 = ix & m, iy & m, iz & m
+    x1, y1, z1 = (ix + 1) & m, (iy + 1) & m, (iz + 1) & m
     c00 = spec[z0, y0, x0] + (spec[z0, y0, x1] - spec[z0, y0, x0]) * dx
     c01 = spec[z0, y1, x0] + (spec[z0, y1, x1] - spec[z0, y1, x0]) * dx
     c10 = spec[z1, y0, x0] + (spec[z1, y0, x1] - spec[z1, y0, x0]) * dx
@@ -164,14 +159,16 @@ def _sample(spec, p, qx, qy, qz):
 @numba.njit(cache=True, fastmath=True, nogil=True)
 def _fill_rotated(rot, spec, kxyz, weight, mult, vhat, flat, out):
     """out[flat] = conj(W T(R^T k)) * vhat for the band; returns sum mult |W T|^2 (Parseval)."""
-    p = spec.shape[0]
+    p = np.float32(spec.shape[0])
+    m = spec.shape[0] - 1
+    r = rot.astype(np.float32)
     norm = 0.0
     for j in range(flat.size):
         kx, ky, kz = kxyz[j, 0] * p, kxyz[j, 1] * p, kxyz[j, 2] * p
-        qx = rot[0, 0] * kx + rot[1, 0] * ky + rot[2, 0] * kz
-        qy = rot[0, 1] * kx + rot[1, 1] * ky + rot[2, 1] * kz
-        qz = rot[0, 2] * kx + rot[1, 2] * ky + rot[2, 2] * kz
-        t = _sample(spec, p, qx, qy, qz) * weight[j]
+        qx = r[0, 0] * kx + r[1, 0] * ky + r[2, 0] * kz
+        qy = r[0, 1] * kx + r[1, 1] * ky + r[2, 1] * kz
+        qz = r[0, 2] * kx + r[1, 2] * ky + r[2, 2] * kz
+        t = _sample(spec, m, qx, qy, qz) * weight[j]
         norm += mult[j] * (t.real * t.real + t.imag * t.imag)
         out[flat[j]] = np.conj(t) * vhat[j]
     return norm
@@ -186,13 +183,17 @@ def _update_best(corr, lo, scale, inv_norm, best, best_index, index, moments):
     total2 = 0.0
     for z in range(nz):
         for y in range(ny):
+            row = corr[z + lo[0], y + lo[1], lo[2] : lo[2] + nx]
+            srow = scale[z, y]
+            brow = best[z, y]
+            irow = best_index[z, y]
             for x in range(nx):
-                s = corr[z + lo[0], y + lo[1], x + lo[2]] * scale[z, y, x] * inv_norm
+                s = row[x] * srow[x] * inv_norm
                 total += s
                 total2 += s * s
-                if s > best[z, y, x]:
-                    best[z, y, x] = s
-                    best_index[z, y, x] = index
+                better = s > brow[x]
+                brow[x] = s if better else brow[x]
+                irow[x] = index if better else irow[x]
     moments[0] += total
     moments[1] += total2
     moments[2] += nz * ny * nx
@@ -304,7 +305,7 @@ def search_orientations(
             scale = sub.scale
         else:
             scale = _rotated_mask_scale(sub, spectrum, full, rot, float(mask.sum()), lo)
-        _update_best(corr, lo, scale, 1.0 / np.sqrt(norm2 / n_voxels), best, best_index, first_index + i, moments)
+        _update_best(corr, lo, scale, np.float32(1.0 / np.sqrt(norm2 / n_voxels)), best, best_index, np.int32(first_index + i), moments)
     return best, best_index, moments
 
 
