@@ -43,13 +43,23 @@ class ProjectionModelFit:
         return np.where(n > 0, np.sqrt(r2.sum(axis=1) / np.maximum(n, 1)), np.nan)
 
 
+def gauge_translation(shifts: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:
+    """The volume translation (a, c, b) = (x, y, z) whose shift pattern (a cos t + b sin t, c) best
+    explains aligned-frame shifts (T, 2); same units as the shifts."""
+    s = np.asarray(shifts, dtype=np.float64)
+    t = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    basis = np.stack([np.cos(t), np.sin(t)], axis=1)
+    a, b = np.linalg.lstsq(basis, s[:, 0], rcond=None)[0]
+    return np.array([a, s[:, 1].mean(), b])
+
+
 def remove_gauge(shifts: np.ndarray, angles_deg: np.ndarray) -> np.ndarray:
     """Aligned-frame shifts (T, 2) with the volume-translation gauge removed (see module docstring)."""
     out = np.array(shifts, dtype=np.float64)
     t = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
-    basis = np.stack([np.cos(t), np.sin(t)], axis=1)
-    out[:, 0] -= basis @ np.linalg.lstsq(basis, out[:, 0], rcond=None)[0]
-    out[:, 1] -= out[:, 1].mean()
+    a, c, b = gauge_translation(out, angles_deg)
+    out[:, 0] -= a * np.cos(t) + b * np.sin(t)
+    out[:, 1] -= c
     return out
 
 
