@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -43,6 +43,27 @@ class SimulateParams(_Section):
     )
 
 
+class CtfParams(_Section):
+    defocus_min_a: float = pydantic.Field(5000.0, gt=0)
+    defocus_max_a: float = pydantic.Field(70000.0, gt=0)
+
+
+class MatchParams(_Section):
+    template: str | None = pydantic.Field(None, description="map (MRC/.em) or atomic model; default: the simulated structure")
+    template_voxel_size_a: float | None = pydantic.Field(None, gt=0, description="voxel size of a map template (A)")
+    angular_increment_deg: float = pydantic.Field(30.0, gt=0, le=90)
+    symmetry: str = "C1"
+    pyramid_level: int = pydantic.Field(1, ge=0, description="tomogram level to search (1 = binned by 2)")
+    resolution_a: float | None = pydantic.Field(None, gt=0)
+    subvolume: int = pydantic.Field(96, ge=16)
+
+
+class PeaksParams(_Section):
+    n_false: float | None = pydantic.Field(1.0, gt=0, description="expected false positives (statistical cut-off)")
+    number: int | None = pydantic.Field(None, gt=0, description="or keep the best N")
+    radius_fraction: float = pydantic.Field(0.8, gt=0, description="NMS radius as a fraction of the template radius")
+
+
 class AlignParams(_Section):
     refine: Literal["projection-matching", "patch-tracking", "none"] = "projection-matching"
     iterations: int = pydantic.Field(3, ge=1)
@@ -64,8 +85,11 @@ class PipelineConfig(_Section):
     output: str = pydantic.Field("cryocloud-output", description="output URL (folder or s3:// prefix)")
     stages: list[str] | None = pydantic.Field(None, description="stages to run, in order; default all")
     simulate: SimulateParams = pydantic.Field(default_factory=SimulateParams)
+    ctf: CtfParams = pydantic.Field(default_factory=CtfParams)
     align: AlignParams = pydantic.Field(default_factory=AlignParams)
     reconstruct: ReconstructParams = pydantic.Field(default_factory=ReconstructParams)
+    match: MatchParams = pydantic.Field(default_factory=MatchParams)
+    peaks: PeaksParams = pydantic.Field(default_factory=PeaksParams)
     cluster: dict[str, Any] = pydantic.Field(default_factory=dict, description="cryocloud.cluster overrides")
     storage_options: dict[str, Any] | None = None
 
@@ -159,6 +183,33 @@ def stage_input(ctx: RunContext, overwrite: bool) -> None:
     ctx.summary["input"] = {"url": ctx.config.input, "n_tilts": ts.n_tilts, "pixel_size_a": ts.pixel_size}
 
 
+def stage_ctf(ctx: RunContext, overwrite: bool) -> None:
+    from cryocloud.preprocess.ctf_estimate import estimate_ctf
+    from cryocloud.preprocess.ctffind_io import apply_ctf_table, format_ctffind, parse_ctffind
+    from cryocloud.store import open_url, resolve
+
+    p = ctx.config.ctf
+    ts = ctx.results["tilt_series"]
+    url = ctx.url("ctf", "ctffind4.txt")
+    so = ctx.storage_options
+    if overwrite or not resolve(url, so).exists():
+        table = estimate_ctf(ts, defocus_range_a=(p.defocus_min_a, p.defocus_max_a), quiet=False).table
+        with open_url(url, "w", storage_options=so) as fh:
+            fh.write(format_ctffind(table, pixel_size_a=ts.pixel_size, microscope=ts.microscope))
+    with open_url(url, "r", storage_options=so) as fh:
+        table = parse_ctffind(fh.read(), source=url)
+    ts = apply_ctf_table(ts, table, source=url)
+    ctx.results["tilt_series"] = ts
+    mean_defocus = 0.5 * (ts.per_tilt("defocus_u") + ts.per_tilt("defocus_v"))
+    figures: dict[str, Any] = {"mean_defocus_a": round(float(mean_defocus.mean()), 1)}
+    truth = ctx.results.get("truth")
+    if truth is not None:
+        true_mean = 0.5 * (np.asarray(truth["defocus_u_a"]) + np.asarray(truth["defocus_v_a"]))
+        low = np.abs(ts.tilt_angles) <= 30
+        figures["defocus_rms_error_a_low_tilt"] = round(float(np.sqrt(np.mean((mean_defocus - true_mean)[low] ** 2))), 1)
+    ctx.summary["ctf"] = figures
+
+
 def stage_align(ctx: RunContext, overwrite: bool) -> None:
     from cryocloud.alignment import align_tilt_series, apply_alignment
     from cryocloud.alignment.outputs import write_alignment
@@ -249,6 +300,65 @@ def correlation_with_truth(tomo: Any, truth: Any, offset_xyz_a: np.ndarray, crop
     return float(r)
 
 
+def stage_match(ctx: RunContext, overwrite: bool) -> None:
+    from cryocloud.pick import MatchSettings, TiltWeighting, map_from_model, prepare_template, read_map, uniform_rotations
+    from cryocloud.pick.results import run_match
+    from cryocloud.simulate.atomic import BUNDLED_STRUCTURE
+    from cryocloud.store import read_tomogram, resolve
+
+    p = ctx.config.match
+    so = ctx.storage_options
+    url = ctx.url("match")
+    tomo = read_tomogram(ctx.url("reconstruct", "tomogram.zarr"), level=p.pyramid_level, storage_options=so)
+    px = tomo.pixel_size
+    path = p.template or str(ctx.results.get("structure") or BUNDLED_STRUCTURE)
+    if path.endswith((".mrc", ".map", ".em", ".rec")):
+        volume, template_px = read_map(path, voxel_size=p.template_voxel_size_a)
+    else:
+        volume, template_px = map_from_model(path, px), px
+    template = prepare_template(volume, template_px, px)
+    rotations = uniform_rotations(p.angular_increment_deg, p.symmetry)
+    tilts = TiltWeighting.from_tilt_series(ctx.results["tilt_series"])
+    settings = MatchSettings(resolution_a=p.resolution_a or 2.5 * px, subvolume=p.subvolume)
+    if overwrite or not resolve(url, so).child("match.json").exists():
+        run_match(tomo, template, rotations, url, tilts=tilts, settings=settings, overwrite=True, storage_options=so,
+                  description={"template": path, "symmetry": p.symmetry, "pyramid_level": p.pyramid_level})
+    ctx.results["template_radius_a"] = template.radius * px
+    ctx.results["match_origin_a"] = np.array([float(tomo.data.coords[d].values[0]) for d in "xyz"])
+    ctx.summary["match"] = {"n_orientations": int(len(rotations)), "voxel_size_a": px, "template": Path(path).name}
+
+
+def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
+    from cryocloud.pick.evaluate import f_beta
+    from cryocloud.pick.figures import write_score_figures
+    from cryocloud.pick.formats import write_picks
+    from cryocloud.pick.peaks import extract_peaks
+    from cryocloud.pick.results import read_match
+    from cryocloud.store import write_particles_csv
+
+    p = ctx.config.peaks
+    so = ctx.storage_options
+    scores, orientation, rotations, summary = read_match(ctx.url("match"), storage_options=so)
+    radius = p.radius_fraction * ctx.results["template_radius_a"]
+    particles, threshold = extract_peaks(
+        scores, orientation, rotations, radius_a=radius, n_false=p.n_false, number=p.number,
+        score_std=summary["score_std"], n_search=summary["n_search"], tomogram="tomogram", class_name="ribosome",
+    )
+    particles = replace(particles, positions=particles.positions + ctx.results["match_origin_a"])  # binned-level voxel centres
+    write_particles_csv(particles, ctx.url("peaks", "particles.csv"), overwrite=True, storage_options=so)
+    write_picks(particles, ctx.url("peaks", "particles.star"), "star", storage_options=so,
+                pixel_size=float(summary["voxel_size"]), shape_zyx=tuple(summary["shape_zyx"]))
+    write_score_figures(scores, particles, threshold, ctx.url("peaks", "scores"), radius_a=radius, title="template matching",
+                        storage_options=so)
+    figures: dict[str, Any] = {"n_picks": len(particles), "threshold": None if threshold is None else round(threshold, 4)}
+    truth = ctx.results.get("truth_particles")
+    if truth is not None:
+        expected = truth.positions + ctx.results.get("volume_offset_a", np.zeros(3))
+        score = f_beta(particles.positions, expected, tolerance=ctx.results["template_radius_a"] / 2)
+        figures.update({k: round(v, 3) for k, v in score.items()})
+    ctx.summary["peaks"] = figures
+
+
 def _correlation(a: Any, b: Any) -> Any:
     """Lazy Pearson correlation of two Dask arrays of the same shape."""
     a = a.astype(np.float64)
@@ -259,8 +369,11 @@ def _correlation(a: Any, b: Any) -> Any:
 
 STAGES: dict[str, Callable[[RunContext, bool], None]] = {
     "simulate": stage_simulate,
+    "ctf": stage_ctf,
     "align": stage_align,
     "reconstruct": stage_reconstruct,
+    "match": stage_match,
+    "peaks": stage_peaks,
 }
 STAGE_NAMES = tuple(STAGES) + ("input",)
 

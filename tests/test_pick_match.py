@@ -6,29 +6,15 @@ import dask
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster
-from scipy.spatial import cKDTree
 
 from cryocloud.geometry import random_rotations, rotation_angle_deg
 from cryocloud.model import Tomogram
 from cryocloud.pick import BlockCache, MatchSettings, TiltWeighting, extract_peaks, map_from_model, match, prepare_template, uniform_rotations
+from cryocloud.pick.evaluate import f_beta, match_picks
 from cryocloud.pick.template import read_map
 from test_pick_score import rotate_real_space
 
 REAL = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
-
-
-def f_beta(picks: np.ndarray, truth: np.ndarray, tolerance: float, beta: float = 4.0) -> tuple[float, np.ndarray, np.ndarray]:
-    """F-beta of picks (N, 3) against true positions (M, 3); a true particle is found when a pick lies
-    within `tolerance`. Returns (F, found mask over truth, index of the nearest pick per truth)."""
-    if len(picks) == 0:
-        return 0.0, np.zeros(len(truth), bool), np.zeros(len(truth), int)
-    distance, nearest = cKDTree(picks).query(truth)
-    found = distance <= tolerance
-    tp = int(found.sum())
-    precision, recall = tp / len(picks), tp / len(truth)
-    if tp == 0:
-        return 0.0, found, nearest
-    return (1 + beta**2) * precision * recall / (beta**2 * precision + recall), found, nearest
 
 
 @pytest.mark.slow
@@ -53,8 +39,9 @@ def test_digital_twin_f_beta_and_orientations():
 
     model = read_atomic_model(str(BUNDLED_STRUCTURE))
     particle_radius = (3 * model.mass_da * 1.21 / (4 * np.pi)) ** (1 / 3)  # A, from the molecular volume
-    f4, found, nearest = f_beta(particles.positions, sim.particles.positions, particle_radius / 2)
-    assert f4 >= 0.9
+    score = f_beta(particles.positions, sim.particles.positions, particle_radius / 2)
+    found, nearest = match_picks(particles.positions, sim.particles.positions, particle_radius / 2)
+    assert score["f4"] >= 0.9
     errors = rotation_angle_deg(particles.rotations[nearest[found]], sim.particles.rotations[found])
     assert np.median(errors) < increment
     assert threshold > 5 * sigma

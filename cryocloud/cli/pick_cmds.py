@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import dask.array as da
 import numpy as np
 import typer
 from rich.console import Console
@@ -12,7 +11,7 @@ from rich.console import Console
 from cryocloud.cli.app import app
 from cryocloud.errors import ModelError
 from cryocloud.pick.angles import crowther_increment, parse_angle_list, uniform_rotations
-from cryocloud.pick.figures import score_histogram_png, score_slices_png, slice_planes
+from cryocloud.pick.figures import write_score_figures
 from cryocloud.pick.formats import format_from_name, write_picks
 from cryocloud.pick.match import MatchSettings
 from cryocloud.pick.peaks import extract_peaks
@@ -140,13 +139,5 @@ def extract_peaks_cmd(
     cut = "none" if threshold is None else f"{threshold:.4f}"
     console.print(f"{out_url}: {len(particles)} particles (cut-off {cut}, radius {radius_a:.1f} A)")
     if figures:
-        stem = out_url.rsplit(".", 1)[0]
-        planes = slice_planes(shape[0], particles, px)
-        slices = dict(zip(planes, (np.asarray(scores.data[z]) for z in planes)))
-        values = scores.data if isinstance(scores.data, da.Array) else da.from_array(np.asarray(scores.values))
-        lo, hi = da.compute(values.min(), values.max())
-        counts, edges = da.histogram(values, bins=200, range=(float(lo), float(hi) + 1e-6))
-        with open_url(f"{stem}_slices.png", "wb", storage_options=options) as f:
-            score_slices_png(slices, particles, px, f, radius_a=radius_a, title=f"{match_url} scores")
-        with open_url(f"{stem}_histogram.png", "wb", storage_options=options) as f:
-            score_histogram_png(counts.compute(), edges, threshold, f, picks=particles, title=f"{match_url}: {len(particles)} picks")
+        write_score_figures(scores, particles, threshold, out_url.rsplit(".", 1)[0], radius_a=radius_a, title=match_url,
+                            storage_options=options)

@@ -56,3 +56,26 @@ def score_histogram_png(counts: np.ndarray, edges: np.ndarray, threshold: float 
     fig.tight_layout()
     fig.savefig(out, format="png", dpi=100)
     plt.close(fig)
+
+
+def write_score_figures(
+    scores, particles: Particles, threshold: float | None, stem_url: str, *, radius_a: float, title: str = "",
+    storage_options: dict | None = None,
+) -> None:
+    """Write `<stem>_slices.png` (score slices with the picks) and `<stem>_histogram.png` (scores
+    with the cut-off) for a score map (xarray (z, y, x), lazy or not)."""
+    import dask.array as da
+
+    from cryocloud.model import pixel_size_of
+    from cryocloud.store import open_url
+
+    px = pixel_size_of(scores)
+    planes = slice_planes(scores.shape[0], particles, px)
+    slices = dict(zip(planes, (np.asarray(scores.data[z]) for z in planes)))
+    values = scores.data if isinstance(scores.data, da.Array) else da.from_array(np.asarray(scores.values))
+    lo, hi = da.compute(values.min(), values.max())
+    counts, edges = da.histogram(values, bins=200, range=(float(lo), float(hi) + 1e-6))
+    with open_url(f"{stem_url}_slices.png", "wb", storage_options=storage_options) as f:
+        score_slices_png(slices, particles, px, f, radius_a=radius_a, title=f"{title} scores")
+    with open_url(f"{stem_url}_histogram.png", "wb", storage_options=storage_options) as f:
+        score_histogram_png(counts.compute(), edges, threshold, f, picks=particles, title=f"{title}: {len(particles)} picks")
