@@ -6,7 +6,8 @@ import pytest
 from cryocloud import optics
 from cryocloud.geometry import aligned_to_raw, project_points
 from cryocloud.simulate import FiducialConfig, SimulationConfig, simulate
-from cryocloud.simulate.acquisition import Optics, ctf_image, exposure_averaged_dose_weight, interaction_constant
+from cryocloud.optics import exposure_averaged_dose_weight
+from cryocloud.simulate.acquisition import Optics, ctf_image, interaction_constant
 
 BLANK = dict(n_particles=0, ice_structure_factor=0.0)
 
@@ -106,10 +107,10 @@ def test_noise_mean_and_variance_equal_the_dose(thickness):
 
 def test_exposure_averaged_dose_weight():
     k = np.array([0.0, 0.05, 0.1, 0.2])
-    assert np.allclose(exposure_averaged_dose_weight(k, 10.0, 0.0, 300.0), optics.dose_weight(k, 10.0))
+    assert np.allclose(exposure_averaged_dose_weight(k, 10.0, 0.0), optics.dose_weight(k, 10.0))
     # the average over a window equals the mean of its sub-windows (frames)
-    whole = exposure_averaged_dose_weight(k, 6.0, 4.0, 300.0)
-    parts = np.mean([exposure_averaged_dose_weight(k, 6.0 + f, 1.0, 300.0) for f in range(4)], axis=0)
+    whole = exposure_averaged_dose_weight(k, 6.0, 4.0)
+    parts = np.mean([exposure_averaged_dose_weight(k, 6.0 + f, 1.0) for f in range(4)], axis=0)
     assert np.allclose(whole, parts)
     dense = np.mean([optics.dose_weight(k, 6.0 + e) for e in np.linspace(0, 4, 4001)], axis=0)
     assert np.allclose(whole, dense, rtol=1e-3)

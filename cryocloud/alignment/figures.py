@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import IO
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from cryocloud.alignment.result import AlignmentResult  # noqa: E402
+from cryocloud.alignment.result import AlignmentResult
 
 
 def save_residuals_png(result: AlignmentResult, target: str | IO[bytes], title: str = "") -> None:

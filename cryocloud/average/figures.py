@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from cryocloud.average.fsc import FscCurve  # noqa: E402
+from cryocloud.average.fsc import FscCurve
 
 
 def _png(fig) -> bytes:

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from typing import IO
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from cryocloud.model import Particles  # noqa: E402
+from cryocloud.model import Particles
 
 
 def slice_planes(n_z: int, particles: Particles, pixel_size: float) -> list[int]:

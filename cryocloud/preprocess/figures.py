@@ -6,18 +6,15 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import xarray as xr
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import xarray as xr  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from cryocloud.model import Microscope  # noqa: E402
-from cryocloud.optics import ctf_2d  # noqa: E402
-from cryocloud.preprocess.ctf_estimate import CtfFit, tile_spectra  # noqa: E402
+from cryocloud.model import Microscope
+from cryocloud.optics import ctf_2d
+from cryocloud.preprocess.ctf_estimate import CtfFit, tile_spectra
 
 
 def drift_figure(shifts: xr.DataArray, *, max_panels: int = 64) -> Figure:

@@ -63,17 +63,6 @@ class Optics:
     seed: int
 
 
-def exposure_averaged_dose_weight(k: np.ndarray, pre_exposure: float, exposure: float, voltage_kv: float) -> np.ndarray:
-    """Mean amplitude attenuation over an exposure window [pre, pre + exposure] (e/A^2) at k (1/A)."""
-    scale = optics.voltage_dose_scale(voltage_kv)
-    ne2 = 2.0 * optics.critical_exposure(k)
-    n0 = pre_exposure * scale
-    x = exposure * scale / ne2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        window = np.where(x > 0, -np.expm1(-x) / x, 1.0)  # mean of exp(-n / 2Ne) over the window
-    return np.exp(-n0 / ne2) * window
-
-
 def to_raw_frame(aligned: np.ndarray, tilt_axis_angle_deg: float, shift_xy_a: np.ndarray, pixel_size_a: float) -> np.ndarray:
     """Resample an aligned image (y, x) into the raw frame: raw(p) = aligned(R^-1 (p - s)), centres n // 2."""
     shift = np.asarray(shift_xy_a, dtype=np.float64) / pixel_size_a
@@ -135,7 +124,7 @@ def _damage(shape: tuple[int, int], opt: Optics, pre: float, exposure: float) ->
     k = np.sqrt(ky * ky + kx * kx)
     if not opt.dose_filter:
         return np.ones_like(k)
-    return exposure_averaged_dose_weight(k, pre, exposure, opt.voltage_kv)
+    return optics.exposure_averaged_dose_weight(k, pre, exposure, voltage_kv=opt.voltage_kv)
 
 
 def _fourier_shift(shape: tuple[int, int], shift_xy_a: np.ndarray, pixel_size_a: float) -> np.ndarray:
