@@ -46,6 +46,7 @@ class SimulateParams(_Section):
 class CtfParams(_Section):
     defocus_min_a: float = pydantic.Field(5000.0, gt=0)
     defocus_max_a: float = pydantic.Field(70000.0, gt=0)
+    min_resolution_a: float = pydantic.Field(30.0, gt=0, description="low-resolution end of the fitted band (A)")
 
 
 class MatchParams(_Section):
@@ -190,10 +191,17 @@ def stage_ctf(ctx: RunContext, overwrite: bool) -> None:
 
     p = ctx.config.ctf
     ts = ctx.results["tilt_series"]
+    finest_a = 2.0 * ts.pixel_size / 0.95  # the fit stops just below Nyquist
+    if finest_a > 0.8 * p.min_resolution_a:
+        reason = f"pixel size {ts.pixel_size:g} A leaves no Thon rings between {p.min_resolution_a:g} and {finest_a:.1f} A"
+        log.warning("CTF estimation skipped: %s", reason)
+        ctx.summary["ctf"] = {"skipped": reason}
+        return
     url = ctx.url("ctf", "ctffind4.txt")
     so = ctx.storage_options
     if overwrite or not resolve(url, so).exists():
-        table = estimate_ctf(ts, defocus_range_a=(p.defocus_min_a, p.defocus_max_a), quiet=False).table
+        table = estimate_ctf(ts, defocus_range_a=(p.defocus_min_a, p.defocus_max_a), min_resolution_a=p.min_resolution_a,
+                             quiet=False).table
         with open_url(url, "w", storage_options=so) as fh:
             fh.write(format_ctffind(table, pixel_size_a=ts.pixel_size, microscope=ts.microscope))
     with open_url(url, "r", storage_options=so) as fh:
