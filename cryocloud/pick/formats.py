@@ -38,6 +38,37 @@ def to_ndjson(particles: Particles, pixel_size: float) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+NDJSON_TYPES = ("point", "orientedPoint", "instancePoint")
+
+
+def from_ndjson(text: str, pixel_size: float, *, source: str = "ndjson", tomogram: str = "", class_name: str = "") -> Particles:
+    """Particles from portal ndjson (`point`, `orientedPoint`, `instancePoint`; `location` in voxels of `pixel_size` A).
+
+    `xyz_rotation_matrix` (orientedPoint) is the rotation reference -> particle; other types get the
+    identity. Other record types (e.g. segmentation masks' metadata) are refused.
+    """
+    positions, rotations, scores = [], [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            kind = record.get("type")
+            if kind not in NDJSON_TYPES:
+                raise ModelError("type", f"expected one of {NDJSON_TYPES}, got {kind!r}", source=f"{source} line {number}")
+            loc = record["location"]
+            positions.append([float(loc["x"]), float(loc["y"]), float(loc["z"])])
+            rotations.append(np.asarray(record.get("xyz_rotation_matrix", np.eye(3)), dtype=np.float64).reshape(3, 3))
+            scores.append(float(record.get("score", np.nan)))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, ModelError):
+                raise
+            raise ModelError("location", f"expected a JSON object with location {{x, y, z}} ({type(exc).__name__}: {exc})", source=f"{source} line {number}") from exc
+    pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3) * float(pixel_size)
+    rot = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+    return Particles.create(pos, rot, scores, tomogram=tomogram, class_name=class_name)
+
+
 def to_star(particles: Particles, pixel_size: float, shape_zyx: tuple[int, int, int]) -> str:
     centre = np.array([centre_index(n) for n in shape_zyx[::-1]], dtype=np.float64) * pixel_size  # x, y, z
     centred = particles.positions - centre

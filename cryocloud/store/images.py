@@ -126,10 +126,17 @@ def _check_axes(image: NgffImage, expected: tuple[str, ...]) -> None:
         raise StoreError(image.url, f"has axes {image.axis_names}, expected {expected}", field="multiscales.axes")
 
 
-def _spatial_array(image: NgffImage, level: int, dims: tuple[str, ...], chunks: Any) -> xr.DataArray:
-    """Lazy DataArray of a level with x/y(/z) coordinates (A) at the voxel centres of that level."""
+def spatial_array(image: NgffImage, level: int, dims: tuple[str, ...], chunks: Any, *, pooled: bool = False) -> xr.DataArray:
+    """Lazy DataArray of a level with x/y(/z) coordinates (A) at the voxel centres of that level.
+
+    `pooled`: the pyramid is mean-pooled but its levels carry scale transforms only (the CryoET
+    Data Portal): a level without a translation then gets (scale_n - scale_0) / 2 per axis, the
+    centre of the level-0 voxels it averages.
+    """
     data = image.dask_array(level, chunks)
     scale, translation = image.scale_translation(level)
+    if pooled and not any(t.get("type") == "translation" for t in image.transforms[level]):
+        translation = (scale - image.scale_translation(0)[0]) / 2
     px0 = image.scale_translation(0)[0][-1]
     coords = {
         d: translation[i] + np.arange(data.shape[i]) * scale[i]
@@ -152,7 +159,7 @@ def read_tomogram(url: str, *, level: int = 0, storage_options: dict | None = No
     block = cryocloud_attrs(image)
     if block is not None and block.kind != "tomogram":
         raise StoreError(image.url, f"holds a {block.kind}, expected a tomogram", field=f"{ATTRS_KEY}.kind")
-    array = _spatial_array(image, level, ("z", "y", "x"), chunks)
+    array = spatial_array(image, level, ("z", "y", "x"), chunks)
     try:
         return Tomogram(
             array,
@@ -172,7 +179,7 @@ def read_tilt_series(url: str, *, level: int = 0, storage_options: dict | None =
         raise StoreError(image.url, "is missing: a tilt series needs the tilt angles stored in the cryocloud block", field=ATTRS_KEY)
     if block.kind != "tilt_series":
         raise StoreError(image.url, f"holds a {block.kind}, expected a tilt series", field=f"{ATTRS_KEY}.kind")
-    array = _spatial_array(image, level, ("tilt", "y", "x"), chunks)
+    array = spatial_array(image, level, ("tilt", "y", "x"), chunks)
     n = array.sizes["tilt"]
     try:
         coords = {}

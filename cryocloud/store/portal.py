@@ -1,0 +1,429 @@
+"""CryoET Data Portal data read in place from its public S3 bucket (anonymous, read-only).
+
+Addresses (all resolve to an OME-Zarr image in the bucket):
+
+- ``portal://DATASET/RUN`` (the run's default tomogram, or its tilt series for
+  `read_portal_tilt_series`), ``portal://DATASET/RUN/vs/10.012`` (a voxel spacing),
+  ``portal://DATASET/RUN/tomogram/ID``, ``portal://DATASET/RUN/vs/10.012/tomogram/ID``,
+  ``portal://DATASET/RUN/tiltseries[/ID]``;
+- plain keys ``s3://cryoet-data-portal-public/DATASET/RUN[/...]``: a ``.zarr`` key is read as is,
+  a key inside a run is narrowed by the layout folders it names;
+- objects of the official ``cryoet_data_portal`` client (duck-typed: ``s3_omezarr_dir``).
+
+Layouts (paths are taken from the metadata JSONs, ``omezarr_dir``, never composed blindly):
+
+- current (since Oct 2024): ``RUN/TiltSeries/ID/tiltseries_metadata.json`` (+ ``RUN.rawtlt``),
+  ``RUN/Reconstructions/VoxelSpacing{vs:.3f}/Tomograms/ID/tomogram_metadata.json``,
+  ``RUN/Reconstructions/VoxelSpacing{vs:.3f}/Annotations/ID/{object}-{version}.json``;
+- older: ``RUN/TiltSeries/tiltseries_metadata.json``,
+  ``RUN/Tomograms/VoxelSpacing{vs}/CanonicalTomogram/tomogram_metadata.json``,
+  ``RUN/Tomograms/VoxelSpacing{vs}/Annotations/*.json``.
+
+Metadata fields used (as in chanzuckerberg/cryoet-data-portal-backend,
+test_infra/test_files/30001/RUN1/...: tomogram_metadata.json, tiltseries_metadata.json,
+Annotations/100/foo-1.0.json): tomograms ``omezarr_dir``, ``voxel_spacing`` (A), ``size``
+{z, y, x}, ``reconstruction_method``, ``is_visualization_default``; tilt series ``omezarr_dir``,
+``pixel_spacing`` (A), ``acceleration_voltage`` (V), ``spherical_aberration_constant`` (mm),
+``tilt_axis`` (deg), ``is_aligned``, ``total_flux`` (e/A^2), ``per_section_parameter``
+[{``z_index``, ``raw_angle`` (deg), ``frame_acquisition_order``, ``major_defocus`` /
+``minor_defocus`` (A), ``astigmatic_angle`` (deg)}]; annotations ``annotation_object.name``,
+``version``, ``files`` [{``format``, ``shape``, ``path``}].
+
+Portal pyramids are mean-pooled with scale transforms only: level n is read with its voxel centres
+shifted by (2**n - 1) / 2 level-0 voxels (`cryocloud.store.images.spatial_array`). The bucket is
+read anonymously unless the storage options say otherwise; the endpoint comes from the storage
+options or ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (a local S3 server holding a copy).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cryocloud.errors import ModelError, StoreError
+from cryocloud.model import Microscope, TiltSeries, Tomogram, accumulated_pre_exposure
+from cryocloud.store.images import spatial_array
+from cryocloud.store.location import Location
+from cryocloud.store.ngff import open_image
+
+PORTAL_BUCKET = "cryoet-data-portal-public"
+PORTAL_HTTPS = "https://files.cryoetdataportal.cziscience.com"
+SCHEME = "portal://"
+
+
+@dataclass(frozen=True)
+class PortalRef:
+    """A parsed portal address: a run, optionally narrowed to a kind, a voxel spacing (A) and an id."""
+
+    dataset: str
+    run: str
+    kind: str | None = None  # "tomogram" | "tilt_series"
+    voxel_spacing: float | None = None
+    ident: str | None = None
+    image_key: str | None = None  # "bucket/key.zarr" given directly
+    bucket: str = PORTAL_BUCKET
+
+
+@dataclass(frozen=True)
+class PortalImage:
+    """A tomogram or tilt series of a run: its OME-Zarr URL and its metadata JSON."""
+
+    kind: str
+    url: str
+    ident: str
+    voxel_spacing: float
+    metadata: dict = field(compare=False)
+    metadata_url: str = ""
+
+    @property
+    def size_zyx(self) -> tuple[int, ...] | None:
+        size = self.metadata.get("size")
+        return tuple(int(size[k]) for k in "zyx") if isinstance(size, dict) and all(k in size for k in "zyx") else None
+
+
+@dataclass(frozen=True)
+class PortalAnnotation:
+    """One annotation of a run: object name, version and its files [{"format", "shape", "url"}]."""
+
+    object_name: str
+    version: str
+    voxel_spacing: float
+    files: list[dict]
+    metadata_url: str
+
+
+@dataclass(frozen=True)
+class PortalRun:
+    dataset: str
+    run: str
+    tomograms: list[PortalImage]
+    tilt_series: list[PortalImage]
+    annotations: list[PortalAnnotation]
+
+
+def portal_options(storage_options: dict | None) -> dict:
+    """Storage options for the portal bucket: anonymous unless credentials or `anon` are given."""
+    options = dict(storage_options or {})
+    if not any(k in options for k in ("anon", "key", "secret", "profile", "token")):
+        options["anon"] = True
+    return options
+
+
+def is_portal_url(url: Any) -> bool:
+    """True for ``portal://`` addresses, portal-bucket ``s3://`` keys and portal client objects."""
+    if hasattr(url, "s3_omezarr_dir"):
+        return True
+    text = str(url)
+    return text.startswith(SCHEME) or text.startswith(f"s3://{PORTAL_BUCKET}/")
+
+
+def _parse_tail(text: str, parts: list[str], ref: dict) -> None:
+    """Fill kind / voxel_spacing / ident from the address segments after DATASET/RUN."""
+    i = 0
+    while i < len(parts):
+        word = parts[i]
+        nxt = parts[i + 1] if i + 1 < len(parts) else None
+        if word == "vs" and nxt is not None:
+            try:
+                ref["voxel_spacing"] = float(nxt)
+            except ValueError:
+                raise StoreError(text, f"voxel spacing '{nxt}' is not a number of Angstrom", field="url") from None
+            i += 2
+        elif word in ("tomogram", "tiltseries"):
+            ref["kind"] = "tomogram" if word == "tomogram" else "tilt_series"
+            ref["ident"] = nxt
+            i += 2
+        else:
+            raise StoreError(
+                text, f"unexpected segment '{word}'; expected portal://DATASET/RUN[/vs/SPACING][/tomogram/ID | /tiltseries[/ID]]", field="url"
+            )
+
+
+def _parse_layout_key(text: str, parts: list[str], ref: dict) -> None:
+    """Narrow an s3 key inside a run by the layout folders it names (current and older layouts)."""
+    for part in parts:
+        m = re.fullmatch(r"VoxelSpacing([0-9.]+)", part)
+        if m:
+            ref["voxel_spacing"] = float(m.group(1))
+    if "TiltSeries" in parts:
+        ref["kind"] = "tilt_series"
+        i = parts.index("TiltSeries")
+        if i + 1 < len(parts) and not parts[i + 1].endswith(".json"):
+            ref["ident"] = parts[i + 1]
+    elif "Tomograms" in parts:
+        ref["kind"] = "tomogram"
+        i = parts.index("Tomograms")
+        if parts[0] == "Reconstructions" and i + 1 < len(parts) and not parts[i + 1].endswith(".json"):
+            ref["ident"] = parts[i + 1]
+    elif parts and parts[0] not in ("Reconstructions",):
+        raise StoreError(text, f"'{parts[0]}' is not a portal image folder (TiltSeries, Reconstructions, Tomograms)", field="url")
+
+
+def parse_portal_url(url: str) -> PortalRef:
+    """Parse a ``portal://`` address or an ``s3://cryoet-data-portal-public/...`` key."""
+    text = str(url)
+    if text.startswith(SCHEME):
+        parts = [p for p in text[len(SCHEME):].split("/") if p]
+        if len(parts) < 2:
+            raise StoreError(text, "expected portal://DATASET/RUN (a dataset id and a run name)", field="url")
+        ref: dict = {"dataset": parts[0], "run": parts[1]}
+        _parse_tail(text, parts[2:], ref)
+        return PortalRef(**ref)
+    if text.startswith("s3://"):
+        bucket, _, key = text[5:].partition("/")
+        parts = [p for p in key.split("/") if p]
+        if len(parts) < 2:
+            raise StoreError(text, "expected s3://BUCKET/DATASET/RUN[/...] (a dataset id and a run name)", field="url")
+        if parts[-1].endswith(".zarr"):
+            return PortalRef(parts[0], parts[1], image_key=f"{bucket}/{key.strip('/')}", bucket=bucket)
+        ref = {"dataset": parts[0], "run": parts[1], "bucket": bucket}
+        _parse_layout_key(text, parts[2:], ref)
+        return PortalRef(**ref)
+    raise StoreError(text, "is not a portal address; expected portal://DATASET/RUN or s3://cryoet-data-portal-public/DATASET/RUN", field="url")
+
+
+# ------------------------------------------------------------------------------------- listing
+def _read_json(fs, path: str) -> dict:
+    try:
+        document = json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        raise StoreError(f"s3://{path}", "does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"s3://{path}", f"is not valid JSON ({exc})") from exc
+    if not isinstance(document, dict):
+        raise StoreError(f"s3://{path}", f"expected a JSON object, got {type(document).__name__}")
+    return document
+
+
+def _bucket_path(bucket: str, dataset: str, path: str, where: str, fieldname: str) -> str:
+    """A metadata path (relative to the bucket, or s3://..., or bucket-prefixed) as "bucket/key"."""
+    if not isinstance(path, str) or not path:
+        raise StoreError(where, f"expected a path inside the bucket, got {path!r}", field=fieldname)
+    path = path[5:] if path.startswith("s3://") else path
+    return f"{bucket}/{path.lstrip('/')}" if path.split("/", 1)[0] == dataset else path.lstrip("/")
+
+
+def _voxel_spacing(where: str, value: Any, fieldname: str) -> float:
+    try:
+        vs = float(value)
+    except (TypeError, ValueError):
+        raise StoreError(where, f"expected a positive number of Angstrom, got {value!r}", field=fieldname) from None
+    if not np.isfinite(vs) or vs <= 0:
+        raise StoreError(where, f"expected a positive number of Angstrom, got {value!r}", field=fieldname)
+    return vs
+
+
+def _image(fs, bucket: str, dataset: str, meta_path: str, kind: str, ident: str) -> PortalImage:
+    where = f"s3://{meta_path}"
+    meta = _read_json(fs, meta_path)
+    spacing_field = "voxel_spacing" if kind == "tomogram" else "pixel_spacing"
+    zarr_dir = meta.get("omezarr_dir")
+    if zarr_dir is None:
+        raise StoreError(where, "is missing; expected the path of the OME-Zarr image", field="omezarr_dir")
+    zarr_path = _bucket_path(bucket, dataset, zarr_dir, where, "omezarr_dir")
+    return PortalImage(kind, f"s3://{zarr_path}", ident, _voxel_spacing(where, meta.get(spacing_field), spacing_field), meta, where)
+
+
+def _annotation(fs, bucket: str, dataset: str, meta_path: str, voxel_spacing: float) -> PortalAnnotation:
+    where = f"s3://{meta_path}"
+    meta = _read_json(fs, meta_path)
+    obj = meta.get("annotation_object")
+    if not isinstance(obj, dict) or "name" not in obj:
+        raise StoreError(where, "expected an object with a 'name'", field="annotation_object")
+    files = []
+    for i, entry in enumerate(meta.get("files") or []):
+        if not isinstance(entry, dict) or "path" not in entry:
+            raise StoreError(where, "expected {format, shape, path}", field=f"files[{i}]")
+        path = _bucket_path(bucket, dataset, entry["path"], where, f"files[{i}].path")
+        files.append({"format": entry.get("format"), "shape": entry.get("shape"), "url": f"s3://{path}"})
+    return PortalAnnotation(str(obj["name"]), str(meta.get("version", "")), voxel_spacing, files, where)
+
+
+def _spacing_of(path: str) -> float:
+    m = re.search(r"/VoxelSpacing([0-9.]+)/", path)
+    return float(m.group(1)) if m else float("nan")
+
+
+def list_runs(dataset: str, *, storage_options: dict | None = None, bucket: str = PORTAL_BUCKET) -> list[str]:
+    """Run names of a dataset (the folders under ``bucket/dataset``)."""
+    loc = Location("s3", f"{bucket}/{dataset}", portal_options(storage_options))
+    fs = loc.filesystem()
+    try:
+        entries = fs.ls(loc.path, detail=True)
+    except FileNotFoundError:
+        raise StoreError(loc.url, f"dataset '{dataset}' does not exist in the portal bucket", field="dataset") from None
+    except (PermissionError, OSError) as exc:
+        raise StoreError(loc.url, f"cannot be listed: {exc}") from exc
+    runs = sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory")
+    if not runs:
+        raise StoreError(loc.url, f"dataset '{dataset}' has no runs (or does not exist)", field="dataset")
+    return runs
+
+
+def portal_run(dataset: str, run: str, *, storage_options: dict | None = None, bucket: str = PORTAL_BUCKET) -> PortalRun:
+    """Everything a run holds, found by listing its prefix and reading the metadata JSONs."""
+    root = Location("s3", f"{bucket}/{dataset}/{run}", portal_options(storage_options))
+    fs = root.filesystem()
+    try:
+        found = sorted(p for p in fs.find(root.path) if p.endswith(".json"))
+    except (PermissionError, OSError) as exc:
+        raise StoreError(root.url, f"cannot be listed: {exc}") from exc
+    if not found:
+        raise StoreError(root.url, f"run '{run}' of dataset '{dataset}' does not exist (nothing under this prefix)", field="run")
+    prefix = root.path + "/"
+    tomograms, tilt_series, annotations = [], [], []
+    for path in found:
+        rel = path[len(prefix):].split("/")
+        name = rel[-1]
+        if name == "tomogram_metadata.json":
+            ident = rel[-2] if rel[0] == "Reconstructions" else "canonical"
+            tomograms.append(_image(fs, bucket, dataset, path, "tomogram", ident))
+        elif name == "tiltseries_metadata.json":
+            tilt_series.append(_image(fs, bucket, dataset, path, "tilt_series", rel[-2] if len(rel) > 2 else "0"))
+        elif "Annotations" in rel:
+            annotations.append(_annotation(fs, bucket, dataset, path, _spacing_of(path)))
+    return PortalRun(dataset, run, tomograms, tilt_series, annotations)
+
+
+def _choose(ref: PortalRef, images: list[PortalImage], kind: str, where: str) -> PortalImage:
+    chosen = [im for im in images if ref.voxel_spacing is None or abs(im.voxel_spacing - ref.voxel_spacing) < 5e-4]
+    if ref.ident is not None:
+        chosen = [im for im in chosen if im.ident == ref.ident]
+    if not chosen:
+        have = ", ".join(f"{im.ident} ({im.voxel_spacing:.3f} A)" for im in images) or "none"
+        raise StoreError(where, f"no {kind.replace('_', ' ')} matches (voxel spacing {ref.voxel_spacing}, id {ref.ident}); the run has: {have}", field=kind)
+    default = [im for im in chosen if im.metadata.get("is_visualization_default")]
+    return (default or chosen)[0]
+
+
+def resolve_portal(url: Any, kind: str, *, storage_options: dict | None = None) -> PortalImage:
+    """The portal tomogram or tilt series (`kind`) an address names (see the module docstring)."""
+    if hasattr(url, "s3_omezarr_dir"):
+        url = url.s3_omezarr_dir
+    ref = parse_portal_url(str(url))
+    if ref.kind is not None and ref.kind != kind:
+        raise StoreError(str(url), f"names a {ref.kind.replace('_', ' ')}, expected a {kind.replace('_', ' ')}", field="url")
+    if ref.image_key is not None:
+        image = open_image(Location("s3", ref.image_key, portal_options(storage_options)))
+        spacing = float(image.scale_translation(0)[0][-1])
+        return PortalImage(kind, f"s3://{ref.image_key}", posixpath.basename(ref.image_key), spacing, {}, "")
+    run = portal_run(ref.dataset, ref.run, storage_options=storage_options, bucket=ref.bucket)
+    return _choose(ref, run.tomograms if kind == "tomogram" else run.tilt_series, kind, str(url))
+
+
+# -------------------------------------------------------------------------------------- reading
+def read_portal_tomogram(url: Any, *, level: int = 0, storage_options: dict | None = None, chunks: Any = None) -> Tomogram:
+    """Lazily read a portal tomogram (z, y, x); coordinates (A) at the voxel centres of `level`."""
+    found = resolve_portal(url, "tomogram", storage_options=storage_options)
+    image = open_image(Location("s3", found.url[5:], portal_options(storage_options)))
+    if image.axis_names != ("z", "y", "x"):
+        raise StoreError(image.url, f"has axes {image.axis_names}, expected ('z', 'y', 'x')", field="multiscales.axes")
+    try:
+        return Tomogram(spatial_array(image, level, ("z", "y", "x"), chunks, pooled=True), Microscope())
+    except ModelError as exc:
+        raise StoreError(image.url, exc.problem, field=exc.field) from exc
+
+
+def _rawtlt(fs, found: PortalImage) -> np.ndarray | None:
+    """Angles (deg) of the ``.rawtlt`` next to the tilt-series metadata, None when there is none."""
+    folder = posixpath.dirname(found.metadata_url[5:])
+    names = [p for p in fs.ls(folder, detail=False) if p.endswith(".rawtlt")]
+    if not names:
+        return None
+    text = fs.cat_file(names[0]).decode("utf-8", errors="replace")
+    try:
+        return np.array([float(line) for line in text.split() if line.strip()])
+    except ValueError as exc:
+        raise StoreError(f"s3://{names[0]}", f"expected one tilt angle (deg) per line ({exc})", field="angles") from exc
+
+
+def tilt_coordinates(found: PortalImage, n_tilts: int, rawtlt: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Per-tilt coordinates from ``per_section_parameter`` (by ``z_index``) and the .rawtlt angles.
+
+    Angles come from the .rawtlt when present, else ``raw_angle``; acquisition order from
+    ``frame_acquisition_order`` (ranked), else image order; defocus (A) and astigmatism angle (deg)
+    when every section has them; exposure = ``total_flux`` / n_tilts (e/A^2), 0 when unknown.
+    """
+    where = found.metadata_url
+    sections = found.metadata.get("per_section_parameter") or []
+    by_index: dict[int, dict] = {}
+    for i, s in enumerate(sections):
+        if not isinstance(s, dict) or "z_index" not in s:
+            raise StoreError(where, "expected objects with a 'z_index'", field=f"per_section_parameter[{i}]")
+        by_index[int(s["z_index"])] = s
+    complete = sorted(by_index) == list(range(n_tilts))
+
+    def column(name: str) -> np.ndarray | None:
+        if not complete or any(by_index[k].get(name) is None for k in by_index):
+            return None
+        return np.array([float(by_index[k][name]) for k in range(n_tilts)])
+
+    angles = rawtlt if rawtlt is not None else column("raw_angle")
+    if angles is None:
+        raise StoreError(where, f"no tilt angles: no .rawtlt and per_section_parameter lacks raw_angle for z_index 0..{n_tilts - 1}", field="per_section_parameter")
+    if angles.size != n_tilts:
+        raise StoreError(where, f".rawtlt has {angles.size} angles for {n_tilts} images", field="angles")
+    order = column("frame_acquisition_order")
+    coords = {
+        "tilt_angle": angles,
+        "acquisition_order": np.arange(n_tilts) if order is None else np.argsort(np.argsort(order, kind="stable")),
+    }
+    flux = found.metadata.get("total_flux")
+    coords["exposure"] = np.full(n_tilts, float(flux) / n_tilts if flux else 0.0)
+    for ours, theirs in (("defocus_u", "major_defocus"), ("defocus_v", "minor_defocus"), ("astigmatism_angle", "astigmatic_angle")):
+        values = column(theirs)
+        if values is not None:
+            coords[ours] = values
+    return coords
+
+
+def read_portal_tilt_series(url: Any, *, level: int = 0, storage_options: dict | None = None, chunks: Any = None) -> TiltSeries:
+    """Lazily read a portal tilt series (tilt, y, x) with angles, order, defocus and the microscope."""
+    found = resolve_portal(url, "tilt_series", storage_options=storage_options)
+    loc = Location("s3", found.url[5:], portal_options(storage_options))
+    image = open_image(loc)
+    if image.axis_names[1:] != ("y", "x") or len(image.axis_names) != 3:
+        raise StoreError(image.url, f"has axes {image.axis_names}, expected (z or tilt, y, x)", field="multiscales.axes")
+    array = spatial_array(image, level, ("tilt", "y", "x"), chunks, pooled=True)
+    if not found.metadata_url:
+        raise StoreError(image.url, "is a bare image key: read a tilt series by its run (portal://DATASET/RUN/tiltseries) for its angles", field="url")
+    coords = tilt_coordinates(found, array.sizes["tilt"], _rawtlt(loc.filesystem(), found))
+    meta = found.metadata
+    try:
+        microscope = Microscope(
+            voltage_kv=float(meta.get("acceleration_voltage", 300000)) / 1000.0,
+            cs_mm=float(meta.get("spherical_aberration_constant", 2.7)),
+        )
+        axis = 0.0 if meta.get("is_aligned") else float(meta.get("tilt_axis") or 0.0)
+        pre = accumulated_pre_exposure(coords["acquisition_order"], coords["exposure"])
+        array = array.assign_coords({k: ("tilt", v) for k, v in {**coords, "pre_exposure": pre}.items()})
+        return TiltSeries(array, microscope, axis)
+    except (ModelError, ValueError) as exc:
+        raise StoreError(found.metadata_url, str(exc)) from exc
+
+
+def read_annotation_points(annotation: PortalAnnotation, *, storage_options: dict | None = None, tomogram: str = ""):
+    """`Particles` (positions in A) of a point annotation's ndjson file (point, orientedPoint, instancePoint)."""
+    from cryocloud.pick.formats import from_ndjson  # the pick package builds on the store: import on use
+
+    files = [f for f in annotation.files if f.get("format") == "ndjson"]
+    if not files:
+        have = ", ".join(f"{f.get('format')} {f.get('shape')}" for f in annotation.files) or "none"
+        raise StoreError(annotation.metadata_url, f"has no ndjson point file (it has: {have})", field="files")
+    if not np.isfinite(annotation.voxel_spacing):
+        raise StoreError(annotation.metadata_url, "lies in no VoxelSpacing folder: the voxel size of its coordinates is unknown", field="voxel_spacing")
+    loc = Location("s3", files[0]["url"][5:], portal_options(storage_options))
+    fs = loc.filesystem()
+    try:
+        text = fs.cat_file(loc.path).decode("utf-8")
+    except FileNotFoundError:
+        raise StoreError(loc.url, "does not exist (named in the annotation's files)", field="files") from None
+    try:
+        return from_ndjson(text, annotation.voxel_spacing, source=loc.url, tomogram=tomogram, class_name=annotation.object_name)
+    except ModelError as exc:
+        raise StoreError(exc.source or loc.url, exc.problem, field=exc.field) from exc

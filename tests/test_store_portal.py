@@ -1,0 +1,204 @@
+"""CryoET Data Portal in place: a portal-layout bucket on the moto S3 server, read through portal://.
+
+The fixture bucket follows the documented layout (chanzuckerberg/cryoet-data-portal-backend
+schema/README.md and test_infra/test_files/30001): zarr format 2, NGFF 0.4, levels "0", "1", "2"
+mean-pooled by 2 with scale transforms only, Blosc lz4, "/" chunk separators, no consolidated
+metadata; tomogram_metadata.json / tiltseries_metadata.json / annotation JSON with the portal
+field names; a .rawtlt; one run in the older layout (Tomograms/VoxelSpacing*/CanonicalTomogram).
+"""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import numpy as np
+import pytest
+import zarr
+from numcodecs import Blosc
+
+from cryocloud.cli import main
+from cryocloud.errors import StoreError
+from cryocloud.store.location import Location
+from cryocloud.store.portal import (
+    PORTAL_BUCKET, is_portal_url, list_runs, parse_portal_url, portal_run, read_annotation_points, read_portal_tilt_series,
+    read_portal_tomogram,
+)
+
+DS, RUN, OLD_RUN = "10001", "TS_01", "TS_02"
+VS, OLD_VS, TS_PX = 10.012, 13.48, 5.006
+TS_ANGLES = np.array([-6.0, -3.0, 0.0, 3.0, 6.0])  # image order (z_index 0..4), as in the .rawtlt
+TS_FRAME_ORDER = [4, 2, 0, 1, 3]  # acquisition order: 0, 3, -3, 6, -6 (dose symmetric)
+TS_DEFOCUS = [31000.0, 30500.0, 30000.0, 30200.0, 30800.0]  # A
+
+
+def _pool(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    shape = []
+    for i, n in enumerate(a.shape):
+        shape.extend([n // 2, 2] if i in axes else [n, 1])
+    return a.reshape(shape).mean(axis=tuple(range(1, 2 * a.ndim, 2))).astype(a.dtype)
+
+
+def _write_portal_zarr(opts: dict, key: str, data: np.ndarray, px: float, binned: tuple[int, ...], chunks: tuple[int, ...]) -> list[np.ndarray]:
+    """A portal-style OME-Zarr: 3 mean-pooled levels, scale transforms only (no translation)."""
+    group = zarr.create_group(store=Location("s3", key, opts).zarr_store(read_only=False), zarr_format=2)
+    levels, datasets = [data], []
+    for n in range(3):
+        if n:
+            levels.append(_pool(levels[-1], binned))
+        arr = group.create_array(
+            str(n), shape=levels[n].shape, chunks=tuple(min(c, s) for c, s in zip(chunks, levels[n].shape)), dtype=data.dtype,
+            compressors=Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE), chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+        arr[...] = levels[n]
+        scale = [px * (2**n if i in binned else 1) for i in range(3)]
+        datasets.append({"path": str(n), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+    axes = [{"name": a, "type": "space", "unit": "angstrom"} for a in "zyx"]
+    group.attrs.update({"multiscales": [{"version": "0.4", "axes": axes, "datasets": datasets, "name": "/"}]})
+    return levels
+
+
+def _put(opts: dict, key: str, content) -> None:
+    text = content if isinstance(content, str) else json.dumps(content)
+    with Location("s3", key, opts).filesystem().open(key, "w") as f:
+        f.write(text)
+
+
+@pytest.fixture
+def portal(s3_bucket):
+    """Portal-layout bucket named like the real one, on the moto endpoint; yields (options, ground truth)."""
+    endpoint = s3_bucket.storage_options["endpoint_url"]
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=PORTAL_BUCKET)
+    public_read = {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
+                   "Resource": [f"arn:aws:s3:::{PORTAL_BUCKET}", f"arn:aws:s3:::{PORTAL_BUCKET}/*"]}
+    s3.put_bucket_policy(Bucket=PORTAL_BUCKET, Policy=json.dumps({"Version": "2012-10-17", "Statement": [public_read]}))
+    opts = {"endpoint_url": endpoint}
+    rng = np.random.default_rng(7)
+    truth = {}
+    run = f"{PORTAL_BUCKET}/{DS}/{RUN}"
+    tomo_dir = f"{DS}/{RUN}/Reconstructions/VoxelSpacing{VS:.3f}/Tomograms/501"
+    truth["tomo"] = _write_portal_zarr(opts, f"{PORTAL_BUCKET}/{tomo_dir}/{RUN}.zarr", rng.normal(size=(24, 32, 40)).astype(np.float32), VS, (0, 1, 2), (16, 16, 16))
+    _put(opts, f"{PORTAL_BUCKET}/{tomo_dir}/tomogram_metadata.json", {
+        "voxel_spacing": VS, "reconstruction_method": "WBP", "is_visualization_default": True, "run_name": RUN,
+        "size": {"z": 24, "y": 32, "x": 40}, "omezarr_dir": f"{tomo_dir}/{RUN}.zarr", "mrc_file": f"{tomo_dir}/{RUN}.mrc",
+    })
+    ts_dir = f"{DS}/{RUN}/TiltSeries/77"
+    truth["ts"] = _write_portal_zarr(opts, f"{PORTAL_BUCKET}/{ts_dir}/{RUN}.zarr", rng.normal(size=(5, 32, 32)).astype(np.float32), TS_PX, (1, 2), (1, 1024, 1024))
+    sections = [
+        {"z_index": z, "raw_angle": float(TS_ANGLES[z]), "frame_acquisition_order": TS_FRAME_ORDER[z],
+         "major_defocus": TS_DEFOCUS[z], "minor_defocus": TS_DEFOCUS[z] - 400.0, "astigmatic_angle": 30.0 + z}
+        for z in (3, 0, 4, 1, 2)  # listed out of order: matched by z_index
+    ]
+    _put(opts, f"{PORTAL_BUCKET}/{ts_dir}/tiltseries_metadata.json", {
+        "pixel_spacing": TS_PX, "acceleration_voltage": 300000, "spherical_aberration_constant": 2.7, "tilt_axis": 84.7,
+        "is_aligned": False, "total_flux": 100.0, "omezarr_dir": f"{ts_dir}/{RUN}.zarr", "per_section_parameter": sections,
+        "size": {"z": 5, "y": 32, "x": 32},
+    })
+    _put(opts, f"{PORTAL_BUCKET}/{ts_dir}/{RUN}.rawtlt", "".join(f"{a:.2f}\n" for a in TS_ANGLES))
+    ann_dir = f"{DS}/{RUN}/Reconstructions/VoxelSpacing{VS:.3f}/Annotations/9"
+    rot = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    points = [{"type": "orientedPoint", "location": {"x": 4.0, "y": 5.5, "z": 6.0}, "xyz_rotation_matrix": rot.tolist()},
+              {"type": "orientedPoint", "location": {"x": 10.0, "y": 2.0, "z": 1.0}, "xyz_rotation_matrix": np.eye(3).tolist()}]
+    _put(opts, f"{PORTAL_BUCKET}/{ann_dir}/ribosome-1.0_orientedpoint.ndjson", "".join(json.dumps(p) + "\n" for p in points))
+    _put(opts, f"{PORTAL_BUCKET}/{ann_dir}/ribosome-1.0.json", {
+        "annotation_object": {"id": "GO:0005840", "name": "ribosome"}, "version": "1.0",
+        "files": [{"format": "ndjson", "shape": "OrientedPoint", "path": f"{ann_dir}/ribosome-1.0_orientedpoint.ndjson"}],
+    })
+    truth["rot"] = rot
+    old_dir = f"{DS}/{OLD_RUN}/Tomograms/VoxelSpacing{OLD_VS:.3f}/CanonicalTomogram"
+    truth["old"] = _write_portal_zarr(opts, f"{PORTAL_BUCKET}/{old_dir}/{OLD_RUN}.zarr", rng.normal(size=(8, 16, 16)).astype(np.float32), OLD_VS, (0, 1, 2), (256, 256, 256))
+    _put(opts, f"{PORTAL_BUCKET}/{old_dir}/tomogram_metadata.json", {
+        "voxel_spacing": OLD_VS, "reconstruction_method": "SART", "size": {"z": 8, "y": 16, "x": 16}, "omezarr_dir": f"{old_dir}/{OLD_RUN}.zarr",
+    })
+    assert run  # the bucket is filled
+    return opts, truth
+
+
+def test_parse_addresses():
+    ref = parse_portal_url("portal://10445/TS_100_3/vs/10.012/tomogram/1234")
+    assert (ref.dataset, ref.run, ref.kind, ref.voxel_spacing, ref.ident) == ("10445", "TS_100_3", "tomogram", 10.012, "1234")
+    ref = parse_portal_url(f"s3://{PORTAL_BUCKET}/10445/TS_1/Reconstructions/VoxelSpacing10.012/Tomograms/77/tomogram_metadata.json")
+    assert (ref.kind, ref.voxel_spacing, ref.ident) == ("tomogram", 10.012, "77")
+    ref = parse_portal_url(f"s3://{PORTAL_BUCKET}/10445/TS_1/Tomograms/VoxelSpacing13.480/CanonicalTomogram/TS_1.zarr")
+    assert ref.image_key == f"{PORTAL_BUCKET}/10445/TS_1/Tomograms/VoxelSpacing13.480/CanonicalTomogram/TS_1.zarr"
+    assert is_portal_url("portal://1/2") and not is_portal_url("s3://other/1/2")
+    for bad in ("portal://10445", "portal://10445/TS/vs/abc", "portal://10445/TS/volume/3", f"s3://{PORTAL_BUCKET}/10445/TS/Frames"):
+        with pytest.raises(StoreError, match="url"):
+            parse_portal_url(bad)
+
+
+def test_read_tomogram_levels_and_centres(portal):
+    opts, truth = portal
+    tomo = read_portal_tomogram(f"portal://{DS}/{RUN}", storage_options=opts)
+    assert tomo.pixel_size == pytest.approx(VS)
+    np.testing.assert_array_equal(tomo.data.values, truth["tomo"][0])
+    level2 = read_portal_tomogram(f"portal://{DS}/{RUN}/vs/{VS}/tomogram/501", level=2, storage_options=opts)
+    np.testing.assert_array_equal(level2.data.values, truth["tomo"][2])
+    assert level2.pixel_size == pytest.approx(4 * VS)
+    # level-2 voxel j averages level-0 voxels 4j..4j+3: centre (4j + 1.5) * VS
+    np.testing.assert_allclose(level2.data.x.values, (4 * np.arange(10) + 1.5) * VS)
+    # the same voxel through a plain s3 key, and the older layout
+    direct = read_portal_tomogram(f"s3://{PORTAL_BUCKET}/{DS}/{RUN}/Reconstructions/VoxelSpacing{VS:.3f}/Tomograms/501", storage_options=opts)
+    np.testing.assert_array_equal(direct.data.values, truth["tomo"][0])
+    old = read_portal_tomogram(f"portal://{DS}/{OLD_RUN}", level=1, storage_options=opts)
+    np.testing.assert_array_equal(old.data.values, truth["old"][1])
+    assert old.pixel_size == pytest.approx(2 * OLD_VS)
+
+
+def test_read_tilt_series_coordinates(portal):
+    opts, truth = portal
+    ts = read_portal_tilt_series(f"portal://{DS}/{RUN}/tiltseries", storage_options=opts)
+    np.testing.assert_array_equal(ts.data.values, truth["ts"][0])
+    np.testing.assert_allclose(ts.tilt_angles, TS_ANGLES)
+    np.testing.assert_array_equal(ts.data.acquisition_order.values, TS_FRAME_ORDER)
+    np.testing.assert_allclose(ts.data.exposure.values, 20.0)
+    np.testing.assert_allclose(ts.data.pre_exposure.values, [80.0, 40.0, 0.0, 20.0, 60.0])
+    np.testing.assert_allclose(ts.data.defocus_u.values, TS_DEFOCUS)
+    np.testing.assert_allclose(ts.data.defocus_v.values, np.array(TS_DEFOCUS) - 400.0)
+    np.testing.assert_allclose(ts.data.astigmatism_angle.values, 30.0 + np.arange(5))
+    assert ts.pixel_size == pytest.approx(TS_PX) and ts.tilt_axis_angle == pytest.approx(84.7)
+    assert ts.microscope.voltage_kv == pytest.approx(300.0)
+    binned = read_portal_tilt_series(f"portal://{DS}/{RUN}/tiltseries/77", level=1, storage_options=opts)
+    assert binned.data.shape == (5, 16, 16)  # never binned along the tilt axis
+    np.testing.assert_array_equal(binned.data.values, truth["ts"][1])
+    np.testing.assert_allclose(binned.data.y.values[:2], [0.5 * TS_PX, 2.5 * TS_PX])
+
+
+def test_run_listing_and_annotation_points(portal):
+    opts, truth = portal
+    assert list_runs(DS, storage_options=opts) == [RUN, OLD_RUN]
+    run = portal_run(DS, RUN, storage_options=opts)
+    assert [(t.ident, t.voxel_spacing, t.size_zyx) for t in run.tomograms] == [("501", VS, (24, 32, 40))]
+    assert [t.ident for t in run.tilt_series] == ["77"]
+    (ann,) = run.annotations
+    assert (ann.object_name, ann.version, ann.voxel_spacing) == ("ribosome", "1.0", pytest.approx(VS))
+    particles = read_annotation_points(ann, storage_options=opts, tomogram=RUN)
+    np.testing.assert_allclose(particles.positions, np.array([[4.0, 5.5, 6.0], [10.0, 2.0, 1.0]]) * VS)
+    np.testing.assert_allclose(particles.rotations[0], truth["rot"])
+    assert list(particles.class_name) == ["ribosome", "ribosome"] and list(particles.tomogram) == [RUN, RUN]
+
+
+def test_portal_ls_cli(portal, capsys):
+    opts, _ = portal
+    assert main(["portal", "ls", DS, "--endpoint-url", opts["endpoint_url"]]) == 0
+    out = capsys.readouterr().out
+    assert f"portal://{DS}/{RUN}" in out and f"portal://{DS}/{OLD_RUN}" in out
+    assert "tomogram 501: 10.012 A, 24x32x40 (z, y, x), WBP" in out
+    assert "tomogram canonical: 13.480 A, 8x16x16 (z, y, x), SART" in out
+    assert "annotation ribosome v1.0 at 10.012 A: OrientedPoint" in out
+    assert main(["portal", "ls", DS, "--run", RUN, "--json", "--endpoint-url", opts["endpoint_url"]]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["runs"][0]["tilt_series"][0]["pixel_size"] == pytest.approx(TS_PX)
+
+
+def test_bad_portal_locations(portal, capsys):
+    opts, _ = portal
+    with pytest.raises(StoreError, match="run 'NOPE' of dataset"):
+        read_portal_tomogram(f"portal://{DS}/NOPE", storage_options=opts)
+    with pytest.raises(StoreError, match=r"no tomogram matches .*the run has: 501 \(10.012 A\)"):
+        read_portal_tomogram(f"portal://{DS}/{RUN}/vs/7.5", storage_options=opts)
+    with pytest.raises(StoreError, match="names a tilt series, expected a tomogram"):
+        read_portal_tomogram(f"portal://{DS}/{RUN}/tiltseries", storage_options=opts)
+    assert main(["portal", "ls", "99999", "--endpoint-url", opts["endpoint_url"]]) == 2
+    assert "dataset '99999'" in capsys.readouterr().err
