@@ -10,8 +10,10 @@ field names; a .rawtlt; one run in the older layout (Tomograms/VoxelSpacing*/Can
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import boto3
+import dask
 import numpy as np
 import pytest
 import zarr
@@ -19,6 +21,7 @@ from numcodecs import Blosc
 
 from cryocloud.cli import main
 from cryocloud.errors import StoreError
+from cryocloud.store import read_tilt_series, read_tomogram
 from cryocloud.store.location import Location
 from cryocloud.store.portal import (
     PORTAL_BUCKET, is_portal_url, list_runs, parse_portal_url, portal_run, read_annotation_points, read_portal_tilt_series,
@@ -202,3 +205,22 @@ def test_bad_portal_locations(portal, capsys):
         read_portal_tomogram(f"portal://{DS}/{RUN}/tiltseries", storage_options=opts)
     assert main(["portal", "ls", "99999", "--endpoint-url", opts["endpoint_url"]]) == 2
     assert "dataset '99999'" in capsys.readouterr().err
+
+
+def test_store_readers_client_objects_and_endpoint_config(portal, monkeypatch):
+    opts, truth = portal
+    # the generic store readers (used by every stage) take portal addresses
+    np.testing.assert_array_equal(read_tomogram(f"portal://{DS}/{RUN}", level=1, storage_options=opts).data.values, truth["tomo"][1])
+    ts_key = f"s3://{PORTAL_BUCKET}/{DS}/{RUN}/TiltSeries/77/{RUN}.zarr"
+    ts = read_tilt_series(ts_key, storage_options=opts)  # a bare .zarr key: metadata found next to it
+    np.testing.assert_allclose(ts.tilt_angles, TS_ANGLES)
+    # objects of the cryoet_data_portal client, duck-typed on their s3_* attributes
+    client_ts = SimpleNamespace(s3_omezarr_dir=ts_key, s3_mrc_file=ts_key[:-5] + ".mrc")
+    np.testing.assert_array_equal(read_portal_tilt_series(client_ts, storage_options=opts).data.acquisition_order.values, TS_FRAME_ORDER)
+    client_run = SimpleNamespace(s3_prefix=f"s3://{PORTAL_BUCKET}/{DS}/{OLD_RUN}/")
+    np.testing.assert_array_equal(read_tomogram(client_run, storage_options=opts).data.values, truth["old"][0])
+    # endpoint from the config, then from the AWS SDK variable
+    with dask.config.set({"cryocloud.portal.endpoint_url": opts["endpoint_url"]}):
+        assert read_portal_tomogram(f"portal://{DS}/{RUN}").data.shape == (24, 32, 40)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", opts["endpoint_url"])
+    assert read_portal_tomogram(f"portal://{DS}/{OLD_RUN}").data.shape == (8, 16, 16)

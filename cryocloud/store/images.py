@@ -153,7 +153,12 @@ def read_tomogram(url: str, *, level: int = 0, storage_options: dict | None = No
     Coordinates x, y, z (A) are the voxel centres of the level read (level n is shifted by
     (2**n - 1) / 2 level-0 voxels); the pixel size is that level's. `chunks`: None = one Dask
     chunk per zarr chunk, "auto" = larger chunks for bulk reads (see `NgffImage.dask_array`).
+    CryoET Data Portal addresses (portal://, its bucket, client objects) go to `cryocloud.store.portal`.
     """
+    from cryocloud.store import portal
+
+    if portal.is_portal_url(url):
+        return portal.read_portal_tomogram(url, level=level, storage_options=storage_options, chunks=chunks)
     image = open_image(resolve(url, storage_options))
     _check_axes(image, ("z", "y", "x"))
     block = cryocloud_attrs(image)
@@ -171,7 +176,14 @@ def read_tomogram(url: str, *, level: int = 0, storage_options: dict | None = No
 
 
 def read_tilt_series(url: str, *, level: int = 0, storage_options: dict | None = None, chunks: Any = None) -> TiltSeries:
-    """Lazily read a tilt series (tilt, y, x) from OME-Zarr with all its per-tilt coordinates (`chunks` as in read_tomogram)."""
+    """Lazily read a tilt series (tilt, y, x) from OME-Zarr with all its per-tilt coordinates (`chunks` as in read_tomogram).
+
+    CryoET Data Portal addresses go to `cryocloud.store.portal` (angles from .rawtlt / metadata).
+    """
+    from cryocloud.store import portal
+
+    if portal.is_portal_url(url):
+        return portal.read_portal_tilt_series(url, level=level, storage_options=storage_options, chunks=chunks)
     image = open_image(resolve(url, storage_options))
     _check_axes(image, ("tilt", "y", "x"))
     block = cryocloud_attrs(image)

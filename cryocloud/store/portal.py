@@ -43,6 +43,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask
 import numpy as np
 
 from cryocloud.errors import ModelError, StoreError
@@ -107,18 +108,34 @@ class PortalRun:
 
 
 def portal_options(storage_options: dict | None) -> dict:
-    """Storage options for the portal bucket: anonymous unless credentials or `anon` are given."""
+    """Storage options for the portal bucket: anonymous unless credentials or `anon` are given.
+
+    The endpoint, unless the options name one, comes from the Dask config key
+    ``cryocloud.portal.endpoint_url`` (e.g. ``DASK_CRYOCLOUD__PORTAL__ENDPOINT_URL``), then from
+    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (see `cryocloud.store.location`).
+    """
     options = dict(storage_options or {})
+    configured = dask.config.get("cryocloud.portal.endpoint_url", None)
+    if configured and "endpoint_url" not in options and "endpoint_url" not in (options.get("client_kwargs") or {}):
+        options["endpoint_url"] = configured
     if not any(k in options for k in ("anon", "key", "secret", "profile", "token")):
         options["anon"] = True
     return options
 
 
+def portal_address(obj: Any) -> str:
+    """The address of a portal client object (``s3_omezarr_dir`` of a tomogram / tilt series,
+    ``s3_prefix`` of a run), or `obj` as text."""
+    for attr in ("s3_omezarr_dir", "s3_prefix"):
+        value = getattr(obj, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return str(obj)
+
+
 def is_portal_url(url: Any) -> bool:
     """True for ``portal://`` addresses, portal-bucket ``s3://`` keys and portal client objects."""
-    if hasattr(url, "s3_omezarr_dir"):
-        return True
-    text = str(url)
+    text = portal_address(url)
     return text.startswith(SCHEME) or text.startswith(f"s3://{PORTAL_BUCKET}/")
 
 
@@ -188,10 +205,13 @@ def parse_portal_url(url: str) -> PortalRef:
 
 
 # ------------------------------------------------------------------------------------- listing
-def _read_json(fs, path: str) -> dict:
+def _read_json(fs, path: str, *, missing_ok: bool = False) -> dict | None:
+    """A metadata JSON object ("bucket/key"), one GET; None when missing and `missing_ok`."""
     try:
         document = json.loads(fs.cat_file(path))
     except FileNotFoundError:
+        if missing_ok:
+            return None
         raise StoreError(f"s3://{path}", "does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(f"s3://{path}", f"is not valid JSON ({exc})") from exc
@@ -218,15 +238,19 @@ def _voxel_spacing(where: str, value: Any, fieldname: str) -> float:
     return vs
 
 
-def _image(fs, bucket: str, dataset: str, meta_path: str, kind: str, ident: str) -> PortalImage:
+def _image(meta: dict, where: str, kind: str, ident: str, zarr_url: str) -> PortalImage:
+    spacing_field = "voxel_spacing" if kind == "tomogram" else "pixel_spacing"
+    return PortalImage(kind, zarr_url, ident, _voxel_spacing(where, meta.get(spacing_field), spacing_field), meta, where)
+
+
+def _listed_image(fs, bucket: str, dataset: str, meta_path: str, kind: str, ident: str) -> PortalImage:
+    """The image a metadata JSON describes, at its ``omezarr_dir``."""
     where = f"s3://{meta_path}"
     meta = _read_json(fs, meta_path)
-    spacing_field = "voxel_spacing" if kind == "tomogram" else "pixel_spacing"
     zarr_dir = meta.get("omezarr_dir")
     if zarr_dir is None:
         raise StoreError(where, "is missing; expected the path of the OME-Zarr image", field="omezarr_dir")
-    zarr_path = _bucket_path(bucket, dataset, zarr_dir, where, "omezarr_dir")
-    return PortalImage(kind, f"s3://{zarr_path}", ident, _voxel_spacing(where, meta.get(spacing_field), spacing_field), meta, where)
+    return _image(meta, where, kind, ident, f"s3://{_bucket_path(bucket, dataset, zarr_dir, where, 'omezarr_dir')}")
 
 
 def _annotation(fs, bucket: str, dataset: str, meta_path: str, voxel_spacing: float) -> PortalAnnotation:
@@ -282,9 +306,9 @@ def portal_run(dataset: str, run: str, *, storage_options: dict | None = None, b
         name = rel[-1]
         if name == "tomogram_metadata.json":
             ident = rel[-2] if rel[0] == "Reconstructions" else "canonical"
-            tomograms.append(_image(fs, bucket, dataset, path, "tomogram", ident))
+            tomograms.append(_listed_image(fs, bucket, dataset, path, "tomogram", ident))
         elif name == "tiltseries_metadata.json":
-            tilt_series.append(_image(fs, bucket, dataset, path, "tilt_series", rel[-2] if len(rel) > 2 else "0"))
+            tilt_series.append(_listed_image(fs, bucket, dataset, path, "tilt_series", rel[-2] if len(rel) > 2 else "0"))
         elif "Annotations" in rel:
             annotations.append(_annotation(fs, bucket, dataset, path, _spacing_of(path)))
     return PortalRun(dataset, run, tomograms, tilt_series, annotations)
@@ -301,17 +325,26 @@ def _choose(ref: PortalRef, images: list[PortalImage], kind: str, where: str) ->
     return (default or chosen)[0]
 
 
+def _image_by_key(ref: PortalRef, kind: str, storage_options: dict | None) -> PortalImage:
+    """An image named by its .zarr key, with the metadata JSON next to it when there is one."""
+    loc = Location("s3", ref.image_key, portal_options(storage_options))
+    meta_path = f"{posixpath.dirname(ref.image_key)}/{'tomogram' if kind == 'tomogram' else 'tiltseries'}_metadata.json"
+    meta = _read_json(loc.filesystem(), meta_path, missing_ok=True)
+    ident = posixpath.basename(posixpath.dirname(ref.image_key))
+    if meta is not None:
+        return _image(meta, f"s3://{meta_path}", kind, ident, loc.url)
+    spacing = float(open_image(loc).scale_translation(0)[0][-1])
+    return PortalImage(kind, loc.url, ident, spacing, {}, "")
+
+
 def resolve_portal(url: Any, kind: str, *, storage_options: dict | None = None) -> PortalImage:
     """The portal tomogram or tilt series (`kind`) an address names (see the module docstring)."""
-    if hasattr(url, "s3_omezarr_dir"):
-        url = url.s3_omezarr_dir
-    ref = parse_portal_url(str(url))
+    url = portal_address(url)
+    ref = parse_portal_url(url)
     if ref.kind is not None and ref.kind != kind:
-        raise StoreError(str(url), f"names a {ref.kind.replace('_', ' ')}, expected a {kind.replace('_', ' ')}", field="url")
+        raise StoreError(url, f"names a {ref.kind.replace('_', ' ')}, expected a {kind.replace('_', ' ')}", field="url")
     if ref.image_key is not None:
-        image = open_image(Location("s3", ref.image_key, portal_options(storage_options)))
-        spacing = float(image.scale_translation(0)[0][-1])
-        return PortalImage(kind, f"s3://{ref.image_key}", posixpath.basename(ref.image_key), spacing, {}, "")
+        return _image_by_key(ref, kind, storage_options)
     run = portal_run(ref.dataset, ref.run, storage_options=storage_options, bucket=ref.bucket)
     return _choose(ref, run.tomograms if kind == "tomogram" else run.tilt_series, kind, str(url))
 
