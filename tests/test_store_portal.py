@@ -20,7 +20,9 @@ import zarr
 from numcodecs import Blosc
 
 from cryocloud.cli import main
-from cryocloud.errors import StoreError
+from cryocloud.errors import ModelError, StoreError
+from cryocloud.model import Particles
+from cryocloud.pick.formats import from_ndjson, to_ndjson
 from cryocloud.store import read_tilt_series, read_tomogram
 from cryocloud.store.location import Location
 from cryocloud.store.portal import (
@@ -113,6 +115,14 @@ def portal(s3_bucket):
     truth["old"] = _write_portal_zarr(opts, f"{PORTAL_BUCKET}/{old_dir}/{OLD_RUN}.zarr", rng.normal(size=(8, 16, 16)).astype(np.float32), OLD_VS, (0, 1, 2), (256, 256, 256))
     _put(opts, f"{PORTAL_BUCKET}/{old_dir}/tomogram_metadata.json", {
         "voxel_spacing": OLD_VS, "reconstruction_method": "SART", "size": {"z": 8, "y": 16, "x": 16}, "omezarr_dir": f"{old_dir}/{OLD_RUN}.zarr",
+    })
+    flat = f"{DS}/{OLD_RUN}/Tomograms/VoxelSpacing{OLD_VS:.3f}/Annotations"  # older layout: flat annotation files
+    records = [{"type": "point", "location": {"x": 1.0, "y": 2.0, "z": 3.0}},
+               {"type": "instancePoint", "location": {"x": 7.0, "y": 8.0, "z": 0.5}, "instance_id": 2}]
+    _put(opts, f"{PORTAL_BUCKET}/{flat}/100-actin-1.0_point.ndjson", "".join(json.dumps(r) + "\n" for r in records))
+    _put(opts, f"{PORTAL_BUCKET}/{flat}/100-actin-1.0.json", {
+        "annotation_object": {"name": "actin"}, "version": "1.0",
+        "files": [{"format": "ndjson", "shape": "Point", "path": f"{flat}/100-actin-1.0_point.ndjson"}],
     })
     assert run  # the bucket is filled
     return opts, truth
@@ -224,3 +234,23 @@ def test_store_readers_client_objects_and_endpoint_config(portal, monkeypatch):
         assert read_portal_tomogram(f"portal://{DS}/{RUN}").data.shape == (24, 32, 40)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", opts["endpoint_url"])
     assert read_portal_tomogram(f"portal://{DS}/{OLD_RUN}").data.shape == (8, 16, 16)
+
+
+def test_older_layout_points_and_ndjson_round_trip(portal):
+    opts, _ = portal
+    (ann,) = portal_run(DS, OLD_RUN, storage_options=opts).annotations
+    assert (ann.object_name, ann.voxel_spacing) == ("actin", pytest.approx(OLD_VS))
+    points = read_annotation_points(ann, storage_options=opts)
+    np.testing.assert_allclose(points.positions, np.array([[1.0, 2.0, 3.0], [7.0, 8.0, 0.5]]) * OLD_VS)
+    np.testing.assert_allclose(points.rotations, np.broadcast_to(np.eye(3), (2, 3, 3)))
+    rng = np.random.default_rng(3)
+    q, _ = np.linalg.qr(rng.normal(size=(4, 3, 3)))
+    picks = Particles.create(rng.uniform(0, 500, size=(4, 3)), q, rng.uniform(size=4))
+    back = from_ndjson(to_ndjson(picks, 10.0), 10.0)
+    np.testing.assert_allclose(back.positions, picks.positions)
+    np.testing.assert_allclose(back.rotations, picks.rotations)
+    np.testing.assert_allclose(back.scores, picks.scores)
+    with pytest.raises(ModelError, match="line 2.*'type'"):
+        from_ndjson('{"type": "point", "location": {"x": 1, "y": 2, "z": 3}}\n{"type": "mesh"}\n', 10.0)
+    with pytest.raises(ModelError, match="line 1.*location"):
+        from_ndjson('{"type": "point", "location": {"x": 1}}\n', 10.0)
