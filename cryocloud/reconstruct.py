@@ -55,13 +55,18 @@ def _x_range(base: float, c: float, nx: int, nu: int) -> tuple[int, int]:
     return lo, hi
 
 
+Z_BLOCK = 8  # slices per pass over the projections: one tilt's rows stay in cache for all of them
+
+
 @numba.njit(parallel=True, cache=True, fastmath=True)
 def _backproject(proj: np.ndarray, cos_t: np.ndarray, sin_t: np.ndarray, shift_u: np.ndarray, out: np.ndarray) -> None:
     """Write into out (z, y, x) the linear-interpolation back-projection of proj (tilt, u + 2, y).
 
     proj[:, 0] and proj[:, -1] are zero guard rows (detector pixels -1 and nu). y is innermost in
-    proj and in the per-slice accumulator (x, y), so the interpolation weights of one (z, tilt, x)
-    serve a whole vector of y rows; each finished slice is transposed into out.
+    proj and in the per-slice accumulators (x, y), so the interpolation weights of one (z, tilt, x)
+    serve a whole vector of y rows. Z_BLOCK slices are accumulated per pass over the tilts, so each
+    tilt's rows are read from memory once per block rather than once per slice (the kernel is
+    memory-bound otherwise); finished slices are transposed into out.
     """
     n_t, nup2, n_y = proj.shape
     nu = nup2 - 2
@@ -69,26 +74,30 @@ def _backproject(proj: np.ndarray, cos_t: np.ndarray, sin_t: np.ndarray, shift_u
     cx = nx // 2
     cz = nz // 2
     cu = nu // 2
-    for z in numba.prange(nz):
-        acc = np.zeros((nx, n_y), dtype=np.float32)
+    for zb in numba.prange((nz + Z_BLOCK - 1) // Z_BLOCK):
+        z0 = zb * Z_BLOCK
+        n_slices = min(nz, z0 + Z_BLOCK) - z0
+        acc = np.zeros((Z_BLOCK, nx, n_y), dtype=np.float32)
         for t in range(n_t):
             c = cos_t[t]
-            base = cu + (z - cz) * sin_t[t] - cx * c + shift_u[t]
-            lo, hi = _x_range(base, c, nx, nu)
             p = proj[t]
-            for x in range(lo, hi):
-                u = base + x * c
-                i = int(u + 1.0)  # floor(u) + 1 >= 0: row of pixel floor(u) in proj
-                w = np.float32(u + 1.0 - i)
-                w0 = np.float32(1.0) - w
-                a = acc[x]
-                p0 = p[i]
-                p1 = p[i + 1]
-                for y in range(n_y):
-                    a[y] += w0 * p0[y] + w * p1[y]
-        for y in range(n_y):
-            for x in range(nx):
-                out[z, y, x] = acc[x, y]
+            for k in range(n_slices):
+                base = cu + (z0 + k - cz) * sin_t[t] - cx * c + shift_u[t]
+                lo, hi = _x_range(base, c, nx, nu)
+                for x in range(lo, hi):
+                    u = base + x * c
+                    i = int(u + 1.0)  # floor(u) + 1 >= 0: row of pixel floor(u) in proj
+                    w = np.float32(u + 1.0 - i)
+                    w0 = np.float32(1.0) - w
+                    a = acc[k, x]
+                    p0 = p[i]
+                    p1 = p[i + 1]
+                    for y in range(n_y):
+                        a[y] += w0 * p0[y] + w * p1[y]
+        for k in range(n_slices):
+            for y in range(n_y):
+                for x in range(nx):
+                    out[z0 + k, y, x] = acc[k, x, y]
 
 
 def backproject(filtered: np.ndarray, tilt_angles_deg, thickness_px: int, *, shift_u=None) -> np.ndarray:
