@@ -12,6 +12,7 @@ from rich.logging import RichHandler
 from cryocloud.alignment import align_tilt_series
 from cryocloud.alignment.outputs import write_alignment
 from cryocloud.cli.app import app
+from cryocloud.cli.options import read_write_options
 from cryocloud.store import read_tilt_series
 
 console = Console(highlight=False, stderr=True)
@@ -36,8 +37,7 @@ def align(
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint."),
 ) -> None:
     """Align a tilt series: shifts, tilt-axis angle and (optionally) tilt offset; residuals per tilt in a PNG."""
-    write_options = {"endpoint_url": endpoint_url} if endpoint_url else None
-    read_options = dict(write_options or {}, **({"anon": True} if anon else {})) or None
+    read_options, write_options = read_write_options(endpoint_url, anon)
     logger = logging.getLogger("cryocloud.alignment")
     handler = RichHandler(console=console, show_path=False)
     logger.addHandler(handler)

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
+from cryocloud.cli.options import storage_options
 from cryocloud.errors import ModelError
 from cryocloud.pick.angles import crowther_increment, parse_angle_list, uniform_rotations
 from cryocloud.pick.figures import write_score_figures
@@ -22,13 +23,6 @@ from cryocloud.store import open_url, read_mrc, read_tilt_series, read_tomogram
 
 console = Console(highlight=False, stderr=True)
 MODEL_SUFFIXES = (".cif", ".cif.gz", ".mmcif", ".pdb", ".pdb.gz", ".ent")
-
-
-def _options(endpoint_url: Optional[str], anon: bool = False) -> dict | None:
-    opts = {"endpoint_url": endpoint_url} if endpoint_url else {}
-    if anon:
-        opts["anon"] = True
-    return opts or None
 
 
 def _read_volume(url: str, options: dict | None):
@@ -79,7 +73,7 @@ def match(
 
     if ctf not in ("signed", "abs", "none"):
         raise ModelError("ctf", f"expected signed, abs or none, got {ctf!r}")
-    read_options, write_options = _options(endpoint_url, anon), _options(endpoint_url)
+    read_options, write_options = storage_options(endpoint_url, anon=anon), storage_options(endpoint_url)
     tomo = _read_volume(tomogram_url, read_options)
     px = tomo.pixel_size
     if template_path.lower().endswith(MODEL_SUFFIXES):
@@ -125,7 +119,7 @@ def extract_peaks_cmd(
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint."),
 ) -> None:
     """Pick particles from a score map: false-alarm cut-off and/or a fixed number, non-maximum suppression."""
-    options = _options(endpoint_url)
+    options = storage_options(endpoint_url)
     fmt = format or format_from_name(out_url)
     scores, orientation, rotations, summary = read_match(match_url, storage_options=options)
     px = float(summary["voxel_size"])

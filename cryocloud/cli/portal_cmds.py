@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
+from cryocloud.cli.options import storage_options
 from cryocloud.store.portal import PORTAL_BUCKET, list_runs, portal_run
 
 portal_app = typer.Typer(help="CryoET Data Portal datasets, read in place (anonymous, read-only).", no_args_is_help=True)
@@ -43,7 +44,7 @@ def ls(
     bucket: str = typer.Option(PORTAL_BUCKET, "--bucket", help="Bucket holding the portal layout."),
 ) -> None:
     """List the runs of a dataset with their tomograms (voxel spacing, size, method), tilt series and annotations."""
-    options = {"endpoint_url": endpoint_url} if endpoint_url else None
+    options = storage_options(endpoint_url)
     runs = run or list_runs(dataset, storage_options=options, bucket=bucket)
     summaries = [_run_summary(dataset, r, options, bucket) for r in runs]
     if as_json:

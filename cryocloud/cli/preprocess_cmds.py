@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
+from cryocloud.cli.options import read_write_options
 from cryocloud.errors import ModelError
 from cryocloud.model import TiltSeries
 from cryocloud.preprocess.assemble import assemble as assemble_series, stack_movies
@@ -36,12 +37,6 @@ console = Console(highlight=False, stderr=True)
 ANON = typer.Option(False, "--anon", help="Anonymous read access (public buckets).")
 ENDPOINT = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing outputs.")
-
-
-def _options(anon: bool, endpoint_url: Optional[str]) -> tuple[Optional[dict], Optional[dict]]:
-    write = {"endpoint_url": endpoint_url} if endpoint_url else None
-    read = dict(write or {}, **({"anon": True} if anon else {})) or None
-    return read, write
 
 
 def sibling(out_url: str, suffix: str) -> str:
@@ -100,7 +95,7 @@ def assemble(
 ) -> None:
     """Assemble movies + mdoc into a tilt series sorted by angle (frames summed without alignment;
     use `cryocloud motion` to align them); dark or empty tilts are dropped with their reason."""
-    read, write = _options(anon, endpoint_url)
+    read, write = read_write_options(endpoint_url, anon)
     frames = _assembled(movies, mdoc, pixel_size, exposure, dark_fraction, read)
     summed = summed_like(frames, frames.data.data.sum(axis=1))
     write_tilt_series(summed, out_url, overwrite=overwrite, storage_options=write, metadata={"stage": "assemble", "parameters": {"dark_fraction": dark_fraction}})
@@ -131,7 +126,7 @@ def motion(
             assert len(grid) == 2
         except (ValueError, AssertionError):
             raise ModelError("--patches", f"expected NYxNX such as 3x3, got {patches!r}") from None
-    read, write = _options(anon, endpoint_url)
+    read, write = read_write_options(endpoint_url, anon)
     frames = _assembled(movies, mdoc, pixel_size, exposure, dark_fraction, read)
     result = motion_correct(frames, bfactor_a2=bfactor, iterations=iterations, max_shift_a=max_shift, patches=grid)
     params = {"bfactor_a2": bfactor, "iterations": iterations, "max_shift_a": max_shift, "patches": patches}
@@ -164,7 +159,7 @@ def ctf(
 ) -> None:
     """Estimate defocus U/V and astigmatism per tilt; writes CTFFIND4 text and a figure (spectrum of
     the tilt nearest 0 deg with its fitted rings, defocus against tilt)."""
-    read, write = _options(anon, endpoint_url)
+    read, write = read_write_options(endpoint_url, anon)
     ts = read_tilt_series(in_url, storage_options=read)
     search = CtfSearch(box=box, defocus_range_a=(min_defocus, max_defocus), min_resolution_a=min_res, max_resolution_a=max_res)
     result = estimate_ctf(ts, search=search, quiet=False)
@@ -202,7 +197,7 @@ def ctf_correct(
     """CTF correction in strips parallel to the tilt axis."""
     if mode not in ("flip", "multiply"):
         raise ModelError("--mode", f"expected flip or multiply, got {mode!r}")
-    read, write = _options(anon, endpoint_url)
+    read, write = read_write_options(endpoint_url, anon)
     ts = read_tilt_series(in_url, storage_options=read)
     if ctffind:
         loc, text = read_text(ctffind, storage_options=read)
@@ -222,7 +217,7 @@ def dose_weight(
     endpoint_url: Optional[str] = ENDPOINT,
 ) -> None:
     """Apply the exposure filter of each tilt (from its pre-exposure and exposure)."""
-    read, write = _options(anon, endpoint_url)
+    read, write = read_write_options(endpoint_url, anon)
     ts = read_tilt_series(in_url, storage_options=read)
     write_tilt_series(dose_weight_series(ts), out_url, overwrite=overwrite, storage_options=write, metadata={"stage": "dose-weight"})
     console.print(f"wrote {out_url}")

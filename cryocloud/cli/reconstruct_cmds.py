@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
+from cryocloud.cli.options import read_write_options
 from cryocloud.cluster import connect, describe
 from cryocloud.reconstruct import reconstruct as reconstruct_tomogram
 from cryocloud.report import save_slices_png
@@ -43,8 +44,7 @@ def reconstruct(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address (default: cryocloud.cluster)."),
 ) -> None:
     """Reconstruct a tomogram; writes OME-Zarr and a PNG of the central XY and XZ slices next to it."""
-    write_options = {"endpoint_url": endpoint_url} if endpoint_url else None
-    read_options = dict(write_options or {}, **({"anon": True} if anon else {})) or None
+    read_options, write_options = read_write_options(endpoint_url, anon)
     ts = read_tilt_series(in_url, storage_options=read_options)
     tomo = reconstruct_tomogram(
         ts,

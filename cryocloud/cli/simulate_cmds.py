@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
+from cryocloud.cli.options import storage_options
 from cryocloud.simulate import preset, simulate, write_simulation
 from cryocloud.simulate.config import PRESETS
 
@@ -44,6 +45,6 @@ def simulate_command(
         f"simulating {cfg.shape_zyx} voxels at {cfg.pixel_size_a} A, {len(result.particles)} particles, "
         f"{ts.n_tilts} tilts ({cfg.scheme}), {cfg.frames_per_tilt} frames per tilt -> {out_url}"
     )
-    storage_options = {"endpoint_url": endpoint_url} if endpoint_url else None
-    write_simulation(result, out_url, overwrite=overwrite, storage_options=storage_options)
+    options = storage_options(endpoint_url)
+    write_simulation(result, out_url, overwrite=overwrite, storage_options=options)
     console.print(f"wrote {out_url}")

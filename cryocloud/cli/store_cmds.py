@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
+from cryocloud.cli.options import storage_options
 from cryocloud.errors import StoreError
 from cryocloud.store import (
     image_info, mrc_info, read_mrc, read_tilt_series, read_tilt_series_mrc, read_tomogram, write_mrc, write_tilt_series,
@@ -23,15 +24,6 @@ console = Console(highlight=False)
 
 def _is_mrc(url: str) -> bool:
     return PurePosixPath(url.rstrip("/")).suffix.lower() in MRC_SUFFIXES
-
-
-def _storage_options(anon: bool, endpoint_url: Optional[str]) -> Optional[dict]:
-    options: dict = {}
-    if anon:
-        options["anon"] = True
-    if endpoint_url:
-        options["endpoint_url"] = endpoint_url
-    return options or None
 
 
 ANON = typer.Option(False, "--anon", help="Anonymous access (public buckets such as the CryoET Data Portal).")
@@ -51,7 +43,7 @@ def info(
     endpoint_url: Optional[str] = ENDPOINT,
 ) -> None:
     """Show shape, voxel size, dtype, chunks, pyramid levels, tilt angles and metadata of an image."""
-    options = _storage_options(anon, endpoint_url)
+    options = storage_options(endpoint_url, anon=anon)
     summary = mrc_info(url, storage_options=options) if _is_mrc(url) else image_info(url, storage_options=options)
     if as_json:
         console.print_json(json.dumps(summary))
@@ -104,7 +96,7 @@ def convert(
     endpoint_url: Optional[str] = ENDPOINT,
 ) -> None:
     """Convert MRC <-> OME-Zarr (and OME-Zarr 0.4 <-> 0.5). A tilt series to MRC also writes <name>.tlt."""
-    options = _storage_options(anon, endpoint_url)
+    options = storage_options(endpoint_url, anon=anon)
     if _is_mrc(source) and _is_mrc(target):
         raise StoreError(target, "input and output are both MRC; one of them must be an OME-Zarr image (.zarr)", field="target")
     write_kwargs = dict(ngff_version=ngff_version, levels=levels, overwrite=overwrite, storage_options=options,
