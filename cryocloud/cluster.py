@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +115,21 @@ def connect(address: str | None = None, **overrides: Any) -> Client:
         client = _connect_local(settings)
     log.info("Dask dashboard: %s", client.dashboard_link)
     return client
+
+
+@contextmanager
+def session(address: str | None = None, **overrides: Any) -> Iterator[Client]:
+    """`connect()` for the length of a with-block. On exit the client closes and so does any cluster
+    that connect started (local, Dask Gateway, Kubernetes); a scheduler that was only joined keeps
+    running."""
+    client = connect(address, **overrides)
+    try:
+        yield client
+    finally:
+        cluster = client.cluster
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def describe(client: Client) -> str:

@@ -34,3 +34,16 @@ def test_scheduler_address_from_dask_config_is_joined():
 def test_unreachable_address_is_a_clear_error():
     with pytest.raises(ClusterError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
         connect("tcp://127.0.0.1:9", connect_timeout="2s")
+
+
+def test_session_closes_the_cluster_it_started_but_not_a_joined_one():
+    from cryocloud.cluster import session
+
+    with session(n_workers=1, memory_limit="1GiB") as client:
+        cluster = client.cluster
+        assert da.ones(10, chunks=5).sum().compute() == 10
+    assert cluster.status.name == "closed"
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as running:
+        with session(running.scheduler_address):
+            pass
+        assert running.status.name == "running"

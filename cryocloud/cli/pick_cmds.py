@@ -69,7 +69,7 @@ def match(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address (default: cryocloud.cluster)."),
 ) -> None:
     """Template matching; rerun the same command to resume an interrupted job."""
-    from cryocloud.cluster import connect, describe
+    from cryocloud.cluster import describe, session
 
     if ctf not in ("signed", "abs", "none"):
         raise ModelError("ctf", f"expected signed, abs or none, got {ctf!r}")
@@ -91,18 +91,12 @@ def match(
         console.print(f"angular increment {increment:.2f} deg, symmetry {symmetry}: {len(rotations):,} rotations")
     mask = None if tomogram_mask is None else _read_volume(tomogram_mask, read_options).data > 0
     tilts = _tilts(tilt_series, tilt_range, tomo, read_options)
-    client = connect(scheduler)
-    try:
+    with session(scheduler) as client:
         console.print(describe(client))
         summary = run_match(
             tomo, template, rotations, out_url, tilts=tilts, settings=settings, tomogram_mask=mask, overwrite=overwrite,
             storage_options=write_options, description={"tomogram": tomogram_url, "template": template_path, "symmetry": symmetry},
         )
-    finally:
-        cluster = client.cluster
-        client.close()
-        if cluster is not None:
-            cluster.close()
     console.print(f"{out_url}: {summary['n_orientations']:,} orientations, score std {summary['score_std']:.4f}")
 
 

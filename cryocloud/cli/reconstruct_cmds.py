@@ -9,7 +9,7 @@ from rich.console import Console
 
 from cryocloud.cli.app import app
 from cryocloud.cli.options import read_write_options
-from cryocloud.cluster import connect, describe
+from cryocloud.cluster import describe, session
 from cryocloud.reconstruct import reconstruct as reconstruct_tomogram
 from cryocloud.report import save_slices_png
 from cryocloud.store import open_url, read_tilt_series, read_tomogram, write_tomogram
@@ -61,19 +61,13 @@ def reconstruct(
     rows = tomo.data.data.chunks[1][0]
     console.print(f"{in_url}: {ts.n_tilts} tilts of {ts.data.shape[1]} x {ts.data.shape[2]} px -> {nx} x {ny} x {nz} voxels "
                   f"of {tomo.pixel_size:.3f} A, {filter} filter, {len(tomo.data.data.chunks[1])} slabs of {rows} rows")
-    client = connect(scheduler)
-    try:
+    with session(scheduler) as client:
         console.print(describe(client))
         write_tomogram(
             tomo, out_url, ngff_version=ngff_version, chunks=(64, rows, 64), levels=levels, overwrite=overwrite,
             storage_options=write_options,
             metadata={"stage": "reconstruct", "parameters": tomo.data.attrs["reconstruction"]},
         )
-    finally:
-        cluster = client.cluster
-        client.close()
-        if cluster is not None:
-            cluster.close()
     stored = read_tomogram(out_url, storage_options=write_options)
     png = figure_url(out_url)
     with open_url(png, "wb", storage_options=write_options) as f:

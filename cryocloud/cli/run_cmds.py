@@ -18,13 +18,13 @@ def run(
     workers: int = typer.Option(None, "--workers", help="local Dask workers (default: one per core)"),
 ) -> None:
     """Run the pipeline: simulate (or read the input) -> reconstruct -> ...; resumes completed stages."""
-    from cryocloud.cluster import connect, describe
+    from cryocloud.cluster import describe, session
     from cryocloud.pipeline import load_config, run_pipeline
 
     cfg = load_config(config)
     if output:
         cfg = cfg.model_copy(update={"output": output})
-    with connect(**{**cfg.cluster, **({"n_workers": workers} if workers else {})}) as client:
+    with session(**{**cfg.cluster, **({"n_workers": workers} if workers else {})}) as client:
         typer.echo(describe(client), err=True)
         summary = run_pipeline(cfg, rerun_from=rerun_from)
     typer.echo(json.dumps(summary, indent=2))
