@@ -1,0 +1,71 @@
+"""Stages that supply the tilt series: `simulate` (the digital twin), `input` (an OME-Zarr tilt
+series) and `motion` (movies named by a SerialEM .mdoc, motion-corrected one task per movie)."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from functools import partial
+
+from cryocloud.pipeline.context import RunContext, complete
+from cryocloud.pipeline.figures import tilt_montage_png
+
+
+def _montage(ctx: RunContext, stage: str, overwrite: bool) -> None:
+    ctx.figure(stage, "tilt series", stage, "montage.png", draw=partial(tilt_montage_png, ctx.results["tilt_series"]),
+               overwrite=overwrite)
+
+
+def stage_simulate(ctx: RunContext, overwrite: bool) -> None:
+    from cryocloud.simulate import preset, simulate, write_simulation
+    from cryocloud.store import open_url, read_particles_csv, read_tilt_series, read_tomogram
+
+    cfg = ctx.config
+    so = ctx.storage_options
+    if overwrite or not ctx.exists("simulation", "ground_truth", "truth.json"):
+        sim_cfg = preset(cfg.simulate.preset, **cfg.simulate.overrides)
+        result = simulate(sim_cfg)
+        print(f"simulating {sim_cfg.shape_zyx} voxels at {sim_cfg.pixel_size_a} A, {result.tilt_series.n_tilts} tilts")
+        write_simulation(result, ctx.url("simulation"), overwrite=True, storage_options=so)
+    ctx.results["tilt_series"] = read_tilt_series(ctx.url("simulation", "tilt_series.zarr"), storage_options=so)
+    ctx.results["truth_volume"] = read_tomogram(ctx.url("simulation", "ground_truth", "volume.zarr"), storage_options=so)
+    with open_url(ctx.url("simulation", "ground_truth", "truth.json"), "r", storage_options=so) as fh:
+        ctx.results["truth"] = json.load(fh)
+    ctx.results["truth_particles"] = read_particles_csv(ctx.url("simulation", "ground_truth", "particles.csv"), storage_options=so)
+    ts = ctx.results["tilt_series"]
+    ctx.summary["simulate"] = {"n_tilts": ts.n_tilts, "pixel_size_a": ts.pixel_size, "n_particles": len(ctx.results["truth_particles"])}
+    _montage(ctx, "simulate", overwrite)
+
+
+def stage_input(ctx: RunContext, overwrite: bool) -> None:
+    from cryocloud.store import read_tilt_series
+
+    ts = read_tilt_series(ctx.config.input, storage_options=ctx.storage_options)
+    ctx.results["tilt_series"] = ts
+    ctx.summary["input"] = {"url": ctx.config.input, "n_tilts": ts.n_tilts, "pixel_size_a": ts.pixel_size}
+    _montage(ctx, "input", overwrite)
+
+
+def stage_motion(ctx: RunContext, overwrite: bool) -> None:
+    """Motion-correct the movies of `input` (a .mdoc; movies in its folder), one task per movie, into
+    `motion/tilt_series.zarr` with the frame shifts (`motion/shifts.csv`) and drift traces (`motion/drift.png`)."""
+    import dask
+
+    from cryocloud.pipeline.movies import correct_movie, mdoc_pixel_size, write_motion
+    from cryocloud.preprocess.movies import movie_url
+    from cryocloud.progress import compute
+    from cryocloud.store import read_mdoc, read_tilt_series
+
+    p = ctx.config.motion
+    so = ctx.storage_options
+    mdoc = read_mdoc(ctx.config.input, storage_options=so)
+    stored = None if overwrite else complete(lambda: read_tilt_series(ctx.url("motion", "tilt_series.zarr"), storage_options=so))
+    if stored is None:
+        folder = posixpath.dirname(mdoc.source.rstrip("/"))
+        px = mdoc_pixel_size(mdoc, p)
+        tasks = [dask.delayed(correct_movie, pure=True)(movie_url(folder, name), px, p, so) for name in mdoc.sub_frame_path]
+        stored = write_motion(ctx.root, mdoc, list(compute(*tasks, description=f"motion correction of {len(tasks)} movies")), p)
+    ctx.results["tilt_series"] = stored
+    ctx.summary["motion"] = {"mdoc": mdoc.source, "n_movies": mdoc.n_tilts, "n_tilts": stored.n_tilts, "pixel_size_a": stored.pixel_size}
+    ctx.figure("motion", "frame drift per tilt", "motion", "drift.png")
+    _montage(ctx, "motion", overwrite)

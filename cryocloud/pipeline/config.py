@@ -1,0 +1,155 @@
+"""The pipeline config: a pydantic model whose unknown keys and bad values are errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+
+from cryocloud.errors import CryocloudError
+
+#: every stage in pipeline order; `simulate` or `input` (or `movies`, motion from frames) supplies the tilt series
+STAGE_NAMES = ("simulate", "input", "motion", "ctf", "align", "reconstruct", "match", "peaks", "average")
+
+
+class _Section(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+
+class SimulateParams(_Section):
+    """Used when no input is given: a preset of `cryocloud.simulate` plus field overrides."""
+
+    preset: Literal["toy", "small", "realistic"] = "small"
+    overrides: dict[str, Any] = pydantic.Field(
+        default_factory=lambda: {"tilt_axis_angle_deg": 85.0, "shift_sigma_a": 40.0},
+        description="SimulationConfig fields; the default misaligns the images as a microscope does",
+    )
+
+
+class MotionParams(_Section):
+    """Motion correction of movies (input: a SerialEM .mdoc whose SubFramePath movies lie beside it)."""
+
+    bfactor_a2: float = pydantic.Field(150.0, ge=0, description="B-factor of the alignment filter (A^2)")
+    iterations: int = pydantic.Field(10, ge=1)
+    max_shift_a: float | None = pydantic.Field(None, gt=0, description="search radius (A); default a quarter of the image")
+    pixel_size_a: float | None = pydantic.Field(None, gt=0, description="when the mdoc has no PixelSpacing (A)")
+    exposure: float | None = pydantic.Field(None, gt=0, description="e/A^2 per tilt, when the mdoc has no ExposureDose")
+
+
+class CtfParams(_Section):
+    defocus_min_a: float = pydantic.Field(5000.0, gt=0)
+    defocus_max_a: float = pydantic.Field(70000.0, gt=0)
+    min_resolution_a: float = pydantic.Field(30.0, gt=0, description="low-resolution end of the fitted band (A)")
+
+
+class AlignParams(_Section):
+    refine: Literal["projection-matching", "patch-tracking", "none"] = "projection-matching"
+    iterations: int = pydantic.Field(3, ge=1)
+    estimate_axis: bool = True
+    binning: int | None = pydantic.Field(None, ge=1)
+
+
+class ReconstructParams(_Section):
+    thickness_px: int | None = pydantic.Field(None, gt=0)
+    binning: int = pydantic.Field(1, ge=1)
+    filter: Literal["radial", "sirt", "none"] = "radial"
+    sirt_iterations: int = pydantic.Field(10, ge=1)
+
+
+class MatchParams(_Section):
+    template: str | None = pydantic.Field(None, description="map (MRC/.em) or atomic model; default: the simulated structure")
+    template_voxel_size_a: float | None = pydantic.Field(None, gt=0, description="voxel size of a map template (A)")
+    angular_increment_deg: float = pydantic.Field(30.0, gt=0, le=90)
+    symmetry: str = "C1"
+    pyramid_level: int = pydantic.Field(1, ge=0, description="tomogram level to search (1 = binned by 2)")
+    resolution_a: float | None = pydantic.Field(None, gt=0)
+    subvolume: int = pydantic.Field(96, ge=16)
+
+
+class PeaksParams(_Section):
+    n_false: float | None = pydantic.Field(1.0, gt=0, description="expected false positives (statistical cut-off)")
+    number: int | None = pydantic.Field(None, gt=0, description="or keep the best N")
+    radius_fraction: float = pydantic.Field(0.8, gt=0, description="NMS radius as a fraction of the template radius")
+
+
+class AverageParams(_Section):
+    """Gold-standard subtomogram averaging of the picks (two independent halves)."""
+
+    box: int = pydantic.Field(32, ge=8, description="box edge (voxels of the searched pyramid level)")
+    iterations: int = pydantic.Field(2, ge=1)
+    increment_deg: float = pydantic.Field(8.0, gt=0, description="first angular step")
+    max_angle_deg: float | None = pydantic.Field(16.0, gt=0, description="local search radius; None = global")
+    fine_increment_deg: float = pydantic.Field(2.0, gt=0)
+    max_shift_a: float = pydantic.Field(30.0, gt=0)
+    symmetry: str = "C1"
+    min_particles: int = pydantic.Field(4, ge=2, description="fewer picks than this: the stage is skipped with a reason")
+
+
+class BatchParams(_Section):
+    """Many tilt series in one run (`inputs`, or an `input` prefix holding several OME-Zarr tilt series)."""
+
+    max_concurrent: int = pydantic.Field(2, ge=1, description="tilt series whose graphs are on the cluster at once")
+
+
+class PipelineConfig(_Section):
+    """What `cryocloud run` does. Unknown keys and bad values are errors that name the key."""
+
+    input: str | None = pydantic.Field(
+        None, description="tilt series OME-Zarr URL, a .mdoc (movies beside it), or a prefix holding several tilt series; "
+                          "empty = simulate one"
+    )
+    inputs: list[str] | None = pydantic.Field(None, description="several inputs (batch): results under output/<name>/")
+    output: str = pydantic.Field("cryocloud-output", description="output URL (folder or s3:// prefix)")
+    stages: list[str] | None = pydantic.Field(None, description="stages to run, in order; default all")
+    simulate: SimulateParams = pydantic.Field(default_factory=SimulateParams)
+    motion: MotionParams = pydantic.Field(default_factory=MotionParams)
+    ctf: CtfParams = pydantic.Field(default_factory=CtfParams)
+    align: AlignParams = pydantic.Field(default_factory=AlignParams)
+    reconstruct: ReconstructParams = pydantic.Field(default_factory=ReconstructParams)
+    match: MatchParams = pydantic.Field(default_factory=MatchParams)
+    peaks: PeaksParams = pydantic.Field(default_factory=PeaksParams)
+    average: AverageParams = pydantic.Field(default_factory=AverageParams)
+    batch: BatchParams = pydantic.Field(default_factory=BatchParams)
+    report: bool = pydantic.Field(True, description="write report.html at the end")
+    cluster: dict[str, Any] = pydantic.Field(default_factory=dict, description="cryocloud.cluster overrides")
+    storage_options: dict[str, Any] | None = None
+
+    @pydantic.field_validator("stages")
+    @classmethod
+    def _known_stages(cls, value: list[str] | None) -> list[str] | None:
+        unknown = [s for s in value or [] if s not in STAGE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown stage {unknown[0]!r}; expected some of {STAGE_NAMES}")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _one_kind_of_input(self) -> "PipelineConfig":
+        if self.input and self.inputs:
+            raise ValueError("give either `input` or `inputs`, not both")
+        if self.inputs is not None and not self.inputs:
+            raise ValueError("`inputs` is empty; list tilt series URLs or leave it out")
+        return self
+
+
+def load_config(path: str | Path | None) -> PipelineConfig:
+    """Read and validate a YAML pipeline config (safe loader); None gives the defaults."""
+    if path is None:
+        return PipelineConfig()
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise CryocloudError(f"{p}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise CryocloudError(f"{p}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise CryocloudError(f"{p}: expected a mapping of config keys at the top level, got {type(raw).__name__}")
+    try:
+        return PipelineConfig(**raw)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
+        raise CryocloudError(f"{p}: {problems}") from None

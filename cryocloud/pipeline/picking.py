@@ -1,0 +1,74 @@
+"""Stages that find particles: `match` (template matching on a pyramid level of the tomogram) and
+`peaks` (picks as CSV and RELION 5 STAR, scored against the simulated particles when known)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryocloud.pipeline.context import RunContext
+
+
+def stage_match(ctx: RunContext, overwrite: bool) -> None:
+    from cryocloud.pick import MatchSettings, TiltWeighting, map_from_model, prepare_template, read_map, uniform_rotations
+    from cryocloud.pick.results import run_match
+    from cryocloud.simulate.atomic import BUNDLED_STRUCTURE
+    from cryocloud.store import read_tomogram
+
+    p = ctx.config.match
+    so = ctx.storage_options
+    url = ctx.url("match")
+    tomo = read_tomogram(ctx.url("reconstruct", "tomogram.zarr"), level=p.pyramid_level, storage_options=so)
+    px = tomo.pixel_size
+    path = p.template or str(ctx.results.get("structure") or BUNDLED_STRUCTURE)
+    if path.endswith((".mrc", ".map", ".em", ".rec")):
+        volume, template_px = read_map(path, voxel_size=p.template_voxel_size_a)
+    else:
+        volume, template_px = map_from_model(path, px), px
+    template = prepare_template(volume, template_px, px)
+    rotations = uniform_rotations(p.angular_increment_deg, p.symmetry)
+    tilts = TiltWeighting.from_tilt_series(ctx.results["tilt_series"])
+    settings = MatchSettings(resolution_a=p.resolution_a or 2.5 * px, subvolume=p.subvolume)
+    if overwrite or not ctx.exists("match", "match.json"):
+        run_match(tomo, template, rotations, url, tilts=tilts, settings=settings, overwrite=True, storage_options=so,
+                  description={"template": path, "symmetry": p.symmetry, "pyramid_level": p.pyramid_level})
+    ctx.results["template_radius_a"] = template.radius * px
+    ctx.results["match_origin_a"] = np.array([float(tomo.data.coords[d].values[0]) for d in "xyz"])
+    ctx.summary["match"] = {"n_orientations": int(len(rotations)), "voxel_size_a": px, "template": Path(path).name}
+
+
+def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
+    from cryocloud.pick.evaluate import f_beta
+    from cryocloud.pick.figures import write_score_figures
+    from cryocloud.pick.formats import write_picks
+    from cryocloud.pick.peaks import extract_peaks
+    from cryocloud.pick.results import read_match
+    from cryocloud.store import write_particles_csv
+
+    p = ctx.config.peaks
+    so = ctx.storage_options
+    scores, orientation, rotations, summary = read_match(ctx.url("match"), storage_options=so)
+    radius = p.radius_fraction * ctx.results["template_radius_a"]
+    particles, threshold = extract_peaks(
+        scores, orientation, rotations, radius_a=radius, n_false=p.n_false, number=p.number,
+        score_std=summary["score_std"], n_search=summary["n_search"], tomogram="tomogram", class_name="ribosome",
+    )
+    particles = replace(particles, positions=particles.positions + ctx.results["match_origin_a"])  # binned-level voxel centres
+    ctx.results["particles"] = particles
+    write_particles_csv(particles, ctx.url("peaks", "particles.csv"), overwrite=True, storage_options=so)
+    write_picks(particles, ctx.url("peaks", "particles.star"), "star", storage_options=so,
+                pixel_size=float(summary["voxel_size"]), shape_zyx=tuple(summary["shape_zyx"]))
+    write_score_figures(scores, particles, threshold, ctx.url("peaks", "scores"), radius_a=radius, title="template matching",
+                        storage_options=so)
+    figures: dict[str, Any] = {"n_picks": len(particles), "threshold": None if threshold is None else round(threshold, 4)}
+    truth = ctx.results.get("truth_particles")
+    if truth is not None:
+        expected = truth.positions + ctx.results.get("volume_offset_a", np.zeros(3))
+        score = f_beta(particles.positions, expected, tolerance=ctx.results["template_radius_a"] / 2)
+        figures.update({k: round(v, 3) for k, v in score.items()})
+    ctx.summary["peaks"] = figures
+    ctx.figure("peaks", "score map slices with the picks", "peaks", "scores_slices.png")
+    ctx.figure("peaks", "score histogram and cut-off", "peaks", "scores_histogram.png")

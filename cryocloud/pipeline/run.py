@@ -1,0 +1,72 @@
+"""Running the stages of one tilt series: the order, resume and `--from`, summary.json and report.html."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+from cryocloud import __version__
+from cryocloud.errors import CryocloudError
+from cryocloud.pipeline.acquire import stage_input, stage_motion, stage_simulate
+from cryocloud.pipeline.average import stage_average
+from cryocloud.pipeline.config import STAGE_NAMES, PipelineConfig
+from cryocloud.pipeline.context import RunContext
+from cryocloud.pipeline.picking import stage_match, stage_peaks
+from cryocloud.pipeline.tomo import stage_align, stage_ctf, stage_reconstruct
+
+STAGES: dict[str, Callable[[RunContext, bool], None]] = {
+    "simulate": stage_simulate,
+    "input": stage_input,
+    "motion": stage_motion,
+    "ctf": stage_ctf,
+    "align": stage_align,
+    "reconstruct": stage_reconstruct,
+    "match": stage_match,
+    "peaks": stage_peaks,
+    "average": stage_average,
+}
+assert tuple(STAGES) == STAGE_NAMES
+SOURCES = ("simulate", "input", "motion")
+#: what runs when the config names no stages (after the source)
+DEFAULT_STAGES = ("ctf", "align", "reconstruct", "match", "peaks", "average")
+
+
+def source_stage(config: PipelineConfig) -> str:
+    """The stage that supplies the tilt series: simulate (no input), motion (a .mdoc) or input."""
+    if not config.input:
+        return "simulate"
+    return "motion" if config.input.lower().endswith(".mdoc") else "input"
+
+
+def stage_order(config: PipelineConfig) -> list[str]:
+    """The stages to run, in order: the source first, then the configured (or default) stages."""
+    rest = [n for n in (config.stages or DEFAULT_STAGES) if n not in SOURCES]
+    return [source_stage(config)] + sorted(rest, key=STAGE_NAMES.index)
+
+
+def run_series(config: PipelineConfig, *, rerun_from: str | None = None, label: str = "") -> dict:
+    """Run the stages of one tilt series; returns the summary (also `output/summary.json`, then
+    `output/report.html` unless `config.report` is False)."""
+    from cryocloud.report_html import write_report
+    from cryocloud.store import open_url, resolve
+
+    names = stage_order(config)
+    if rerun_from is not None and rerun_from not in names:
+        raise CryocloudError(f"--from {rerun_from!r}: expected one of the configured stages {names}")
+    ctx = RunContext(config, resolve(config.output, config.storage_options))
+    ctx.summary["software"] = {"cryocloud": __version__}
+    overwrite = False
+    prefix = f"[{label}] " if label else ""
+    for name in names:
+        overwrite = overwrite or name == rerun_from
+        start = time.perf_counter()
+        print(f"{prefix}[stage] {name}")
+        STAGES[name](ctx, overwrite)
+        ctx.summary.setdefault(name, {})["seconds"] = round(time.perf_counter() - start, 2)
+    ctx.summary["stages"] = names
+    with open_url(ctx.url("summary.json"), "w", storage_options=config.storage_options) as fh:
+        json.dump(ctx.summary, fh, indent=2)
+    if config.report:
+        write_report(ctx.root, ctx.summary, title=label or ctx.root.name)
+    return ctx.summary

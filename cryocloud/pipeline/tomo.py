@@ -1,0 +1,168 @@
+"""Stages from images to a tomogram: `ctf` (CTFFIND4 table), `align` (IMOD .xf/.tlt) and
+`reconstruct` (OME-Zarr pyramid), each scored against the simulation's truth when there is one."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from cryocloud.pipeline.context import RunContext, complete
+from cryocloud.progress import compute
+
+log = logging.getLogger(__name__)
+
+
+def _ctf_figures(ctx: RunContext, table: Any, overwrite: bool) -> None:
+    from cryocloud.preprocess.ctf_estimate import FIT_COLUMNS, CtfFit
+    from cryocloud.preprocess.figures import defocus_figure, save_png, spectrum_figure
+
+    ts = ctx.results["tilt_series"]
+    table = table.assign(tilt_angle=ts.tilt_angles)
+    i = int(np.argmin(np.abs(ts.tilt_angles)))
+    fit = CtfFit(*(float(table[c].iloc[i]) for c in FIT_COLUMNS))
+
+    def spectrum(fh: Any) -> None:
+        image = np.asarray(ts.data.data[i])
+        save_png(spectrum_figure(image, fit, ts.pixel_size, microscope=ts.microscope, tilt_deg=float(ts.tilt_angles[i]),
+                                 tilt_axis_angle_deg=ts.tilt_axis_angle), fh)
+
+    ctx.figure("ctf", "CTF fit of the tilt nearest 0 deg", "ctf", "spectrum.png", draw=spectrum, overwrite=overwrite)
+    ctx.figure("ctf", "defocus per tilt", "ctf", "defocus.png", draw=lambda fh: save_png(defocus_figure(table), fh), overwrite=overwrite)
+
+
+def stage_ctf(ctx: RunContext, overwrite: bool) -> None:
+    from cryocloud.preprocess.ctf_estimate import estimate_ctf
+    from cryocloud.preprocess.ctffind_io import apply_ctf_table, format_ctffind, parse_ctffind
+    from cryocloud.store import open_url
+
+    p = ctx.config.ctf
+    ts = ctx.results["tilt_series"]
+    finest_a = 2.0 * ts.pixel_size / 0.95  # the fit stops just below Nyquist
+    if finest_a > 0.8 * p.min_resolution_a:
+        reason = f"pixel size {ts.pixel_size:g} A leaves no Thon rings between {p.min_resolution_a:g} and {finest_a:.1f} A"
+        log.warning("CTF estimation skipped: %s", reason)
+        ctx.summary["ctf"] = {"skipped": reason}
+        return
+    url = ctx.url("ctf", "ctffind4.txt")
+    so = ctx.storage_options
+    if overwrite or not ctx.exists("ctf", "ctffind4.txt"):
+        table = estimate_ctf(ts, defocus_range_a=(p.defocus_min_a, p.defocus_max_a), min_resolution_a=p.min_resolution_a,
+                             quiet=False).table
+        with open_url(url, "w", storage_options=so) as fh:
+            fh.write(format_ctffind(table, pixel_size_a=ts.pixel_size, microscope=ts.microscope))
+    with open_url(url, "r", storage_options=so) as fh:
+        table = parse_ctffind(fh.read(), source=url)
+    ts = apply_ctf_table(ts, table, source=url)
+    ctx.results["tilt_series"] = ts
+    mean_defocus = 0.5 * (ts.per_tilt("defocus_u") + ts.per_tilt("defocus_v"))
+    figures: dict[str, Any] = {"mean_defocus_a": round(float(mean_defocus.mean()), 1)}
+    truth = ctx.results.get("truth")
+    if truth is not None:
+        true_mean = 0.5 * (np.asarray(truth["defocus_u_a"]) + np.asarray(truth["defocus_v_a"]))
+        low = np.abs(ts.tilt_angles) <= 30
+        figures["defocus_rms_error_a_low_tilt"] = round(float(np.sqrt(np.mean((mean_defocus - true_mean)[low] ** 2))), 1)
+    ctx.summary["ctf"] = figures
+    _ctf_figures(ctx, table, overwrite)
+
+
+def stage_align(ctx: RunContext, overwrite: bool) -> None:
+    from cryocloud.alignment import align_tilt_series, apply_alignment
+    from cryocloud.alignment.outputs import write_alignment
+    from cryocloud.store import read_tilt_series
+
+    p = ctx.config.align
+    url = ctx.url("align", "tilt_series.zarr")
+    so = ctx.storage_options
+    stored = None if overwrite else complete(lambda: read_tilt_series(url, storage_options=so))
+    if stored is None:
+        ts = ctx.results["tilt_series"]
+        result = align_tilt_series(ts, refine=p.refine, iterations=p.iterations, estimate_axis=p.estimate_axis, binning=p.binning)
+        write_alignment(ts, result, url, parameters=p.model_dump(), overwrite=True, storage_options=so, title="alignment")
+        stored = read_tilt_series(url, storage_options=so)
+    ctx.results["tilt_series"] = apply_alignment(stored)
+    figures: dict[str, Any] = {"tilt_axis_angle_deg": round(stored.tilt_axis_angle, 3)}
+    truth = ctx.results.get("truth")
+    if truth is not None:
+        figures.update(alignment_errors(stored, truth))
+        ctx.results["volume_offset_a"] = np.array(figures["volume_offset_xyz_a"])
+    ctx.summary["align"] = figures
+    ctx.figure("align", "alignment residuals and shifts per tilt", "align", "tilt_series_residuals.png")
+
+
+def alignment_errors(aligned: Any, truth: dict) -> dict:
+    """Alignment against the simulation's truth: axis error (deg), shift RMS (px) with the
+    volume-translation gauge removed, and that translation (A, x y z) of the tomogram vs the truth."""
+    from cryocloud.alignment.axis import gauge_translation, remove_raw_gauge
+    from cryocloud.geometry import rotation_2d
+
+    px = aligned.pixel_size
+    angles = np.asarray(truth["tilt_angles"])
+    true_axis = float(truth["tilt_axis_angle_deg"])
+    error_a = np.stack([aligned.per_tilt("shift_x"), aligned.per_tilt("shift_y")], axis=1) - np.asarray(truth["shifts_xy_a"])
+    rms_px = np.sqrt(np.mean(np.sum((remove_raw_gauge(error_a, angles, true_axis) / px) ** 2, axis=1)))
+    # images shifted by more than the truth show the volume moved the other way
+    offset = -gauge_translation(error_a @ rotation_2d(true_axis), angles)
+    return {
+        "axis_error_deg": round(abs(aligned.tilt_axis_angle - true_axis), 3),
+        "shift_rms_px": round(float(rms_px), 3),
+        "volume_offset_xyz_a": [round(float(v), 2) for v in offset],
+    }
+
+
+def stage_reconstruct(ctx: RunContext, overwrite: bool) -> None:
+    from cryocloud.reconstruct import reconstruct
+    from cryocloud.report import save_slices_png
+    from cryocloud.store import read_tomogram, write_tomogram
+
+    p = ctx.config.reconstruct
+    url = ctx.url("reconstruct", "tomogram.zarr")
+    so = ctx.storage_options
+    tomo = None if overwrite else complete(lambda: read_tomogram(url, storage_options=so))
+    built = tomo is None
+    if built:
+        ts = ctx.results["tilt_series"]
+        truth = ctx.results.get("truth_volume")
+        thickness = p.thickness_px or (truth.shape[0] // p.binning if truth is not None else None)
+        volume = reconstruct(ts, thickness_px=thickness, binning=p.binning, filter=p.filter, sirt_iterations=p.sirt_iterations)
+        write_tomogram(volume, url, overwrite=overwrite, storage_options=so, metadata={"stage": "reconstruct", "parameters": p.model_dump()})
+        tomo = read_tomogram(url, storage_options=so)
+    ctx.results["tomogram"] = tomo
+    figures: dict[str, Any] = {"shape_zyx": list(tomo.shape), "voxel_size_a": tomo.pixel_size}
+    truth = ctx.results.get("truth_volume")
+    if truth is not None and truth.shape == tomo.shape:
+        offset = ctx.results.get("volume_offset_a", np.zeros(3))
+        figures["correlation_with_truth"] = round(correlation_with_truth(tomo, truth, offset), 4)
+    ctx.summary["reconstruct"] = figures
+    ctx.figure("reconstruct", "tomogram: central XY and XZ slices", "reconstruct", "slices.png",
+               draw=partial(save_slices_png, tomo.data, title="tomogram"), overwrite=built)
+
+
+def correlation_with_truth(tomo: Any, truth: Any, offset_xyz_a: np.ndarray, crop: int = 128) -> float:
+    """Pearson correlation of a central crop (<= `crop` voxels a side) of the tomogram with the
+    ground-truth volume moved by `offset_xyz_a` (A, the alignment's volume translation).
+
+    Proteins are dark in cryo-ET images, so a good reconstruction correlates negatively.
+    """
+    shift = np.round(np.asarray(offset_xyz_a)[::-1] / tomo.pixel_size).astype(int)  # (z, y, x) voxels
+    tomo_sl, truth_sl = [], []
+    for n, s in zip(tomo.shape, shift):
+        size = min(crop, n - abs(s))
+        if size < 2:
+            return float("nan")
+        lo = max((n - size) // 2, max(0, s))
+        lo = min(lo, n - size, n - size + s) if s > 0 else min(lo, n - size + s)
+        tomo_sl.append(slice(lo, lo + size))
+        truth_sl.append(slice(lo - s, lo - s + size))
+    (r,) = compute(_correlation(tomo.data.data[tuple(tomo_sl)], truth.data.data[tuple(truth_sl)]), quiet=True)
+    return float(r)
+
+
+def _correlation(a: Any, b: Any) -> Any:
+    """Lazy Pearson correlation of two Dask arrays of the same shape."""
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    da_, db_ = a - a.mean(), b - b.mean()
+    return (da_ * db_).sum() / np.sqrt((da_ * da_).sum() * (db_ * db_).sum())
