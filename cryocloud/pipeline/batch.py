@@ -62,18 +62,20 @@ def run_batch(config: PipelineConfig, inputs: list[str], *, rerun_from: str | No
     if duplicates:
         raise CryocloudError(f"inputs: several inputs would write to output/{duplicates[0]}; rename them")
     root = resolve(config.output, config.storage_options)
+    t0 = time.monotonic()
 
     def one(url: str, name: str) -> dict:
         series = config.model_copy(update={"input": url, "inputs": None, "output": root.child(name).url})
-        start = time.perf_counter()
+        record = {"input": url, "started_s": round(time.monotonic() - t0, 3)}
         try:
             summary = run_series(series, rerun_from=rerun_from, label=name)
+            record.update(status="done", summary=f"{name}/summary.json", report=f"{name}/report.html", key_figures=_key_figures(summary))
         except CryocloudError as exc:
-            return {"input": url, "status": "failed", "error": str(exc)}
+            record.update(status="failed", error=str(exc))
         except Exception as exc:  # a bug in one series must not lose the others' results
-            return {"input": url, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-        return {"input": url, "status": "done", "seconds": round(time.perf_counter() - start, 2), "summary": f"{name}/summary.json",
-                "report": f"{name}/report.html", "key_figures": _key_figures(summary)}
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        record["finished_s"] = round(time.monotonic() - t0, 3)
+        return record
 
     with ThreadPoolExecutor(max_workers=config.batch.max_concurrent, thread_name_prefix="series") as pool:
         results = dict(zip(names, pool.map(one, inputs, names)))
