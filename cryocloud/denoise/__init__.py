@@ -1,0 +1,15 @@
+"""Denoising of tomograms (z, y, x).
+
+- `deconv`: the CTF deconvolution filter of Warp (SNR falloff, strength, high-pass), tiled with overlap;
+- `noise2noise`: a learned even/odd (Noise2Noise, cryoCARE-style) 3D U-Net (torch, the `denoise`
+  extra), trained on sub-volume pairs of the even- and odd-frame reconstructions, applied in tiles;
+- `tiling`: overlapping tiles through Dask and the seam metric;
+- `evaluate`: correlation and FSC with a ground-truth volume.
+
+Every function takes and returns lazy `Tomogram`s; nothing here reads or writes storage.
+"""
+
+from cryocloud.denoise.deconv import DeconvSettings, deconvolve, tomogram_defocus, wiener_response
+from cryocloud.denoise.tiling import map_tiles, seam_jump
+
+__all__ = ["DeconvSettings", "deconvolve", "map_tiles", "seam_jump", "tomogram_defocus", "wiener_response"]
