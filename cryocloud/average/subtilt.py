@@ -29,6 +29,7 @@ import numba
 import numpy as np
 
 from cryocloud.average.align import Poses, map_from_spectra
+from cryocloud.average.relion_particles import stack_images
 from cryocloud.errors import ModelError
 from cryocloud.geometry import rotation_2d, tilt_rotation
 from cryocloud.model import Microscope, TiltSeries
@@ -178,7 +179,9 @@ def reconstruct(ti: TiltImages, poses: Poses, *, symmetry_ops: np.ndarray | None
 
 
 def from_relion(rp, stacks: np.ndarray) -> TiltImages:
-    """TiltImages of a `RelionParticles` set and its 2D stacks (N, T, b, b) read by the caller."""
+    """TiltImages of a `RelionParticles` set and its 2D stacks (N, T, b, b) as read from the files
+    by the caller (point reflected here into the frame of the projection matrices,
+    `relion_particles.stack_images`); reconstruct with the particles' rotations."""
     n = len(rp.particles)
     names = rp.particles.tomogram.astype(str)
     t_max = max(ts.n_tilts for ts in rp.tomograms.values())
@@ -198,7 +201,7 @@ def from_relion(rp, stacks: np.ndarray) -> TiltImages:
         dose[p, :t] = ts.pre_exposure + 0.5 * ts.dose_per_tilt
         weight[p, :t] = rp.visible[p] * ts.ctf_scale
     return TiltImages(
-        np.asarray(stacks, dtype=np.float32), mats, np.zeros(shape + (2,)), du, dv, ang, dose, weight,
+        stack_images(np.asarray(stacks, dtype=np.float32)), mats, np.zeros(shape + (2,)), du, dv, ang, dose, weight,
         rp.pixel_size_a, next(iter(rp.tomograms.values())).microscope, rp.ctf_premultiplied,
     )
 
