@@ -12,12 +12,10 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-import boto3
 import dask
 import numpy as np
 import pytest
-import zarr
-from numcodecs import Blosc
+from portal_layout import annotation, create_portal_bucket, put, write_portal_zarr
 
 from cryocloud.cli import main
 from cryocloud.errors import ModelError, StoreError
@@ -37,90 +35,49 @@ TS_FRAME_ORDER = [4, 2, 0, 1, 3]  # acquisition order: 0, 3, -3, 6, -6 (dose sym
 TS_DEFOCUS = [31000.0, 30500.0, 30000.0, 30200.0, 30800.0]  # A
 
 
-def _pool(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    shape = []
-    for i, n in enumerate(a.shape):
-        shape.extend([n // 2, 2] if i in axes else [n, 1])
-    return a.reshape(shape).mean(axis=tuple(range(1, 2 * a.ndim, 2))).astype(a.dtype)
-
-
-def _write_portal_zarr(opts: dict, key: str, data: np.ndarray, px: float, binned: tuple[int, ...], chunks: tuple[int, ...]) -> list[np.ndarray]:
-    """A portal-style OME-Zarr: 3 mean-pooled levels, scale transforms only (no translation)."""
-    group = zarr.create_group(store=Location("s3", key, opts).zarr_store(read_only=False), zarr_format=2)
-    levels, datasets = [data], []
-    for n in range(3):
-        if n:
-            levels.append(_pool(levels[-1], binned))
-        arr = group.create_array(
-            str(n), shape=levels[n].shape, chunks=tuple(min(c, s) for c, s in zip(chunks, levels[n].shape)), dtype=data.dtype,
-            compressors=Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE), chunk_key_encoding={"name": "v2", "separator": "/"},
-        )
-        arr[...] = levels[n]
-        scale = [px * (2**n if i in binned else 1) for i in range(3)]
-        datasets.append({"path": str(n), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
-    axes = [{"name": a, "type": "space", "unit": "angstrom"} for a in "zyx"]
-    group.attrs.update({"multiscales": [{"version": "0.4", "axes": axes, "datasets": datasets, "name": "/"}]})
-    return levels
-
-
-def _put(opts: dict, key: str, content) -> None:
-    text = content if isinstance(content, str) else json.dumps(content)
-    with Location("s3", key, opts).filesystem().open(key, "w") as f:
-        f.write(text)
-
-
-@pytest.fixture
-def portal(s3_bucket):
-    """Portal-layout bucket named like the real one, on the moto endpoint; yields (options, ground truth)."""
-    endpoint = s3_bucket.storage_options["endpoint_url"]
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    s3.create_bucket(Bucket=PORTAL_BUCKET)
-    public_read = {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
-                   "Resource": [f"arn:aws:s3:::{PORTAL_BUCKET}", f"arn:aws:s3:::{PORTAL_BUCKET}/*"]}
-    s3.put_bucket_policy(Bucket=PORTAL_BUCKET, Policy=json.dumps({"Version": "2012-10-17", "Statement": [public_read]}))
-    opts = {"endpoint_url": endpoint}
+@pytest.fixture(scope="module")
+def portal(s3_endpoint):
+    """Portal-layout bucket named like the real one, on a freshly reset moto endpoint, built once for the
+    module (the tests only read it); yields (options, ground truth)."""
+    opts = create_portal_bucket(s3_endpoint)
     rng = np.random.default_rng(7)
     truth = {}
     run = f"{PORTAL_BUCKET}/{DS}/{RUN}"
     tomo_dir = f"{DS}/{RUN}/Reconstructions/VoxelSpacing{VS:.3f}/Tomograms/501"
-    truth["tomo"] = _write_portal_zarr(opts, f"{PORTAL_BUCKET}/{tomo_dir}/{RUN}.zarr", rng.normal(size=(24, 32, 40)).astype(np.float32), VS, (0, 1, 2), (16, 16, 16))
-    _put(opts, f"{PORTAL_BUCKET}/{tomo_dir}/tomogram_metadata.json", {
+    truth["tomo"] = write_portal_zarr(opts, f"{PORTAL_BUCKET}/{tomo_dir}/{RUN}.zarr", rng.normal(size=(24, 32, 40)).astype(np.float32), VS, (0, 1, 2), (16, 16, 16))
+    put(opts, f"{PORTAL_BUCKET}/{tomo_dir}/tomogram_metadata.json", {
         "voxel_spacing": VS, "reconstruction_method": "WBP", "is_visualization_default": True, "run_name": RUN,
         "size": {"z": 24, "y": 32, "x": 40}, "omezarr_dir": f"{tomo_dir}/{RUN}.zarr", "mrc_file": f"{tomo_dir}/{RUN}.mrc",
     })
     ts_dir = f"{DS}/{RUN}/TiltSeries/77"
-    truth["ts"] = _write_portal_zarr(opts, f"{PORTAL_BUCKET}/{ts_dir}/{RUN}.zarr", rng.normal(size=(5, 32, 32)).astype(np.float32), TS_PX, (1, 2), (1, 1024, 1024))
+    truth["ts"] = write_portal_zarr(opts, f"{PORTAL_BUCKET}/{ts_dir}/{RUN}.zarr", rng.normal(size=(5, 32, 32)).astype(np.float32), TS_PX, (1, 2), (1, 1024, 1024))
     sections = [
         {"z_index": z, "raw_angle": float(TS_ANGLES[z]), "frame_acquisition_order": TS_FRAME_ORDER[z],
          "major_defocus": TS_DEFOCUS[z], "minor_defocus": TS_DEFOCUS[z] - 400.0, "astigmatic_angle": 30.0 + z}
         for z in (3, 0, 4, 1, 2)  # listed out of order: matched by z_index
     ]
-    _put(opts, f"{PORTAL_BUCKET}/{ts_dir}/tiltseries_metadata.json", {
+    put(opts, f"{PORTAL_BUCKET}/{ts_dir}/tiltseries_metadata.json", {
         "pixel_spacing": TS_PX, "acceleration_voltage": 300000, "spherical_aberration_constant": 2.7, "tilt_axis": 84.7,
         "is_aligned": False, "total_flux": 100.0, "omezarr_dir": f"{ts_dir}/{RUN}.zarr", "per_section_parameter": sections,
         "size": {"z": 5, "y": 32, "x": 32},
     })
-    _put(opts, f"{PORTAL_BUCKET}/{ts_dir}/{RUN}.rawtlt", "".join(f"{a:.2f}\n" for a in TS_ANGLES))
-    ann_dir = f"{DS}/{RUN}/Reconstructions/VoxelSpacing{VS:.3f}/Annotations/9"
+    put(opts, f"{PORTAL_BUCKET}/{ts_dir}/{RUN}.rawtlt", "".join(f"{a:.2f}\n" for a in TS_ANGLES))
+    ann_dir = f"{PORTAL_BUCKET}/{DS}/{RUN}/Reconstructions/VoxelSpacing{VS:.3f}/Annotations/9"
     rot = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     points = [{"type": "orientedPoint", "location": {"x": 4.0, "y": 5.5, "z": 6.0}, "xyz_rotation_matrix": rot.tolist()},
               {"type": "orientedPoint", "location": {"x": 10.0, "y": 2.0, "z": 1.0}, "xyz_rotation_matrix": np.eye(3).tolist()}]
-    _put(opts, f"{PORTAL_BUCKET}/{ann_dir}/ribosome-1.0_orientedpoint.ndjson", "".join(json.dumps(p) + "\n" for p in points))
-    _put(opts, f"{PORTAL_BUCKET}/{ann_dir}/ribosome-1.0.json", {
-        "annotation_object": {"id": "GO:0005840", "name": "ribosome"}, "version": "1.0",
-        "files": [{"format": "ndjson", "shape": "OrientedPoint", "path": f"{ann_dir}/ribosome-1.0_orientedpoint.ndjson"}],
-    })
+    annotation(opts, ann_dir, "ribosome", points, "OrientedPoint")
     truth["rot"] = rot
     old_dir = f"{DS}/{OLD_RUN}/Tomograms/VoxelSpacing{OLD_VS:.3f}/CanonicalTomogram"
-    truth["old"] = _write_portal_zarr(opts, f"{PORTAL_BUCKET}/{old_dir}/{OLD_RUN}.zarr", rng.normal(size=(8, 16, 16)).astype(np.float32), OLD_VS, (0, 1, 2), (256, 256, 256))
-    _put(opts, f"{PORTAL_BUCKET}/{old_dir}/tomogram_metadata.json", {
+    truth["old"] = write_portal_zarr(opts, f"{PORTAL_BUCKET}/{old_dir}/{OLD_RUN}.zarr", rng.normal(size=(8, 16, 16)).astype(np.float32), OLD_VS, (0, 1, 2), (256, 256, 256))
+    put(opts, f"{PORTAL_BUCKET}/{old_dir}/tomogram_metadata.json", {
         "voxel_spacing": OLD_VS, "reconstruction_method": "SART", "size": {"z": 8, "y": 16, "x": 16}, "omezarr_dir": f"{old_dir}/{OLD_RUN}.zarr",
     })
     flat = f"{DS}/{OLD_RUN}/Tomograms/VoxelSpacing{OLD_VS:.3f}/Annotations"  # older layout: flat annotation files
     records = [{"type": "point", "location": {"x": 1.0, "y": 2.0, "z": 3.0}},
                {"type": "instancePoint", "location": {"x": 7.0, "y": 8.0, "z": 0.5}, "instance_id": 2}]
-    _put(opts, f"{PORTAL_BUCKET}/{flat}/100-actin-1.0_point.ndjson", "".join(json.dumps(r) + "\n" for r in records))
-    _put(opts, f"{PORTAL_BUCKET}/{flat}/100-actin-1.0.json", {
+    put(opts, f"{PORTAL_BUCKET}/{flat}/100-actin-1.0_point.ndjson", "".join(json.dumps(r) + "\n" for r in records))
+    put(opts, f"{PORTAL_BUCKET}/{flat}/100-actin-1.0.json", {
         "annotation_object": {"name": "actin"}, "version": "1.0",
         "files": [{"format": "ndjson", "shape": "Point", "path": f"{flat}/100-actin-1.0_point.ndjson"}],
     })

@@ -22,51 +22,11 @@ from cryocloud.errors import ModelError
 from cryocloud.geometry import centre_index, matrix_to_relion_euler
 from cryocloud.model import Particles
 from cryocloud.store import open_url
+from cryocloud.store.portal.annotations import from_ndjson, to_ndjson  # noqa: F401 (re-exported)
+from cryocloud.store.portal.copick import from_copick, to_copick  # noqa: F401 (re-exported)
 
 PickFormat = Literal["ndjson", "star", "copick", "csv"]
 FORMATS: tuple[str, ...] = ("ndjson", "star", "copick", "csv")
-
-
-def to_ndjson(particles: Particles, pixel_size: float) -> str:
-    lines = []
-    for pos, rot, score in zip(particles.positions, particles.rotations, particles.scores):
-        x, y, z = (float(v) for v in pos / pixel_size)
-        record = {"type": "orientedPoint", "location": {"x": x, "y": y, "z": z}, "xyz_rotation_matrix": rot.tolist()}
-        if np.isfinite(score):
-            record["score"] = float(score)
-        lines.append(json.dumps(record))
-    return "".join(line + "\n" for line in lines)
-
-
-NDJSON_TYPES = ("point", "orientedPoint", "instancePoint")
-
-
-def from_ndjson(text: str, pixel_size: float, *, source: str = "ndjson", tomogram: str = "", class_name: str = "") -> Particles:
-    """Particles from portal ndjson (`point`, `orientedPoint`, `instancePoint`; `location` in voxels of `pixel_size` A).
-
-    `xyz_rotation_matrix` (orientedPoint) is the rotation reference -> particle; other types get the
-    identity. Other record types (e.g. segmentation masks' metadata) are refused.
-    """
-    positions, rotations, scores = [], [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            kind = record.get("type")
-            if kind not in NDJSON_TYPES:
-                raise ModelError("type", f"expected one of {NDJSON_TYPES}, got {kind!r}", source=f"{source} line {number}")
-            loc = record["location"]
-            positions.append([float(loc["x"]), float(loc["y"]), float(loc["z"])])
-            rotations.append(np.asarray(record.get("xyz_rotation_matrix", np.eye(3)), dtype=np.float64).reshape(3, 3))
-            scores.append(float(record.get("score", np.nan)))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            if isinstance(exc, ModelError):
-                raise
-            raise ModelError("location", f"expected a JSON object with location {{x, y, z}} ({type(exc).__name__}: {exc})", source=f"{source} line {number}") from exc
-    pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3) * float(pixel_size)
-    rot = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
-    return Particles.create(pos, rot, scores, tomogram=tomogram, class_name=class_name)
 
 
 def to_star(particles: Particles, pixel_size: float, shape_zyx: tuple[int, int, int]) -> str:
@@ -86,27 +46,6 @@ def to_star(particles: Particles, pixel_size: float, shape_zyx: tuple[int, int, 
         }
     )
     return starfile.to_string({"particles": table})
-
-
-def to_copick(particles: Particles, *, object_name: str, user_id: str = "cryocloud", session_id: str = "0", run_name: str = "") -> str:
-    points = []
-    for i, (pos, rot, score) in enumerate(zip(particles.positions, particles.rotations, particles.scores)):
-        transform = np.eye(4)
-        transform[:3, :3] = rot
-        point = {"location": {"x": float(pos[0]), "y": float(pos[1]), "z": float(pos[2])}, "transformation_": transform.tolist(), "instance_id": i}
-        if np.isfinite(score):
-            point["score"] = float(score)
-        points.append(point)
-    document = {
-        "pickable_object_name": object_name,
-        "user_id": user_id,
-        "session_id": session_id,
-        "run_name": run_name,
-        "unit": "angstrom",
-        "trust_orientation": True,
-        "points": points,
-    }
-    return json.dumps(document, indent=1)
 
 
 def picks_text(particles: Particles, fmt: str, *, pixel_size: float, shape_zyx: tuple[int, int, int], object_name: str = "particle", run_name: str = "") -> str:

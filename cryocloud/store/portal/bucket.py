@@ -51,6 +51,7 @@ from cryocloud.model import Microscope, TiltSeries, Tomogram, accumulated_pre_ex
 from cryocloud.store.images import spatial_array
 from cryocloud.store.location import Location
 from cryocloud.store.ngff import open_image
+from cryocloud.store.portal.annotations import from_ndjson
 
 PORTAL_BUCKET = "cryoet-data-portal-public"
 PORTAL_HTTPS = "https://files.cryoetdataportal.cziscience.com"
@@ -100,11 +101,14 @@ class PortalAnnotation:
 
 @dataclass(frozen=True)
 class PortalRun:
+    """What a run holds; `alignments` are the URLs (``s3://...``) of its ``alignment_metadata.json`` files."""
+
     dataset: str
     run: str
     tomograms: list[PortalImage]
     tilt_series: list[PortalImage]
     annotations: list[PortalAnnotation]
+    alignments: list[str] = field(default_factory=list)
 
 
 def portal_options(storage_options: dict | None) -> dict:
@@ -205,7 +209,7 @@ def parse_portal_url(url: str) -> PortalRef:
 
 
 # ------------------------------------------------------------------------------------- listing
-def _read_json(fs, path: str, *, missing_ok: bool = False) -> dict | None:
+def read_json(fs, path: str, *, missing_ok: bool = False) -> dict | None:
     """A metadata JSON object ("bucket/key"), one GET; None when missing and `missing_ok`."""
     try:
         document = json.loads(fs.cat_file(path))
@@ -246,7 +250,7 @@ def _image(meta: dict, where: str, kind: str, ident: str, zarr_url: str) -> Port
 def _listed_image(fs, bucket: str, dataset: str, meta_path: str, kind: str, ident: str) -> PortalImage:
     """The image a metadata JSON describes, at its ``omezarr_dir``."""
     where = f"s3://{meta_path}"
-    meta = _read_json(fs, meta_path)
+    meta = read_json(fs, meta_path)
     zarr_dir = meta.get("omezarr_dir")
     if zarr_dir is None:
         raise StoreError(where, "is missing; expected the path of the OME-Zarr image", field="omezarr_dir")
@@ -255,7 +259,7 @@ def _listed_image(fs, bucket: str, dataset: str, meta_path: str, kind: str, iden
 
 def _annotation(fs, bucket: str, dataset: str, meta_path: str, voxel_spacing: float) -> PortalAnnotation:
     where = f"s3://{meta_path}"
-    meta = _read_json(fs, meta_path)
+    meta = read_json(fs, meta_path)
     obj = meta.get("annotation_object")
     if not isinstance(obj, dict) or "name" not in obj:
         raise StoreError(where, "expected an object with a 'name'", field="annotation_object")
@@ -263,7 +267,9 @@ def _annotation(fs, bucket: str, dataset: str, meta_path: str, voxel_spacing: fl
     for i, entry in enumerate(meta.get("files") or []):
         if not isinstance(entry, dict) or "path" not in entry:
             raise StoreError(where, "expected {format, shape, path}", field=f"files[{i}]")
-        path = _bucket_path(bucket, dataset, entry["path"], where, f"files[{i}].path")
+        name = entry["path"]  # a bucket key, or a file name beside the metadata (as cryocloud writes them)
+        relative = isinstance(name, str) and "/" not in name
+        path = posixpath.join(posixpath.dirname(meta_path), name) if relative else _bucket_path(bucket, dataset, name, where, f"files[{i}].path")
         files.append({"format": entry.get("format"), "shape": entry.get("shape"), "url": f"s3://{path}"})
     return PortalAnnotation(str(obj["name"]), str(meta.get("version", "")), voxel_spacing, files, where)
 
@@ -300,7 +306,7 @@ def portal_run(dataset: str, run: str, *, storage_options: dict | None = None, b
     if not found:
         raise StoreError(root.url, f"run '{run}' of dataset '{dataset}' does not exist (nothing under this prefix)", field="run")
     prefix = root.path + "/"
-    tomograms, tilt_series, annotations = [], [], []
+    tomograms, tilt_series, annotations, alignments = [], [], [], []
     for path in found:
         rel = path[len(prefix):].split("/")
         name = rel[-1]
@@ -309,9 +315,11 @@ def portal_run(dataset: str, run: str, *, storage_options: dict | None = None, b
             tomograms.append(_listed_image(fs, bucket, dataset, path, "tomogram", ident))
         elif name == "tiltseries_metadata.json":
             tilt_series.append(_listed_image(fs, bucket, dataset, path, "tilt_series", rel[-2] if len(rel) > 2 else "0"))
+        elif name == "alignment_metadata.json":
+            alignments.append(f"s3://{path}")
         elif "Annotations" in rel:
             annotations.append(_annotation(fs, bucket, dataset, path, _spacing_of(path)))
-    return PortalRun(dataset, run, tomograms, tilt_series, annotations)
+    return PortalRun(dataset, run, tomograms, tilt_series, annotations, alignments)
 
 
 def _choose(ref: PortalRef, images: list[PortalImage], kind: str, where: str) -> PortalImage:
@@ -329,7 +337,7 @@ def _image_by_key(ref: PortalRef, kind: str, storage_options: dict | None) -> Po
     """An image named by its .zarr key, with the metadata JSON next to it when there is one."""
     loc = Location("s3", ref.image_key, portal_options(storage_options))
     meta_path = f"{posixpath.dirname(ref.image_key)}/{'tomogram' if kind == 'tomogram' else 'tiltseries'}_metadata.json"
-    meta = _read_json(loc.filesystem(), meta_path, missing_ok=True)
+    meta = read_json(loc.filesystem(), meta_path, missing_ok=True)
     ident = posixpath.basename(posixpath.dirname(ref.image_key))
     if meta is not None:
         return _image(meta, f"s3://{meta_path}", kind, ident, loc.url)
@@ -442,8 +450,6 @@ def read_portal_tilt_series(url: Any, *, level: int = 0, storage_options: dict |
 
 def read_annotation_points(annotation: PortalAnnotation, *, storage_options: dict | None = None, tomogram: str = ""):
     """`Particles` (positions in A) of a point annotation's ndjson file (point, orientedPoint, instancePoint)."""
-    from cryocloud.pick.formats import from_ndjson  # the pick package builds on the store: import on use
-
     files = [f for f in annotation.files if f.get("format") == "ndjson"]
     if not files:
         have = ", ".join(f"{f.get('format')} {f.get('shape')}" for f in annotation.files) or "none"

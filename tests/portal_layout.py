@@ -1,0 +1,126 @@
+"""Build CryoET Data Portal-layout buckets on the moto S3 server, from the documented layout.
+
+Layout and metadata fields follow chanzuckerberg/cryoet-data-portal-backend (schema and
+test_infra/test_files): zarr format 2, NGFF 0.4, levels "0", "1", "2" mean-pooled by 2 with scale
+transforms only, Blosc lz4, "/" chunk separators, no consolidated metadata;
+tomogram_metadata.json / tiltseries_metadata.json / annotation JSON / alignment_metadata.json with
+the portal field names; .rawtlt, .xf/.tlt/.xtilt, Frames/*.mdoc.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import boto3
+import numpy as np
+import requests
+import zarr
+from numcodecs import Blosc
+
+from cryocloud.geometry import rotation_2d, xf_from_alignment
+from cryocloud.store.location import Location
+from cryocloud.store.portal import PORTAL_BUCKET
+
+
+def create_portal_bucket(endpoint: str) -> dict:
+    """The portal bucket (public read policy) on `endpoint`, reset first (nothing else left on the
+    server); returns storage options for writing it. Tests that share it must not use `s3_bucket`
+    (which resets the server): make output buckets with `output_bucket`."""
+    requests.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=PORTAL_BUCKET)
+    public_read = {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
+                   "Resource": [f"arn:aws:s3:::{PORTAL_BUCKET}", f"arn:aws:s3:::{PORTAL_BUCKET}/*"]}
+    s3.put_bucket_policy(Bucket=PORTAL_BUCKET, Policy=json.dumps({"Version": "2012-10-17", "Statement": [public_read]}))
+    return {"endpoint_url": endpoint}
+
+
+def output_bucket(endpoint: str) -> str:
+    """A fresh, private bucket beside the portal bucket (no reset); its s3:// URL."""
+    name = f"out-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+def pool(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Mean-pool by 2 along `axes` (the portal's pyramid levels)."""
+    shape = []
+    for i, n in enumerate(a.shape):
+        shape.extend([n // 2, 2] if i in axes else [n, 1])
+    return a.reshape(shape).mean(axis=tuple(range(1, 2 * a.ndim, 2))).astype(a.dtype)
+
+
+def write_portal_zarr(opts: dict, key: str, data: np.ndarray, px: float, binned: tuple[int, ...], chunks: tuple[int, ...]) -> list[np.ndarray]:
+    """A portal-style OME-Zarr at bucket/key: 3 mean-pooled levels, scale transforms only (no translation)."""
+    group = zarr.create_group(store=Location("s3", key, opts).zarr_store(read_only=False), zarr_format=2)
+    levels, datasets = [data], []
+    for n in range(3):
+        if n:
+            levels.append(pool(levels[-1], binned))
+        arr = group.create_array(
+            str(n), shape=levels[n].shape, chunks=tuple(min(c, s) for c, s in zip(chunks, levels[n].shape)), dtype=data.dtype,
+            compressors=Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE), chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+        arr[...] = levels[n]
+        scale = [px * (2**n if i in binned else 1) for i in range(3)]
+        datasets.append({"path": str(n), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+    axes = [{"name": a, "type": "space", "unit": "angstrom"} for a in "zyx"]
+    group.attrs.update({"multiscales": [{"version": "0.4", "axes": axes, "datasets": datasets, "name": "/"}]})
+    return levels
+
+
+def put(opts: dict, key: str, content) -> None:
+    """Write a text object (a dict is written as JSON) at bucket/key."""
+    text = content if isinstance(content, str) else json.dumps(content)
+    with Location("s3", key, opts).filesystem().open(key, "w") as f:
+        f.write(text)
+
+
+def put_alignment(opts: dict, folder: str, run: str, axis_deg: np.ndarray, shifts_px: np.ndarray, tilt_angles: np.ndarray,
+                  *, sections: bool = True, x_tilt: float = 0.0) -> None:
+    """An Alignments/ID folder: alignment_metadata.json (+ per-section parameters when `sections`) and .xf/.tlt/.xtilt.
+
+    `folder` is "bucket/DATASET/RUN/Alignments/ID"; the portal's in_plane_rotation is R(axis) and the
+    offsets the raw-image shift in pixels (AreTomo convention).
+    """
+    xf = np.array([xf_from_alignment(a, s) for a, s in zip(axis_deg, shifts_px)])
+    put(opts, f"{folder}/{run}.xf", "".join("%12.7f%12.7f%12.7f%12.7f%12.3f%12.3f\n" % tuple(r) for r in xf))
+    put(opts, f"{folder}/{run}.tlt", "".join(f"{a:.3f}\n" for a in tilt_angles))
+    put(opts, f"{folder}/{run}.xtilt", "".join(f"{x_tilt:.3f}\n" for _ in tilt_angles))
+    per_section = [
+        {"z_index": z, "tilt_angle": float(tilt_angles[z]), "volume_x_rotation": x_tilt,
+         "in_plane_rotation": rotation_2d(float(axis_deg[z])).tolist(), "x_offset": float(shifts_px[z, 0]), "y_offset": float(shifts_px[z, 1])}
+        for z in range(len(tilt_angles))
+    ]
+    put(opts, f"{folder}/alignment_metadata.json", {
+        "alignment_type": "GLOBAL", "format": "IMOD", "is_portal_standard": True, "tilt_offset": 0.0, "x_rotation_offset": x_tilt,
+        "volume_offset": {"x": 0.0, "y": 0.0, "z": 12.5}, "volume_dimension": {"x": 0.0, "y": 0.0, "z": 0.0},
+        "affine_transformation_matrix": np.eye(4).tolist(),
+        "per_section_alignment_parameters": per_section if sections else [],
+    })
+
+
+def tiltseries_metadata(ts_dir: str, run: str, px: float, angles, order, defocus_u, defocus_v, astig, *, axis: float, flux: float, shape) -> dict:
+    """tiltseries_metadata.json with per_section_parameter (z_index, raw_angle, order, defocus in A)."""
+    sections = [
+        {"z_index": z, "raw_angle": float(angles[z]), "frame_acquisition_order": int(order[z]),
+         "major_defocus": float(defocus_u[z]), "minor_defocus": float(defocus_v[z]), "astigmatic_angle": float(astig[z])}
+        for z in range(len(angles))
+    ]
+    return {
+        "pixel_spacing": px, "acceleration_voltage": 300000, "spherical_aberration_constant": 2.7, "tilt_axis": axis,
+        "is_aligned": False, "total_flux": flux, "omezarr_dir": f"{ts_dir}/{run}.zarr", "per_section_parameter": sections,
+        "size": {"z": int(shape[0]), "y": int(shape[1]), "x": int(shape[2])},
+    }
+
+
+def annotation(opts: dict, ann_dir: str, name: str, records: list[dict], shape: str) -> None:
+    """An annotation folder: {name}-1.0.json and its {name}-1.0_{shape}.ndjson (bucket-prefixed ann_dir)."""
+    key_dir = ann_dir.split("/", 1)[1]
+    stem = f"{name}-1.0_{shape.lower()}.ndjson"
+    put(opts, f"{ann_dir}/{stem}", "".join(json.dumps(r) + "\n" for r in records))
+    put(opts, f"{ann_dir}/{name}-1.0.json", {
+        "annotation_object": {"id": "GO:0005840", "name": name}, "version": "1.0",
+        "files": [{"format": "ndjson", "shape": shape, "path": f"{key_dir}/{stem}"}],
+    })
