@@ -71,10 +71,12 @@ def write_portal_zarr(opts: dict, key: str, data: np.ndarray, px: float, binned:
 
 
 def put(opts: dict, key: str, content) -> None:
-    """Write a text object (a dict is written as JSON) at bucket/key."""
+    """Write a text object (a dict is written as JSON) at bucket/key, public-read like the portal's objects
+    (moto refuses anonymous HEAD requests on objects without a public-read ACL, whatever the bucket policy)."""
     text = content if isinstance(content, str) else json.dumps(content)
-    with Location("s3", key, opts).filesystem().open(key, "w") as f:
-        f.write(text)
+    bucket, _, name = key.partition("/")
+    s3 = boto3.client("s3", endpoint_url=opts["endpoint_url"], region_name="us-east-1")
+    s3.put_object(Bucket=bucket, Key=name, Body=text.encode("utf-8"), ACL="public-read")
 
 
 def put_alignment(opts: dict, folder: str, run: str, axis_deg: np.ndarray, shifts_px: np.ndarray, tilt_angles: np.ndarray,
