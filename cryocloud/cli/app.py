@@ -1,7 +1,8 @@
 """The `cryocloud` Typer application and its error handling.
 
 Command modules (cryocloud/cli/*_cmds.py) register their commands on `app`; `main` runs it and
-turns user errors (CryocloudError, pydantic ValidationError) into a one-line message and exit 2.
+turns user errors (CryocloudError, pydantic ValidationError) and environment errors (OSError: disk, network,
+permissions) into a one-line message and exit 2.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def _root(
     """Cloud-native cryo-ET processing. Every path is a URL: a local folder, file://, or s3://."""
 
 
+def _print_error(message: str) -> None:
+    """One unwrapped line on stderr (logs and scripts can grep it)."""
+    err_console.print(f"error: {message}", style="bold red", markup=False, highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cryocloud` console command; returns the exit code."""
     import cryocloud.cli  # noqa: F401  (registers the command modules)
@@ -49,8 +55,18 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="cryocloud")  # standalone: usage errors print and raise SystemExit
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except (CryocloudError, pydantic.ValidationError) as exc:
-        err_console.print(f"error: {exc}", style="bold red", markup=False, highlight=False)
+    except CryocloudError as exc:
+        _print_error(str(exc))
+        return USER_ERROR_EXIT
+    except pydantic.ValidationError as exc:
+        from cryocloud.store.metadata import validation_problems
+
+        _print_error(f"{exc.title}: {validation_problems(exc)}")
+        return USER_ERROR_EXIT
+    except OSError as exc:  # the environment (disk, network, permissions), not a bug: still a one-line message
+        from cryocloud.store.location import describe_os_error
+
+        _print_error(describe_os_error(exc) if not exc.filename else f"{exc.filename}: {describe_os_error(exc)}")
         return USER_ERROR_EXIT
     except KeyboardInterrupt:
         err_console.print("interrupted; rerun the same command to resume")

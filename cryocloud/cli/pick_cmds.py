@@ -17,7 +17,7 @@ from cryocloud.pick.formats import format_from_name, write_picks
 from cryocloud.pick.match import MatchSettings
 from cryocloud.pick.peaks import extract_peaks
 from cryocloud.pick.results import read_match, run_match
-from cryocloud.pick.template import map_from_model, prepare_template, read_map
+from cryocloud.pick.template import check_fits, map_from_model, prepare_template, read_map
 from cryocloud.pick.weighting import TiltWeighting
 from cryocloud.store import open_url, read_mrc, read_tilt_series, read_tomogram
 
@@ -80,6 +80,7 @@ def match(
         volume, template_px = map_from_model(template_path, px), px
     else:
         volume, template_px = read_map(template_path, voxel_size=template_voxel_size, storage_options=read_options)
+    check_fits(volume.shape, template_px, tomo.shape, px, source=template_path)
     template = prepare_template(volume, template_px, px, mask_radius_a=mask_radius, non_spherical=non_spherical_mask, invert=invert)
     settings = MatchSettings(resolution_a=resolution, subvolume=subvolume, batch_size=batch_size, ctf=ctf, whiten=whiten)
     if angle_list:

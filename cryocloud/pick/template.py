@@ -146,6 +146,18 @@ class Template:
         return self.data.shape[0]
 
 
+def check_fits(shape_zyx: tuple[int, ...], voxel_size: float, tomogram_shape: tuple[int, ...], tomogram_voxel: float, *, source: str) -> None:
+    """ModelError when a template box (`shape_zyx` voxels of `voxel_size` A) spans more Angstrom than
+    the tomogram's smallest edge: checked before resampling, which would otherwise allocate it."""
+    extent = max(shape_zyx) * voxel_size
+    edge = min(tomogram_shape) * tomogram_voxel
+    if extent > edge:
+        raise ModelError(
+            "template", f"{max(shape_zyx)} voxels of {voxel_size:g} A ({extent:g} A) is larger than the tomogram's smallest edge "
+            f"{min(tomogram_shape)} voxels of {tomogram_voxel:g} A ({edge:g} A); check the template's voxel size", source=source,
+        )
+
+
 def prepare_template(
     volume: np.ndarray,
     voxel_size: float,

@@ -18,7 +18,7 @@ import xarray as xr
 from cryocloud.errors import ModelError, StoreError
 from cryocloud.model import OPTIONAL_TILT_COORDS, REQUIRED_TILT_COORDS, Microscope, TiltSeries, Tomogram, pixel_size_of
 from cryocloud.store.location import Location, resolve
-from cryocloud.store.metadata import ATTRS_KEY, CryocloudAttrs, split_caller_metadata
+from cryocloud.store.metadata import ATTRS_KEY, CryocloudAttrs, split_caller_metadata, validation_problems
 from cryocloud.store.ngff import NgffImage, open_image, write_multiscale
 
 TOMOGRAM_AXES = [{"name": d, "type": "space", "unit": "angstrom"} for d in ("z", "y", "x")]
@@ -53,7 +53,7 @@ def _write(
     try:
         block = CryocloudAttrs(kind=kind, pixel_size=pixel_size, microscope=microscope, provenance=provenance, metadata=rest, **fields)
     except pydantic.ValidationError as exc:
-        raise ModelError("metadata", f"cannot be stored: {exc}") from exc
+        raise ModelError("metadata", f"cannot be stored: {validation_problems(exc)}") from exc
     write_multiscale(
         array, loc, axes=axes, binned=binned, pixel_size=pixel_size, ngff_version=ngff_version, chunks=chunks, levels=levels,
         overwrite=overwrite, extra_attrs={ATTRS_KEY: block.model_dump(mode="json")}, sources=sources, name=str(data.name or kind),
@@ -118,12 +118,20 @@ def cryocloud_attrs(image: NgffImage) -> CryocloudAttrs | None:
     try:
         return CryocloudAttrs.model_validate(raw)
     except pydantic.ValidationError as exc:
-        raise StoreError(image.url, f"invalid attribute block: {exc}", field=ATTRS_KEY) from exc
+        raise StoreError(image.url, f"invalid attribute block: {validation_problems(exc)}", field=ATTRS_KEY) from exc
 
 
 def _check_axes(image: NgffImage, expected: tuple[str, ...]) -> None:
     if image.axis_names != expected:
         raise StoreError(image.url, f"has axes {image.axis_names}, expected {expected}", field="multiscales.axes")
+
+
+def _check_isotropic(url: str, dims: tuple[str, ...], scale: np.ndarray) -> None:
+    """One pixel size for every spatial axis (within 0.1 %): cryocloud's model has a single one."""
+    sizes = {d: float(scale[i]) for i, d in enumerate(dims) if d in ("z", "y", "x")}
+    if max(sizes.values()) > min(sizes.values()) * 1.001:
+        shown = ", ".join(f"{d} {v:g}" for d, v in sizes.items())
+        raise StoreError(url, f"pixel sizes differ between axes ({shown} A); expected one isotropic pixel size", field="pixel_size")
 
 
 def spatial_array(image: NgffImage, level: int, dims: tuple[str, ...], chunks: Any, *, pooled: bool = False) -> xr.DataArray:
@@ -134,7 +142,10 @@ def spatial_array(image: NgffImage, level: int, dims: tuple[str, ...], chunks: A
     centre of the level-0 voxels it averages.
     """
     data = image.dask_array(level, chunks)
+    if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
+        raise StoreError(image.url, f"dtype {data.dtype} is not supported; expected real numbers (integer or float)", field="dtype")
     scale, translation = image.scale_translation(level)
+    _check_isotropic(image.url, dims, scale)
     if pooled and not any(t.get("type") == "translation" for t in image.transforms[level]):
         translation = (scale - image.scale_translation(0)[0]) / 2
     px0 = image.scale_translation(0)[0][-1]

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import os
 import posixpath
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Iterator
 
 import fsspec
 
-from cryocloud.errors import StoreError
+from cryocloud.errors import CryocloudError, StoreError
 
 # one GET per chunk object: s3fs's concurrent ranged download (max_concurrency > 1) costs a HEAD
 # request per object to learn its size, and chunks are far smaller than its block size
@@ -102,6 +103,31 @@ class Location:
         return theirs == mine or theirs.startswith(mine + "/")
 
 
+def describe_os_error(exc: OSError) -> str:
+    """What an OSError from a filesystem or object store means for the user."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, NotADirectoryError):
+        return f"a parent of it is a regular file, not a folder ({text})"
+    if isinstance(exc, PermissionError):
+        return f"permission denied ({text})"
+    if isinstance(exc, FileNotFoundError) and "bucket" in text.lower():
+        return f"the bucket does not exist ({text})"
+    if isinstance(exc, FileNotFoundError):
+        return f"does not exist ({text})"
+    return f"{type(exc).__name__}: {text}"
+
+
+@contextmanager
+def os_errors_as_store_errors(url: str, action: str) -> Iterator[None]:
+    """Turn filesystem / object-store failures (OSError, not ours) into a StoreError naming `url`."""
+    try:
+        yield
+    except CryocloudError:
+        raise
+    except OSError as exc:
+        raise StoreError(url, f"cannot be {action}: {describe_os_error(exc)}") from exc
+
+
 def resolve(url: str | os.PathLike | Location, storage_options: dict | None = None) -> Location:
     """Resolve a URL or local path into a `Location`; raises StoreError for unsupported schemes."""
     if isinstance(url, Location):
@@ -139,7 +165,9 @@ def open_url(url: str | os.PathLike, mode: str = "rb", *, storage_options: dict 
             Path(loc.path).parent.mkdir(parents=True, exist_ok=True)
         kwargs = {"encoding": "utf-8"} if "b" not in mode else {}
         return fs.open(loc.path, mode, **kwargs)
-    except StoreError:
+    except CryocloudError:
         raise
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise StoreError(loc.url, f"cannot be opened ({mode}): {describe_os_error(exc)}") from exc
+    except ValueError as exc:
         raise StoreError(loc.url, f"cannot be opened ({mode}): {exc}") from exc

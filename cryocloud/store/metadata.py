@@ -77,6 +77,11 @@ class CryocloudAttrs(pydantic.BaseModel):
         return value
 
 
+def validation_problems(exc: pydantic.ValidationError) -> str:
+    """A pydantic ValidationError on one line: `field.path: message; ...`."""
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
+
+
 def split_caller_metadata(metadata: dict | None) -> tuple[Provenance, dict]:
     """Caller's ``metadata``: the keys ``stage`` and ``parameters`` go to the provenance, the rest stays."""
     rest = dict(metadata or {})

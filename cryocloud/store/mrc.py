@@ -26,6 +26,7 @@ from cryocloud.model import Microscope, TiltSeries, Tomogram
 from cryocloud.progress import compute
 from cryocloud.store.images import source_locations
 from cryocloud.store.location import Location, resolve
+from cryocloud.store.ngff import all_finite
 from cryocloud.store.mdoc import Mdoc, read_mdoc
 from cryocloud.store.tiltfiles import read_tlt
 
@@ -43,7 +44,13 @@ class MrcSlabReader:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         with _open_mrc(self.location) as mrc:
-            return np.array(mrc.data.reshape(self.shape)[key])
+            return _finite(np.array(mrc.data.reshape(self.shape)[key]), self.location.url)
+
+
+def _finite(block: np.ndarray, url: str) -> np.ndarray:
+    if not all_finite(block):
+        raise StoreError(url, "contains NaN or infinite values; expected finite numbers", field="data")
+    return block
 
 
 def _open_mrc(loc: Location) -> Any:
@@ -107,7 +114,7 @@ def read_mrc(url: str | os.PathLike, *, pixel_size: float | None = None, storage
         name = f"read-mrc-{da.core.tokenize(loc.url, os.path.getmtime(loc.path), shape)}"
         array = da.from_array(MrcSlabReader(loc, shape, dtype), chunks=chunks, name=name, asarray=False, fancy=False)
     else:
-        array = da.from_array(data.reshape(shape), chunks=(1, shape[1], shape[2]))
+        array = da.from_array(_finite(data.reshape(shape), loc.url), chunks=(1, shape[1], shape[2]))
     try:
         tomo = Tomogram.from_array(array, pixel_size=px, name=loc.name)
     except ModelError as exc:
@@ -135,11 +142,12 @@ def read_tilt_series_mrc(
     """
     if (tilt_angles is None) == (mdoc is None):
         raise StoreError(str(url), "give exactly one of tilt_angles (.tlt/.rawtlt or a list) or mdoc", field="tilt_angles")
-    stack = read_mrc(url, pixel_size=pixel_size, storage_options=storage_options)
     if mdoc is not None:
         parsed = mdoc if isinstance(mdoc, Mdoc) else read_mdoc(mdoc, storage_options=storage_options)
-        ts = parsed.to_tilt_series(stack, pixel_size=pixel_size or stack.pixel_size, microscope=microscope, exposure=exposure)
+        stack = read_mrc(url, pixel_size=pixel_size or _agreed_pixel_size(url, parsed, storage_options), storage_options=storage_options)
+        ts = parsed.to_tilt_series(stack, pixel_size=stack.pixel_size, microscope=microscope, exposure=exposure)
         return ts if tilt_axis_angle is None else TiltSeries(ts.data, ts.microscope, float(tilt_axis_angle))
+    stack = read_mrc(url, pixel_size=pixel_size, storage_options=storage_options)
     is_file = isinstance(tilt_angles, (str, os.PathLike))
     angles = read_tlt(tilt_angles, storage_options=storage_options) if is_file else np.asarray(tilt_angles, dtype=np.float64)
     if angles.size != stack.data.shape[0]:
@@ -153,6 +161,19 @@ def read_tilt_series_mrc(
     except ModelError as exc:
         raise StoreError(str(url), exc.problem, field=exc.field) from exc
     return ts
+
+
+def _agreed_pixel_size(url: str | os.PathLike, parsed: Mdoc, storage_options: dict | None) -> float | None:
+    """The pixel size (A) the mdoc's PixelSpacing and the MRC header agree on (either when one is
+    unset); StoreError when they differ by more than 1 %."""
+    header_px = mrc_info(url, storage_options=storage_options)["pixel_size"]
+    mdoc_px = parsed.pixel_size
+    if header_px and mdoc_px and abs(header_px - mdoc_px) > 0.01 * mdoc_px:
+        raise StoreError(
+            parsed.source, f"PixelSpacing {mdoc_px:g} A contradicts the pixel size {header_px:g} A in the header of {resolve(url).url}; "
+            "pass the pixel size (A) to choose", field="PixelSpacing",
+        )
+    return mdoc_px or header_px
 
 
 def mrc_info(url: str | os.PathLike, *, storage_options: dict | None = None) -> dict:

@@ -32,7 +32,7 @@ import zarr
 
 from cryocloud.errors import OutputExistsError, StoreError
 from cryocloud.progress import compute
-from cryocloud.store.location import Location
+from cryocloud.store.location import Location, os_errors_as_store_errors
 
 UNIT_TO_ANGSTROM = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1e4, "picometer": 0.01, "meter": 1e10}
 NGFF_VERSIONS = {"0.4": 2, "0.5": 3}
@@ -152,18 +152,32 @@ class ChunkReader:
         self.dtype = array.dtype
         self.ndim = array.ndim
 
+    def _chunks_named(self, key: tuple) -> tuple[str, str]:
+        """(source, shown chunk keys) of the chunks a selection touches, for messages."""
+        chunks = _chunk_keys(self.array, key) if all(isinstance(k, (slice, int)) for k in key) else []
+        shown = ", ".join(chunks[:4]) + (" ..." if len(chunks) > 4 else "")
+        return (f"{self.url}/{shown}" if len(chunks) == 1 else self.url), shown
+
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         try:
-            return self.array[key]
+            block = self.array[key]
         except Exception as exc:  # any codec / transport failure: report which chunks were involved
-            chunks = _chunk_keys(self.array, key) if all(isinstance(k, (slice, int)) for k in key) else []
-            shown = ", ".join(chunks[:4]) + (" ..." if len(chunks) > 4 else "")
+            source, shown = self._chunks_named(key)
+            if isinstance(exc, OSError) and not isinstance(exc, StoreError):
+                raise StoreError(source, f"chunk(s) [{shown}] cannot be read: {exc}", field="chunk") from exc
             raise StoreError(
-                f"{self.url}/{shown}" if len(chunks) == 1 else self.url,
-                f"chunk(s) [{shown}] cannot be read ({type(exc).__name__}: {exc}); the data are truncated or corrupt",
-                field="chunk",
+                source, f"chunk(s) [{shown}] cannot be read ({type(exc).__name__}: {exc}); the data are truncated or corrupt", field="chunk"
             ) from exc
+        if not all_finite(block):
+            source, shown = self._chunks_named(key)
+            raise StoreError(source, f"chunk(s) [{shown}] contain NaN or infinite values; expected finite numbers", field="chunk")
+        return block
+
+
+def all_finite(block: np.ndarray) -> bool:
+    """True unless a floating-point block holds NaN or +-inf (integer data are always finite)."""
+    return not np.issubdtype(block.dtype, np.inexact) or bool(np.isfinite(block).all())
 
 
 @dataclass(frozen=True)
@@ -466,23 +480,24 @@ def write_multiscale(
     if data.ndim != len(axes):
         raise StoreError(loc.url, f"data have {data.ndim} dims, expected {len(axes)} ({[a['name'] for a in axes]})", field="dims")
     _refuse_inputs(loc, sources)
-    zarr_format = NGFF_VERSIONS[ngff_version]
-    dtype = np.dtype(data.dtype)
-    shapes = pyramid_shapes(data.shape, binned, levels)
-    if chunks is not None and (len(chunks) != data.ndim or any(int(c) < 1 for c in chunks)):
-        raise StoreError(loc.url, f"expected {data.ndim} positive chunk sizes, got {tuple(chunks)}", field="chunks")
-    group = prepare_output(loc, overwrite=overwrite, zarr_format=zarr_format)
-    names = [a["name"] for a in axes]
-    arrays = []
-    for n, shape in enumerate(shapes):
-        lchunks = default_chunks(shape, dtype.itemsize, binned) if chunks is None else tuple(min(int(c), s) for c, s in zip(chunks, shape))
-        arrays.append(_level_array(group, str(n), shape, lchunks, dtype, zarr_format, names))
-    written = [write_level(data, arrays[0], loc, "0", description=f"writing {loc.url} level 0")]
-    for n in range(1, len(shapes)):
-        stored = da.from_array(ChunkReader(arrays[n - 1], loc, str(n - 1)), chunks=arrays[n - 1].chunks, asarray=False, fancy=False)
-        pooled = downsample(stored, binned, arrays[n].chunks)
-        written.append(write_level(pooled, arrays[n], loc, str(n), description=f"writing {loc.url} level {n}"))
-    attrs = multiscales_attrs(axes, len(shapes), pixel_size, binned, ngff_version, name)
-    attrs.update(extra_attrs or {})
-    group.attrs.update(attrs)
-    return {"levels": shapes, "written_blocks": written, "chunks": [a.chunks for a in arrays]}
+    with os_errors_as_store_errors(loc.url, "written"):
+        zarr_format = NGFF_VERSIONS[ngff_version]
+        dtype = np.dtype(data.dtype)
+        shapes = pyramid_shapes(data.shape, binned, levels)
+        if chunks is not None and (len(chunks) != data.ndim or any(int(c) < 1 for c in chunks)):
+            raise StoreError(loc.url, f"expected {data.ndim} positive chunk sizes, got {tuple(chunks)}", field="chunks")
+        group = prepare_output(loc, overwrite=overwrite, zarr_format=zarr_format)
+        names = [a["name"] for a in axes]
+        arrays = []
+        for n, shape in enumerate(shapes):
+            lchunks = default_chunks(shape, dtype.itemsize, binned) if chunks is None else tuple(min(int(c), s) for c, s in zip(chunks, shape))
+            arrays.append(_level_array(group, str(n), shape, lchunks, dtype, zarr_format, names))
+        written = [write_level(data, arrays[0], loc, "0", description=f"writing {loc.url} level 0")]
+        for n in range(1, len(shapes)):
+            stored = da.from_array(ChunkReader(arrays[n - 1], loc, str(n - 1)), chunks=arrays[n - 1].chunks, asarray=False, fancy=False)
+            pooled = downsample(stored, binned, arrays[n].chunks)
+            written.append(write_level(pooled, arrays[n], loc, str(n), description=f"writing {loc.url} level {n}"))
+        attrs = multiscales_attrs(axes, len(shapes), pixel_size, binned, ngff_version, name)
+        attrs.update(extra_attrs or {})
+        group.attrs.update(attrs)
+        return {"levels": shapes, "written_blocks": written, "chunks": [a.chunks for a in arrays]}
