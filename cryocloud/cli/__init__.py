@@ -12,5 +12,7 @@ from cryocloud.cli import preprocess_cmds  # noqa: F401
 from cryocloud.cli import pick_cmds  # noqa: F401
 from cryocloud.cli import portal_cmds  # noqa: F401
 from cryocloud.cli import denoise_cmds  # noqa: F401
+from cryocloud.cli import curate_cmds  # noqa: F401
+from cryocloud.cli import learn_cmds  # noqa: F401
 
 __all__ = ["app", "console_main", "main"]

@@ -129,15 +129,17 @@ def train(
     radius_a: float,
     settings: TrainSettings = TrainSettings(),
     membranes: Sequence[Tomogram | None] | None = None,
+    membrane_label: int = 2,
     names: Sequence[str] = (),
     log: Callable[[str], None] | None = _stderr,
 ) -> Picker:
-    """Train a picker on tomograms with their picks (positions in A) and optional membrane labels."""
+    """Train a picker on tomograms with their picks (positions in A) and optional label volumes
+    whose value `membrane_label` marks membranes (one per tomogram)."""
     torch = import_torch()
     px = _check_inputs(tomograms, picks, membranes, settings)
     classes = ["background", "particle"] + (["membrane"] if membranes is not None else [])
     unet = UNetConfig(n_classes=len(classes), base_channels=settings.base_channels, depth=settings.depth)
-    x_all, y_all = sample_patches(tomograms, picks, radius_a, settings, membranes)
+    x_all, y_all = sample_patches(tomograms, picks, radius_a, settings, membranes, membrane_label)
     device = device_for(settings.device)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed + 1)
