@@ -11,6 +11,7 @@ from cryocloud.cli import submit_cmds  # noqa: F401
 from cryocloud.cli import preprocess_cmds  # noqa: F401
 from cryocloud.cli import pick_cmds  # noqa: F401
 from cryocloud.cli import portal_cmds  # noqa: F401
+from cryocloud.cli import watch_cmds  # noqa: F401
 from cryocloud.cli import denoise_cmds  # noqa: F401
 from cryocloud.cli import curate_cmds  # noqa: F401
 from cryocloud.cli import learn_cmds  # noqa: F401

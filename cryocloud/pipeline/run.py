@@ -41,7 +41,7 @@ def source_stage(config: PipelineConfig) -> str:
 
 def stage_order(config: PipelineConfig) -> list[str]:
     """The stages to run, in order: the source first, then the configured (or default) stages."""
-    rest = [n for n in (config.stages or DEFAULT_STAGES) if n not in SOURCES]
+    rest = [n for n in (DEFAULT_STAGES if config.stages is None else config.stages) if n not in SOURCES]
     return [source_stage(config)] + sorted(rest, key=STAGE_NAMES.index)
 
 
