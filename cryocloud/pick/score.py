@@ -110,6 +110,11 @@ class BandGrid:
     float32 frequencies (x, y, z) in cycles per voxel; `weight` (K,) float32 search weight W;
     `multiplicity` (K,) float32 Parseval weights (2 for x frequencies present twice in the full
     spectrum, 1 otherwise). The DC term is excluded (zero-mean templates).
+
+    The band also lives in a compact layout (z, len(rows), width) for the pruned inverse FFT
+    (`BandInverse`): `rows` the half spectrum's y indices that hold band points (|ky| up to the
+    band's edge, or all), `width` the x frequencies 0..width-1 that do; `compact_flat` (K,) the
+    band's indices into that layout.
     """
 
     shape: tuple[int, int, int]
@@ -117,6 +122,13 @@ class BandGrid:
     kxyz: np.ndarray
     weight: np.ndarray
     multiplicity: np.ndarray
+    rows: np.ndarray
+    width: int
+    compact_flat: np.ndarray
+
+    @property
+    def compact_shape(self) -> tuple[int, int, int]:
+        return (self.shape[0], self.rows.size, self.width)
 
 
 def band_grid(shape: tuple[int, int, int], weight: np.ndarray, k_max: float = 0.5) -> BandGrid:
@@ -135,7 +147,51 @@ def band_grid(shape: tuple[int, int, int], weight: np.ndarray, k_max: float = 0.
     iz, iy, ix = np.unravel_index(flat, weight.shape)
     kxyz = np.stack([kx[0, 0, ix], ky[0, iy, 0], kz[iz, 0, 0]], axis=-1).astype(np.float32)
     twice = (ix > 0) & ~((shape[2] % 2 == 0) & (ix == shape[2] // 2))
-    return BandGrid(tuple(shape), flat, kxyz, weight.reshape(-1)[flat].astype(np.float32), np.where(twice, 2.0, 1.0).astype(np.float32))
+    edge = int(np.max(np.minimum(iy, shape[1] - iy), initial=0))  # largest |ky| index in the band
+    rows = np.arange(shape[1]) if 2 * edge + 1 >= shape[1] else np.r_[0 : edge + 1, shape[1] - edge : shape[1]]
+    width = int(np.max(ix, initial=0)) + 1
+    row_of = np.full(shape[1], -1, dtype=np.int64)
+    row_of[rows] = np.arange(rows.size)
+    compact_flat = (iz * rows.size + row_of[iy]) * width + ix
+    return BandGrid(
+        tuple(shape), flat, kxyz, weight.reshape(-1)[flat].astype(np.float32), np.where(twice, 2.0, 1.0).astype(np.float32), rows, width, compact_flat
+    )
+
+
+class BandInverse:
+    """Inverse real FFT of half spectra that vanish outside a grid's band, pruned to the band.
+
+    The caller writes the band into `compact` (grid.compact_shape, complex64; entries off the band
+    stay zero) and calls the object: the z transforms run only on the band's (y, x) lines, the y
+    transforms only on its x columns, then one real transform along x into `out` (shape, float32).
+    The result is the unnormalised inverse: multiply by `factor` (1 / voxels) for numpy's irfftn.
+    All buffers are allocated once; single-threaded ducc0.
+    """
+
+    def __init__(self, grid: BandGrid):
+        self.shape = grid.shape
+        self.width = grid.width
+        self.factor = 1.0 / float(np.prod(grid.shape))
+        self.compact = np.zeros(grid.compact_shape, dtype=np.complex64)
+        self.work = np.zeros(half_shape(grid.shape), dtype=np.complex64)
+        self.out = np.empty(grid.shape, dtype=np.float32)
+        breaks = np.flatnonzero(np.diff(grid.rows) != 1) + 1
+        starts = np.r_[0, breaks]
+        stops = np.r_[breaks, grid.rows.size]
+        self._runs = [(slice(a, b), slice(int(grid.rows[a]), int(grid.rows[b - 1]) + 1)) for a, b in zip(starts, stops)]
+        kept = np.zeros(grid.shape[1], dtype=bool)
+        kept[grid.rows] = True
+        gaps = np.flatnonzero(~kept)
+        self._gap = slice(int(gaps[0]), int(gaps[-1]) + 1) if gaps.size else None
+
+    def __call__(self) -> np.ndarray:
+        band = self.work[:, :, : self.width]
+        for src, dst in self._runs:
+            ducc0.fft.c2c(self.compact[:, src], axes=(0,), forward=False, out=band[:, dst], nthreads=1)
+        if self._gap is not None:
+            band[:, self._gap] = 0  # the y transform below left data there
+        ducc0.fft.c2c(band, axes=(1,), forward=False, out=band, nthreads=1)
+        return ducc0.fft.c2r(self.work, axes=(2,), lastsize=self.shape[2], forward=False, out=self.out, nthreads=1)
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
@@ -290,22 +346,22 @@ def search_orientations(
     best = np.full(sub.core_shape, -np.inf, dtype=np.float32)
     best_index = np.zeros(sub.core_shape, dtype=np.int32)
     moments = np.zeros(3, dtype=np.float64)
-    product = np.zeros(half_shape(shape), dtype=np.complex64)
-    flat_product = product.reshape(-1)
-    corr = np.empty(shape, dtype=np.float32)
+    inverse = BandInverse(grid)
+    compact = inverse.compact.reshape(-1)
     lo = np.asarray(sub.lo, dtype=np.int64)
     n_voxels = float(np.prod(shape))
     full = None if sub.scale is not None else _full_band(shape)
     for i, rot in enumerate(np.asarray(rotations, dtype=np.float64)):
-        norm2 = _fill_rotated(rot, spectrum.values, grid.kxyz, grid.weight, grid.multiplicity, sub.vhat_band, grid.flat, flat_product)
+        norm2 = _fill_rotated(rot, spectrum.values, grid.kxyz, grid.weight, grid.multiplicity, sub.vhat_band, grid.compact_flat, compact)
         if norm2 <= 0:
             continue
-        irfftn(product, shape, out=corr)
+        corr = inverse()
         if sub.scale is not None:
             scale = sub.scale
         else:
             scale = _rotated_mask_scale(sub, spectrum, full, rot, float(mask.sum()), lo)
-        _update_best(corr, lo, scale, np.float32(1.0 / np.sqrt(norm2 / n_voxels)), best, best_index, np.int32(first_index + i), moments)
+        inv_norm = inverse.factor / np.sqrt(norm2 / n_voxels)
+        _update_best(corr, lo, scale, np.float32(inv_norm), best, best_index, np.int32(first_index + i), moments)
     return best, best_index, moments
 
 
@@ -321,7 +377,8 @@ def _rotated_mask_scale(sub: Subvolume, spectrum: TemplateSpectrum, full: BandGr
 
 def effective_template(spectrum: TemplateSpectrum, grid: BandGrid, rotation: np.ndarray) -> np.ndarray:
     """The real-space template t_R (grid.shape, origin at index 0) that the search correlates with."""
-    product = np.zeros(half_shape(grid.shape), dtype=np.complex64)
+    inverse = BandInverse(grid)
     ones = np.ones(grid.flat.size, dtype=np.complex64)
-    _fill_rotated(np.asarray(rotation, dtype=np.float64), spectrum.values, grid.kxyz, grid.weight, grid.multiplicity, ones, grid.flat, product.reshape(-1))
-    return irfftn(np.conj(product), grid.shape)
+    _fill_rotated(np.asarray(rotation, dtype=np.float64), spectrum.values, grid.kxyz, grid.weight, grid.multiplicity, ones, grid.compact_flat, inverse.compact.reshape(-1))
+    np.conjugate(inverse.compact, out=inverse.compact)
+    return inverse() * np.float32(inverse.factor)
