@@ -126,3 +126,41 @@ def annotation(opts: dict, ann_dir: str, name: str, records: list[dict], shape: 
         "annotation_object": {"id": "GO:0005840", "name": name}, "version": "1.0",
         "files": [{"format": "ndjson", "shape": shape, "path": f"{key_dir}/{stem}"}],
     })
+
+
+def portal_run_from_pipeline(opts: dict, run_dir: str, dataset: str, run: str) -> dict:
+    """Publish a `cryocloud run` output (simulation -> align -> reconstruct) as a portal run in the bucket:
+    the raw tilt series (TiltSeries/1, with .rawtlt and per-section order and defocus), its alignment
+    (Alignments/1: the .xf/.tlt and per-section parameters), the tomogram
+    (Reconstructions/VoxelSpacing{vs:.3f}/Tomograms/1) and the true particles as a ribosome
+    orientedPoint annotation (Annotations/1). Returns what was published (positions in A, voxel spacing)."""
+    from cryocloud.store import read_particles_csv, read_tilt_series, read_tlt, read_tomogram, read_xf
+    from cryocloud.store.tiltfiles import alignments_from_xf
+
+    prefix = f"{PORTAL_BUCKET}/{dataset}/{run}"
+    ts = read_tilt_series(f"{run_dir}/simulation/tilt_series.zarr")
+    truth = json.loads(open(f"{run_dir}/simulation/ground_truth/truth.json").read())
+    ts_dir = f"{dataset}/{run}/TiltSeries/1"
+    write_portal_zarr(opts, f"{PORTAL_BUCKET}/{ts_dir}/{run}.zarr", ts.data.values.astype(np.float32), ts.pixel_size, (1, 2), (1, 1024, 1024))
+    order = ts.data.acquisition_order.values
+    exposure = float(np.sum(ts.data.exposure.values))
+    put(opts, f"{PORTAL_BUCKET}/{ts_dir}/tiltseries_metadata.json", tiltseries_metadata(
+        ts_dir, run, ts.pixel_size, ts.tilt_angles, order, truth["defocus_u_a"], truth["defocus_v_a"], [truth["astigmatism_angle_deg"]] * ts.n_tilts,
+        axis=ts.tilt_axis_angle, flux=exposure, shape=ts.data.shape))
+    put(opts, f"{PORTAL_BUCKET}/{ts_dir}/{run}.rawtlt", "".join(f"{a:.2f}\n" for a in ts.tilt_angles))
+    axis, shifts = alignments_from_xf(read_xf(f"{run_dir}/align/tilt_series.xf"))
+    put_alignment(opts, f"{prefix}/Alignments/1", run, axis, shifts, read_tlt(f"{run_dir}/align/tilt_series.tlt"))
+    tomo = read_tomogram(f"{run_dir}/reconstruct/tomogram.zarr")
+    vs = tomo.pixel_size
+    tomo_dir = f"{dataset}/{run}/Reconstructions/VoxelSpacing{vs:.3f}/Tomograms/1"
+    write_portal_zarr(opts, f"{PORTAL_BUCKET}/{tomo_dir}/{run}.zarr", tomo.data.values.astype(np.float32), vs, (0, 1, 2), (256, 256, 256))
+    nz, ny, nx = tomo.data.shape
+    put(opts, f"{PORTAL_BUCKET}/{tomo_dir}/tomogram_metadata.json", {
+        "voxel_spacing": vs, "reconstruction_method": "WBP", "is_visualization_default": True, "run_name": run,
+        "size": {"z": nz, "y": ny, "x": nx}, "omezarr_dir": f"{tomo_dir}/{run}.zarr",
+    })
+    particles = read_particles_csv(f"{run_dir}/simulation/ground_truth/particles.csv")
+    records = [{"type": "orientedPoint", "location": dict(zip("xyz", (float(v) for v in p / vs))), "xyz_rotation_matrix": r.tolist()}
+               for p, r in zip(particles.positions, particles.rotations)]
+    annotation(opts, f"{prefix}/Reconstructions/VoxelSpacing{vs:.3f}/Annotations/1", "ribosome", records, "OrientedPoint")
+    return {"positions": particles.positions, "voxel_spacing": vs, "shape": tomo.data.shape}

@@ -64,13 +64,16 @@ def test_alignment_from_sections_and_from_imod_files(bucket):
 
 def test_alignment_applied_to_a_tilt_series(bucket):
     ts = TiltSeries.from_array(np.zeros((5, 8, 8), np.float32), pixel_size=5.0, tilt_angles=ANGLES)
-    aligned = read_portal_alignment(f"s3://{PORTAL_BUCKET}/{DS}/{RUN}/Alignments/15/alignment_metadata.json", storage_options=bucket).apply(ts)
+    alignment = read_portal_alignment(f"s3://{PORTAL_BUCKET}/{DS}/{RUN}/Alignments/15/alignment_metadata.json", storage_options=bucket)
+    aligned = alignment.apply(ts, pixel_size_a=5.0)
     np.testing.assert_allclose(aligned.per_tilt("shift_x"), SHIFTS[:, 0] * 5.0, atol=1e-9)  # A
     np.testing.assert_allclose(aligned.per_tilt("shift_y"), SHIFTS[:, 1] * 5.0, atol=1e-9)
+    binned = TiltSeries.from_array(np.zeros((5, 4, 4), np.float32), pixel_size=10.0, tilt_angles=ANGLES)  # level 1 of the same series
+    np.testing.assert_allclose(alignment.apply(binned, pixel_size_a=5.0).per_tilt("shift_x"), SHIFTS[:, 0] * 5.0, atol=1e-9)
     np.testing.assert_allclose(aligned.tilt_angles, ANGLES + 0.4)
     assert aligned.tilt_axis_angle == pytest.approx(84.7)
     with pytest.raises(StoreError, match="5 sections for a tilt series of 3 images"):
-        read_portal_alignment(f"s3://{PORTAL_BUCKET}/{DS}/{RUN}/Alignments/15/alignment_metadata.json", storage_options=bucket).apply(ts.select_tilts(slice(0, 3)))
+        read_portal_alignment(f"s3://{PORTAL_BUCKET}/{DS}/{RUN}/Alignments/15/alignment_metadata.json", storage_options=bucket).apply(ts.select_tilts(slice(0, 3)), pixel_size_a=5.0)
 
 
 def test_bad_alignments(bucket):
