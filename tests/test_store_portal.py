@@ -211,3 +211,19 @@ def test_older_layout_points_and_ndjson_round_trip(portal):
         from_ndjson('{"type": "point", "location": {"x": 1, "y": 2, "z": 3}}\n{"type": "mesh"}\n', 10.0)
     with pytest.raises(ModelError, match="line 1.*location"):
         from_ndjson('{"type": "point", "location": {"x": 1}}\n', 10.0)
+
+
+def test_portal_info_cli(portal, capsys):
+    opts, _ = portal
+    assert main(["portal", "info", f"portal://{DS}/{RUN}", "--endpoint-url", opts["endpoint_url"]]) == 0
+    out = capsys.readouterr().out
+    assert f"-> s3://{PORTAL_BUCKET}/{DS}/{RUN}/Reconstructions/VoxelSpacing{VS:.3f}/Tomograms/501/{RUN}.zarr" in out
+    assert "tomogram 501, 10.012 A, dtype float32" in out
+    assert "level 2   shape (6, 8, 10)" in out and "reconstruction_method" in out
+    assert main(["portal", "info", f"portal://{DS}/{RUN}/tiltseries", "--json", "--endpoint-url", opts["endpoint_url"]]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["portal"]["kind"] == "tilt_series" and summary["portal"]["tilt_axis"] == 84.7
+    assert summary["portal"]["tilt_angles"] == TS_ANGLES.tolist() and summary["portal"]["acquisition_order"] == TS_FRAME_ORDER
+    assert [lv["shape"] for lv in summary["levels"]] == [[5, 32, 32], [5, 16, 16], [5, 8, 8]]
+    assert main(["portal", "info", f"portal://{DS}/{RUN}/vs/3.0", "--endpoint-url", opts["endpoint_url"]]) == 2
+    assert "no tomogram matches" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""`cryocloud portal ls`: what a CryoET Data Portal dataset holds, read in place from its bucket."""
+"""`cryocloud portal ls` / `cryocloud portal info`: what a CryoET Data Portal dataset holds and what one
+of its images is, read in place from its bucket."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from rich.console import Console
 
 from cryocloud.cli.app import app
 from cryocloud.cli.options import storage_options
-from cryocloud.store.portal import PORTAL_BUCKET, list_runs, portal_run
+from cryocloud.store import image_info
+from cryocloud.store.portal import PORTAL_BUCKET, list_runs, parse_portal_url, portal_options, portal_run, read_portal_tilt_series, resolve_portal
 
 portal_app = typer.Typer(help="CryoET Data Portal datasets, read in place (anonymous, read-only).", no_args_is_help=True)
 app.add_typer(portal_app, name="portal")
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # URLs stay on one line
 
 
 def _run_summary(dataset: str, run: str, options: dict | None, bucket: str) -> dict:
@@ -35,12 +37,58 @@ def _run_summary(dataset: str, run: str, options: dict | None, bucket: str) -> d
     }
 
 
+ENDPOINT = typer.Option(None, "--endpoint-url", help="S3 endpoint (else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).")
+METADATA_FIELDS = ("reconstruction_method", "processing", "is_visualization_default", "size", "acceleration_voltage",
+                   "spherical_aberration_constant", "tilt_axis", "is_aligned", "total_flux", "tilt_range", "tilt_step")
+
+
+def portal_info(url: str, options: dict | None) -> dict:
+    """`image_info` of the image a portal address names, plus its portal metadata (and angles for a tilt series)."""
+    kind = parse_portal_url(url).kind or "tomogram"
+    found = resolve_portal(url, kind, storage_options=options)
+    summary = image_info(found.url, storage_options=portal_options(options))
+    summary["portal"] = {
+        "kind": kind, "id": found.ident, "voxel_spacing": found.voxel_spacing, "metadata_url": found.metadata_url,
+        **{k: found.metadata[k] for k in METADATA_FIELDS if k in found.metadata},
+    }
+    if kind == "tilt_series" and found.metadata_url:
+        coords = read_portal_tilt_series(url, storage_options=options).data.coords
+        summary["portal"]["tilt_angles"] = [float(a) for a in coords["tilt_angle"].values]
+        summary["portal"]["acquisition_order"] = [int(o) for o in coords["acquisition_order"].values]
+    return summary
+
+
+@portal_app.command("info")
+def info(
+    url: str = typer.Argument(..., help="portal://DATASET/RUN[/vs/SPACING][/tomogram/ID | /tiltseries[/ID]] or an s3:// key in the portal bucket."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    endpoint_url: Optional[str] = ENDPOINT,
+) -> None:
+    """Show a portal tomogram or tilt series: where it is, levels, chunks, voxel size, metadata and tilt angles."""
+    summary = portal_info(url, storage_options(endpoint_url))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=1))
+        return
+    portal = summary["portal"]
+    console.print(f"{url} -> {summary['url']}  {summary['format']}")
+    console.print(f"{portal['kind'].replace('_', ' ')} {portal['id']}, {portal['voxel_spacing']:.3f} A, dtype {summary['dtype']}, axes {tuple(summary['axes'])}")
+    for level in summary["levels"]:
+        console.print(f"level {level['path']:<3} shape {tuple(level['shape'])}  chunks {tuple(level['chunks'])}  scale {tuple(round(v, 3) for v in level['scale'])}")
+    for key in METADATA_FIELDS:
+        if key in portal:
+            console.print(f"{key:<30} {portal[key]}")
+    if "tilt_angles" in portal:
+        angles = portal["tilt_angles"]
+        console.print(f"tilt angles: {len(angles)} tilts, {min(angles):.1f} .. {max(angles):.1f} deg; first exposed "
+                      f"{[angles[i] for i in sorted(range(len(angles)), key=portal['acquisition_order'].__getitem__)[:3]]}")
+
+
 @portal_app.command("ls")
 def ls(
     dataset: str = typer.Argument(..., help="Dataset id, e.g. 10445."),
     run: Optional[list[str]] = typer.Option(None, "--run", help="Only these runs (repeatable); default all."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a listing."),
-    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint (else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)."),
+    endpoint_url: Optional[str] = ENDPOINT,
     bucket: str = typer.Option(PORTAL_BUCKET, "--bucket", help="Bucket holding the portal layout."),
 ) -> None:
     """List the runs of a dataset with their tomograms (voxel spacing, size, method), tilt series and annotations."""
