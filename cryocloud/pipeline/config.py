@@ -11,7 +11,7 @@ import yaml
 from cryocloud.errors import CryocloudError
 
 #: every stage in pipeline order; `simulate` or `input` (or `movies`, motion from frames) supplies the tilt series
-STAGE_NAMES = ("simulate", "input", "motion", "ctf", "align", "reconstruct", "match", "peaks", "average")
+STAGE_NAMES = ("simulate", "input", "motion", "ctf", "align", "reconstruct", "denoise", "match", "peaks", "average")
 
 
 class _Section(pydantic.BaseModel):
@@ -56,6 +56,18 @@ class ReconstructParams(_Section):
     binning: int = pydantic.Field(1, ge=1)
     filter: Literal["radial", "sirt", "none"] = "radial"
     sirt_iterations: int = pydantic.Field(10, ge=1)
+
+
+class DenoiseParams(_Section):
+    """CTF deconvolution of the tomogram (Warp's filter; see cryocloud.denoise.deconv)."""
+
+    method: Literal["deconv"] = "deconv"
+    strength: float = pydantic.Field(1.0, gt=0, description="10^(3 strength) is the low-frequency SNR")
+    snr_falloff: float = pydantic.Field(1.0, ge=0)
+    highpass_nyquist: float = pydantic.Field(0.02, gt=0, le=1, description="high-pass cut-on, fraction of Nyquist")
+    defocus_a: float | None = pydantic.Field(None, gt=0, description="default: the ctf stage's mean defocus (A)")
+    tile: int = pydantic.Field(128, ge=16, description="tile edge (voxels)")
+    overlap: int = pydantic.Field(32, ge=0, description="tile overlap on each side (voxels)")
 
 
 class MatchParams(_Section):
@@ -108,6 +120,7 @@ class PipelineConfig(_Section):
     ctf: CtfParams = pydantic.Field(default_factory=CtfParams)
     align: AlignParams = pydantic.Field(default_factory=AlignParams)
     reconstruct: ReconstructParams = pydantic.Field(default_factory=ReconstructParams)
+    denoise: DenoiseParams = pydantic.Field(default_factory=DenoiseParams)
     match: MatchParams = pydantic.Field(default_factory=MatchParams)
     peaks: PeaksParams = pydantic.Field(default_factory=PeaksParams)
     average: AverageParams = pydantic.Field(default_factory=AverageParams)

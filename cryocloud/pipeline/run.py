@@ -12,6 +12,7 @@ from cryocloud.pipeline.acquire import stage_input, stage_motion, stage_simulate
 from cryocloud.pipeline.average import stage_average
 from cryocloud.pipeline.config import STAGE_NAMES, PipelineConfig
 from cryocloud.pipeline.context import RunContext
+from cryocloud.pipeline.denoise import stage_denoise
 from cryocloud.pipeline.picking import stage_match, stage_peaks
 from cryocloud.pipeline.tomo import stage_align, stage_ctf, stage_reconstruct
 
@@ -22,6 +23,7 @@ STAGES: dict[str, Callable[[RunContext, bool], None]] = {
     "ctf": stage_ctf,
     "align": stage_align,
     "reconstruct": stage_reconstruct,
+    "denoise": stage_denoise,
     "match": stage_match,
     "peaks": stage_peaks,
     "average": stage_average,
@@ -29,7 +31,7 @@ STAGES: dict[str, Callable[[RunContext, bool], None]] = {
 assert tuple(STAGES) == STAGE_NAMES
 SOURCES = ("simulate", "input", "motion")
 #: what runs when the config names no stages (after the source)
-DEFAULT_STAGES = ("ctf", "align", "reconstruct", "match", "peaks", "average")
+DEFAULT_STAGES = ("ctf", "align", "reconstruct", "denoise", "match", "peaks", "average")
 
 
 def source_stage(config: PipelineConfig) -> str:
