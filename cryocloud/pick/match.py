@@ -28,10 +28,11 @@ import xarray as xr
 from dask.delayed import Delayed
 
 from cryocloud.errors import ModelError
+from cryocloud.geometry import centre_index
 from cryocloud.model import Tomogram
 from cryocloud.pick import score as sc
 from cryocloud.pick.template import Template
-from cryocloud.pick.weighting import CtfMode, TiltWeighting, lowpass, radial_power, tilt_weight, whitening
+from cryocloud.pick.weighting import CtfMode, TiltWeighting, lowpass, radial_power, tilt_weight, tilt_weight_at, whitening
 
 FAST_SIZES = (64, 72, 80, 96, 108, 120, 128, 144, 160, 180, 192, 216, 240, 256)
 
@@ -40,13 +41,17 @@ FAST_SIZES = (64, 72, 80, 96, 108, 120, 128, 144, 160, 180, 192, 216, 240, 256)
 class MatchSettings:
     """Search options. `resolution_a`: low-pass (A, default 3 voxels); `subvolume`: edge of the FFT
     boxes (voxels, overlap included; smaller for small tomograms); `batch_size`: rotations per
-    task; `ctf`: "signed" | "abs" | "none"; `whiten`: spectral whitening from the tomogram."""
+    task; `ctf`: "signed" | "abs" | "none"; `whiten`: spectral whitening from the tomogram;
+    `defocus_gradient`: each sub-volume's CTF weight uses every tilt's defocus at the sub-volume's
+    centre (depth and distance from the tilt axis, `TiltWeighting.at`) instead of the tilt's
+    defocus at the tomogram centre."""
 
     resolution_a: float | None = None
     subvolume: int = 128
     batch_size: int = 1000
     ctf: CtfMode = "signed"
     whiten: bool = False
+    defocus_gradient: bool = True
 
 
 @dataclass(frozen=True)
@@ -106,26 +111,41 @@ def _clipped(block: Block, box: int, shape) -> tuple[slice, ...]:
 
 @dataclass(frozen=True)
 class _Setup:
+    """The search's shared parts. `base` (K,) the weight on the band without the tilt weighting
+    (low-pass x whitening); `tilts` set when each sub-volume gets its own CTF weight."""
+
     spectrum: sc.TemplateSpectrum
     grid: sc.BandGrid
     prefilter: np.ndarray | None
+    base: np.ndarray
+    voxel_size: float
+    tilts: TiltWeighting | None = None
+    ctf: CtfMode = "signed"
+
+    def band_weight(self, position_a: np.ndarray) -> np.ndarray | None:
+        """The band's weight for a sub-volume centred at `position_a` (x, y, z A from the tomogram
+        centre); None: the shared one (`grid.weight`)."""
+        if self.tilts is None:
+            return None
+        tilt = tilt_weight_at(self.grid.kxyz, self.grid.shape, self.voxel_size, self.tilts.at(position_a), ctf=self.ctf)
+        return self.base * tilt
 
 
 def _setup(template: Template, box: int, tilts: TiltWeighting | None, settings: MatchSettings, power: np.ndarray | None) -> _Setup:
     shape = (box, box, box)
     px = template.voxel_size
     resolution = settings.resolution_a or 3.0 * px
-    weight = lowpass(shape, px, resolution)
-    if tilts is not None:
-        weight = weight * tilt_weight(shape, px, tilts, ctf=settings.ctf)
+    base = lowpass(shape, px, resolution)
     prefilter = None
     if power is not None:
         prefilter = whitening(shape, power)
-        weight = weight * prefilter
+        base = base * prefilter
+    weight = base if tilts is None else base * tilt_weight(shape, px, tilts, ctf=settings.ctf)
     k_max = min(0.5, 1.1 * px / resolution + 1.0 / box)
     grid = sc.band_grid(shape, weight.astype(np.float32), k_max)
     spectrum = sc.template_spectrum(template.data, template.mask, spherical=template.spherical)
-    return _Setup(spectrum, grid, prefilter)
+    per_block = tilts is not None and settings.defocus_gradient and settings.ctf != "none" and tilts.defocus_u is not None
+    return _Setup(spectrum, grid, prefilter, base.reshape(-1)[grid.flat].astype(np.float32), px, tilts if per_block else None, settings.ctf)
 
 
 def _block_power(data: np.ndarray, block: Block, box: int) -> np.ndarray:
@@ -136,12 +156,20 @@ def _mean_power(*powers: np.ndarray) -> np.ndarray:
     return np.mean(np.stack(powers), axis=0)
 
 
-def _prepare(data: np.ndarray, mask_core: np.ndarray | None, block: Block, box: int, setup: _Setup, template: Template) -> sc.Subvolume | None:
+def _prepare(data: np.ndarray, mask_core: np.ndarray | None, block: Block, box: int, setup: _Setup, template: Template, position_a: np.ndarray) -> sc.Subvolume | None:
     if mask_core is not None and not np.any(mask_core):
         return None  # nothing to search here
     volume = _read_box(data, block, box)
     lo = tuple(c[0] - s for c, s in zip(block.core, block.box_start))
-    return sc.prepare_subvolume(volume, setup.grid, template.mask, lo, block.core_shape, spherical=template.spherical, prefilter=setup.prefilter)
+    sub = sc.prepare_subvolume(volume, setup.grid, template.mask, lo, block.core_shape, spherical=template.spherical, prefilter=setup.prefilter)
+    sub.band_weight = setup.band_weight(position_a)
+    return sub
+
+
+def block_position(block: Block, shape: tuple[int, int, int], voxel_size: float) -> np.ndarray:
+    """Centre of a block's core (x, y, z) in A relative to the tomogram centre (geometry.centre_index)."""
+    centre_zyx = [0.5 * (a + b - 1) - centre_index(n) for (a, b), n in zip(block.core, shape)]
+    return np.asarray(centre_zyx[::-1], dtype=np.float64) * voxel_size
 
 
 def _search(sub: sc.Subvolume | None, setup: _Setup, rotations: np.ndarray, first: int, template: Template, core_shape) -> tuple:
@@ -290,7 +318,8 @@ def match(
         if cache is not None and cache.has(block.key):
             done = dask.delayed(cache.load, pure=False)(block.key)
         else:
-            sub = dask.delayed(_prepare, pure=True)(data[_clipped(block, box, shape)], mask_core, block, box, setup, template_d)
+            position = block_position(block, shape, tomogram.pixel_size)
+            sub = dask.delayed(_prepare, pure=True)(data[_clipped(block, box, shape)], mask_core, block, box, setup, template_d, position)
             parts = [dask.delayed(_search, pure=True)(sub, setup, rot, start, template_d, block.core_shape) for start, rot in batches]
             done = dask.delayed(_finish, pure=False)(_tree_reduce(parts), mask_core, cache, block.key)
         score_blocks[block.index] = da.from_delayed(done[0], block.core_shape, dtype=np.float32)

@@ -290,7 +290,8 @@ class Subvolume:
 
     `vhat_band` (K,) complex64; `scale` (core) float32 = 1 / (sqrt(n) sigma_M) for a spherical mask;
     for a non-spherical one `vhat` and `v2hat` (full half spectra) instead; `lo` the core's first
-    voxel inside the sub-volume and `core_shape` its shape.
+    voxel inside the sub-volume and `core_shape` its shape; `band_weight` (K,) this sub-volume's
+    own search weight on the band (e.g. its CTF at its defocus), None for the grid's.
     """
 
     shape: tuple[int, int, int]
@@ -300,6 +301,7 @@ class Subvolume:
     scale: np.ndarray | None
     vhat: np.ndarray | None = None
     v2hat: np.ndarray | None = None
+    band_weight: np.ndarray | None = None
 
 
 def prepare_subvolume(
@@ -351,8 +353,9 @@ def search_orientations(
     lo = np.asarray(sub.lo, dtype=np.int64)
     n_voxels = float(np.prod(shape))
     full = None if sub.scale is not None else _full_band(shape)
+    weight = grid.weight if sub.band_weight is None else sub.band_weight
     for i, rot in enumerate(np.asarray(rotations, dtype=np.float64)):
-        norm2 = _fill_rotated(rot, spectrum.values, grid.kxyz, grid.weight, grid.multiplicity, sub.vhat_band, grid.compact_flat, compact)
+        norm2 = _fill_rotated(rot, spectrum.values, grid.kxyz, weight, grid.multiplicity, sub.vhat_band, grid.compact_flat, compact)
         if norm2 <= 0:
             continue
         corr = inverse()

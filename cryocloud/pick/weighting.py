@@ -15,18 +15,24 @@ frequency's coordinates in that tilt's image plane: x' = (cos t, 0, sin t), y' =
 Without CTF and dose, W is 1 inside the sampled region and 0 in the missing wedge (the real tilt
 angles, not a generic wedge).
 
+The defocus of a tilt is that of the tomogram centre; `TiltWeighting.at(position)` moves it to
+another point (depth and distance from the tilt axis, cryocloud.geometry.point_defocus), so that
+each sub-volume of a search gets the CTF of its own place (`tilt_weight_at` evaluates W on the
+search band only).
+
 Also here: a raised-cosine low-pass and spectral whitening from a radial power spectrum.
 Weights are float32 on the rfft grid (z, y, x // 2 + 1) of a volume shape (z, y, x).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
 from cryocloud.errors import ModelError
+from cryocloud.geometry import point_defocus
 from cryocloud.model import Microscope, TiltSeries
 from cryocloud.optics import astigmatic_defocus, chi, ctf_from_chi, dose_weight, frequency_grid
 
@@ -61,30 +67,56 @@ class TiltWeighting:
         return cls(np.arange(min_angle, max_angle + 1e-9, step))
 
 
+    def at(self, position_a: np.ndarray) -> "TiltWeighting":
+        """The same tilts with each tilt's defocus at `position_a` (x, y, z in A, relative to the
+        tomogram centre): df_i - z_rot (cryocloud.geometry.point_defocus), so at positive tilt a
+        point at larger x or lower z is more underfocused. Without defocus: unchanged."""
+        if self.defocus_u is None:
+            return self
+        point = np.asarray(position_a, dtype=np.float64).reshape(1, 3)
+        shift = np.array([point_defocus(point, float(t), 0.0)[0] for t in self.tilt_angles])
+        return replace(self, defocus_u=np.asarray(self.defocus_u) + shift, defocus_v=np.asarray(self.defocus_v) + shift)
+
+
 def tilt_weight(shape: tuple[int, int, int], voxel_size: float, tilts: TiltWeighting, *, ctf: CtfMode = "signed") -> np.ndarray:
     """W on the rfft grid of `shape` (z, y, x) at `voxel_size` (A); see the module docstring."""
     kz, ky, kx = frequency_grid(shape, voxel_size, rfft=True)
-    dk = 1.0 / (max(shape) * voxel_size)
+    return _weight(kz, ky, kx, 1.0 / (max(shape) * voxel_size), tilts, ctf)
+
+
+def tilt_weight_at(kxyz: np.ndarray, shape: tuple[int, int, int], voxel_size: float, tilts: TiltWeighting, *, ctf: CtfMode = "signed") -> np.ndarray:
+    """W at frequencies `kxyz` (K, 3: x, y, z in cycles per voxel) of the rfft grid of `shape`:
+    the values `tilt_weight` has there, (K,) float32."""
+    k = np.asarray(kxyz, dtype=np.float64) / voxel_size
+    return _weight(k[:, 2], k[:, 1], k[:, 0], 1.0 / (max(shape) * voxel_size), tilts, ctf)
+
+
+def _weight(kz: np.ndarray, ky: np.ndarray, kx: np.ndarray, dk: float, tilts: TiltWeighting, ctf: CtfMode) -> np.ndarray:
+    """W at broadcastable frequency arrays (1/A) with slices `dk` (1/A) thick; each tilt's CTF and
+    dose are evaluated only where its slice reaches."""
+    shape = np.broadcast_shapes(kz.shape, ky.shape, kx.shape)
+    kz, ky, kx = (np.broadcast_to(a, shape).reshape(-1) for a in (kz, ky, kx))
     k = np.sqrt(kz * kz + ky * ky + kx * kx)
-    total = np.zeros(np.broadcast_shapes(kz.shape, ky.shape, kx.shape), dtype=np.float64)
+    total = np.zeros(k.size, dtype=np.float64)
     coverage = np.zeros_like(total)
     use_ctf = ctf != "none" and tilts.defocus_u is not None
     m = tilts.microscope
     for i, angle in enumerate(np.deg2rad(np.asarray(tilts.tilt_angles, dtype=np.float64))):
         along_beam = -np.sin(angle) * kx + np.cos(angle) * kz
-        s = np.clip(1.0 - np.abs(along_beam) / dk, 0.0, None)
-        f = np.ones_like(total)
+        near = np.flatnonzero(np.abs(along_beam) < dk)
+        s = 1.0 - np.abs(along_beam[near]) / dk
+        f = np.ones(near.size)
         if use_ctf:
-            kxp = np.cos(angle) * kx + np.sin(angle) * kz
+            kxp = np.cos(angle) * kx[near] + np.sin(angle) * kz[near]
             astig = 0.0 if tilts.astigmatism_angle is None else float(tilts.astigmatism_angle[i])
-            df = astigmatic_defocus(ky, kxp, float(tilts.defocus_u[i]), float(tilts.defocus_v[i]), astig)
-            c = ctf_from_chi(chi(k, df, voltage_kv=m.voltage_kv, cs_mm=m.cs_mm), m.amplitude_contrast)
+            df = astigmatic_defocus(ky[near], kxp, float(tilts.defocus_u[i]), float(tilts.defocus_v[i]), astig)
+            c = ctf_from_chi(chi(k[near], df, voltage_kv=m.voltage_kv, cs_mm=m.cs_mm), m.amplitude_contrast)
             f = f * (np.abs(c) if ctf == "abs" else c)
         if tilts.dose is not None:
-            f = f * dose_weight(k, float(tilts.dose[i]), voltage_kv=m.voltage_kv)
-        total += s * f
-        coverage += s
-    return (total / np.maximum(coverage, 1.0)).astype(np.float32)
+            f = f * dose_weight(k[near], float(tilts.dose[i]), voltage_kv=m.voltage_kv)
+        total[near] += s * f
+        coverage[near] += s
+    return (total / np.maximum(coverage, 1.0)).astype(np.float32).reshape(shape)
 
 
 def lowpass(shape: tuple[int, int, int], voxel_size: float, resolution_a: float, edge_fraction: float = 0.1) -> np.ndarray:
