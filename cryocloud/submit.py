@@ -369,3 +369,57 @@ def follow_job(job: Any, *, poll_s: float, log: Callable[[str], None]) -> str:
         if state in FINAL_STATES:
             return state
         time.sleep(poll_s)
+
+
+# ------------------------------------------------------------------------------ chart schema
+#: keys of the pipeline config the chart sets from its own values (pipeline.input / output, the cluster)
+CHART_OWNED_KEYS = ("input", "inputs", "output", "cluster")
+CONFIG_DEFINITION_PREFIX = "pipelineConfig."
+
+
+def chart_config_schema() -> tuple[dict, dict]:
+    """The Helm chart's `pipeline.config` schema derived from `PipelineConfig`'s pydantic JSON schema.
+
+    Returns (schema of `pipeline.config`, definitions to merge into the chart schema's
+    ``definitions``). Draft 7 form: pydantic's ``$defs`` become ``definitions`` named
+    ``pipelineConfig.<Model>``; the keys the chart owns (input, inputs, output, cluster) are
+    removed and refused; ``stages`` items are the known stage names; ``storage_options`` refuses
+    credential-like keys at any depth (credentials come from a Secret or workload identity).
+    """
+    import json
+
+    from cryocloud.pipeline.config import STAGE_NAMES
+
+    raw = json.dumps(PipelineConfig.model_json_schema())
+    schema = json.loads(raw.replace('"#/$defs/', f'"#/definitions/{CONFIG_DEFINITION_PREFIX}'))
+    definitions = {f"{CONFIG_DEFINITION_PREFIX}{name}": body for name, body in schema.pop("$defs", {}).items()}
+    for key in CHART_OWNED_KEYS:
+        schema["properties"].pop(key, None)
+    schema["propertyNames"] = {"not": {"enum": list(CHART_OWNED_KEYS)}}
+    schema["description"] = "further `cryocloud run` config keys (PipelineConfig); input, output and cluster come from the values"
+    schema.pop("title", None)
+    stages = schema["properties"]["stages"]
+    for option in stages.get("anyOf", [stages]):
+        if option.get("type") == "array":
+            option["items"] = {"type": "string", "enum": list(STAGE_NAMES)}
+    no_credentials = {"not": {"pattern": f"(?i){_CREDENTIAL_KEY.pattern}"}}
+    definitions[f"{CONFIG_DEFINITION_PREFIX}storageOptions"] = {
+        "description": "credentials never go here: use credentials.secretName or workload identity",
+        "type": "object",
+        "propertyNames": no_credentials,
+        "additionalProperties": {"anyOf": [{"$ref": f"#/definitions/{CONFIG_DEFINITION_PREFIX}storageOptions"}, {"not": {"type": "object"}}]},
+    }
+    schema["properties"]["storage_options"] = {"anyOf": [{"$ref": f"#/definitions/{CONFIG_DEFINITION_PREFIX}storageOptions"}, {"type": "null"}]}
+    return schema, definitions
+
+
+def chart_schema_with_config(chart_schema: dict) -> dict:
+    """`chart_schema` (values.schema.json) with `pipeline.config` and its definitions replaced by the derived ones."""
+    config, definitions = chart_config_schema()
+    out = dict(chart_schema)
+    kept = {k: v for k, v in (chart_schema.get("definitions") or {}).items() if not k.startswith(CONFIG_DEFINITION_PREFIX)}
+    out["definitions"] = {**kept, **definitions}
+    pipeline = dict(out["properties"]["pipeline"])
+    pipeline["properties"] = {**pipeline["properties"], "config": config}
+    out["properties"] = {**out["properties"], "pipeline": pipeline}
+    return out
