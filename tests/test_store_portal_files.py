@@ -12,12 +12,12 @@ import threading
 import numpy as np
 import pytest
 from conftest import REAL_DATA
-from portal_layout import create_portal_bucket, output_bucket, put, put_alignment, tiltseries_metadata
+from portal_layout import create_portal_bucket, output_bucket, put, put_alignment, tiltseries_metadata, write_portal_zarr
 
 from cryocloud.errors import StoreError
 from cryocloud.model import Particles, TiltSeries
 from cryocloud.store import parse_mdoc, read_xf
-from cryocloud.store.portal import PORTAL_BUCKET, portal_run, read_annotation_points
+from cryocloud.store.portal import PORTAL_BUCKET, portal_run, read_annotation_mask, read_annotation_points
 from cryocloud.store.portal.alignments import portal_run_alignments, read_portal_alignment, read_portal_mdoc
 from cryocloud.store.portal.annotations import write_portal_annotation
 from cryocloud.store.portal.https import tilt_series_coordinates_https
@@ -39,6 +39,15 @@ def bucket(s3_endpoint):
     put_alignment(opts, f"{run}/Alignments/16", RUN, AXIS - 1.0, -SHIFTS, ANGLES - 0.2, sections=False, x_tilt=1.5)
     put(opts, f"{run}/Frames/{RUN}.mrc.mdoc", MDOC.read_text())
     put(opts, f"{run}/TiltSeries/1/tiltseries_metadata.json", {"pixel_spacing": 5.0, "omezarr_dir": f"{DS}/{RUN}/TiltSeries/1/{RUN}.zarr"})
+    # a membrane segmentation mask annotation (OME-Zarr uint8, with an MRC sibling listed too)
+    ann = f"{DS}/{RUN}/Reconstructions/VoxelSpacing13.480/Annotations/7"
+    mask = np.zeros((8, 16, 16), np.uint8)
+    mask[3:5, 2:14, 4:12] = 1
+    write_portal_zarr(opts, f"{PORTAL_BUCKET}/{ann}/membrane-1.0_segmentationmask.zarr", mask, 13.48, (0, 1, 2), (256, 256, 256))
+    put(opts, f"{PORTAL_BUCKET}/{ann}/membrane-1.0.json", {
+        "annotation_object": {"id": "GO:0016020", "name": "membrane"}, "version": "1.0",
+        "files": [{"format": "mrc", "shape": "SegmentationMask", "path": f"{ann}/membrane-1.0_segmentationmask.mrc"},
+                  {"format": "zarr", "shape": "SegmentationMask", "path": f"{ann}/membrane-1.0_segmentationmask.zarr"}]})
     return opts
 
 
@@ -88,6 +97,15 @@ def test_bad_alignments(bucket):
     put(bucket, f"{folder}/alignment_metadata.json", {"alignment_type": "GLOBAL"})
     with pytest.raises(StoreError, match="no .xf file"):
         read_portal_alignment(f"s3://{folder}/alignment_metadata.json", storage_options=bucket)
+
+
+def test_segmentation_mask_annotation(bucket):
+    (ann,) = portal_run(DS, RUN, storage_options=bucket).annotations
+    mask = read_annotation_mask(ann, storage_options=bucket)
+    assert mask.pixel_size == pytest.approx(13.48) and mask.data.dtype == np.uint8
+    assert int(mask.data.sum()) == 2 * 12 * 8 and mask.data.values[3, 2, 4] == 1 and mask.data.values[5, 2, 4] == 0
+    with pytest.raises(StoreError, match="has no ndjson point file .*zarr SegmentationMask"):
+        read_annotation_points(ann, storage_options=bucket)
 
 
 def test_frames_mdoc_is_the_real_one(bucket):

@@ -361,7 +361,12 @@ def resolve_portal(url: Any, kind: str, *, storage_options: dict | None = None) 
 def read_portal_tomogram(url: Any, *, level: int = 0, storage_options: dict | None = None, chunks: Any = None) -> Tomogram:
     """Lazily read a portal tomogram (z, y, x); coordinates (A) at the voxel centres of `level`."""
     found = resolve_portal(url, "tomogram", storage_options=storage_options)
-    image = open_image(Location("s3", found.url[5:], portal_options(storage_options)))
+    return _read_volume(found.url, level, storage_options, chunks)
+
+
+def _read_volume(url: str, level: int, storage_options: dict | None, chunks: Any) -> Tomogram:
+    """A portal OME-Zarr volume (z, y, x) at `url` (s3://...), mean-pooled levels with their half-voxel shift."""
+    image = open_image(Location("s3", url[5:], portal_options(storage_options)))
     if image.axis_names != ("z", "y", "x"):
         raise StoreError(image.url, f"has axes {image.axis_names}, expected ('z', 'y', 'x')", field="multiscales.axes")
     try:
@@ -446,6 +451,16 @@ def read_portal_tilt_series(url: Any, *, level: int = 0, storage_options: dict |
         return TiltSeries(array, microscope, axis)
     except (ModelError, ValueError) as exc:
         raise StoreError(found.metadata_url, str(exc)) from exc
+
+
+def read_annotation_mask(annotation: PortalAnnotation, *, level: int = 0, storage_options: dict | None = None, chunks: Any = None) -> Tomogram:
+    """Lazily read a segmentation-mask annotation (its OME-Zarr file, shape ``SegmentationMask``) as a label
+    volume (z, y, x) at the annotation's voxel spacing; level 0 holds the labels as annotated."""
+    files = [f for f in annotation.files if f.get("format") == "zarr" and str(f.get("shape", "")).lower() == "segmentationmask"]
+    if not files:
+        have = ", ".join(f"{f.get('format')} {f.get('shape')}" for f in annotation.files) or "none"
+        raise StoreError(annotation.metadata_url, f"has no OME-Zarr segmentation mask (it has: {have})", field="files")
+    return _read_volume(files[0]["url"], level, storage_options, chunks)
 
 
 def read_annotation_points(annotation: PortalAnnotation, *, storage_options: dict | None = None, tomogram: str = ""):
