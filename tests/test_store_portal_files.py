@@ -82,7 +82,14 @@ def test_alignment_applied_to_a_tilt_series(bucket):
     np.testing.assert_allclose(aligned.tilt_angles, ANGLES + 0.4)
     assert aligned.tilt_axis_angle == pytest.approx(84.7)
     with pytest.raises(StoreError, match="5 sections for a tilt series of 3 images"):
-        read_portal_alignment(f"s3://{PORTAL_BUCKET}/{DS}/{RUN}/Alignments/15/alignment_metadata.json", storage_options=bucket).apply(ts.select_tilts(slice(0, 3)), pixel_size_a=5.0)
+        alignment.apply(ts.select_tilts(slice(0, 3)), pixel_size_a=5.0)
+    # a tilt series with two more images than the alignment has sections (excluded, e.g. dark): dropped on request
+    longer = TiltSeries.from_array(np.zeros((7, 8, 8), np.float32), pixel_size=5.0, tilt_angles=np.r_[ANGLES, 9.0, 12.0])
+    with pytest.raises(StoreError, match=r"excludes sections \[5, 6\]"):
+        alignment.apply(longer, pixel_size_a=5.0)
+    kept = alignment.apply(longer, pixel_size_a=5.0, drop_excluded=True)
+    assert kept.n_tilts == 5
+    np.testing.assert_allclose(kept.per_tilt("shift_y"), SHIFTS[:, 1] * 5.0, atol=1e-9)
 
 
 def test_bad_alignments(bucket):

@@ -51,23 +51,30 @@ class PortalAlignment:
     volume_offset_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
     metadata: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def apply(self, ts: TiltSeries, *, pixel_size_a: float) -> TiltSeries:
+    def apply(self, ts: TiltSeries, *, pixel_size_a: float, drop_excluded: bool = False) -> TiltSeries:
         """`ts` with the alignment as per-tilt `shift_x`, `shift_y` (A) and the median tilt-axis angle.
 
         `pixel_size_a` is the pixel size (A) of the tilt series the shifts were measured on (level 0,
         the tilt series' ``pixel_spacing``), whatever pyramid level `ts` was read at. The refined
-        angles replace `tilt_angle` where the alignment has them for every tilt.
+        angles replace `tilt_angle` where the alignment has them for every tilt. Sections the
+        alignment leaves out (no parameters, including any after its last z_index) are an error
+        unless `drop_excluded`, which keeps only the aligned tilts.
         """
-        if ts.n_tilts != self.tilt_angles.size:
-            raise StoreError(self.url, f"has {self.tilt_angles.size} sections for a tilt series of {ts.n_tilts} images", field="per_section_alignment_parameters")
-        if not np.all(self.included):
-            missing = np.flatnonzero(~self.included).tolist()
-            raise StoreError(self.url, f"excludes sections {missing}: select the included tilts of the tilt series first", field="per_section_alignment_parameters")
-        shifts = self.shifts_px * float(pixel_size_a)
+        n = self.tilt_angles.size
+        if n > ts.n_tilts:
+            raise StoreError(self.url, f"has {n} sections for a tilt series of {ts.n_tilts} images", field="per_section_alignment_parameters")
+        included = np.concatenate([self.included, np.zeros(ts.n_tilts - n, dtype=bool)])
+        keep = np.flatnonzero(included)
+        if keep.size < ts.n_tilts:
+            if not drop_excluded:
+                missing = np.flatnonzero(~included).tolist()
+                raise StoreError(self.url, f"excludes sections {missing}; pass drop_excluded=True to keep only the aligned tilts", field="per_section_alignment_parameters")
+            ts = ts.select_tilts(keep)
+        shifts = self.shifts_px[keep] * float(pixel_size_a)
         aligned = ts.with_per_tilt(shift_x=shifts[:, 0], shift_y=shifts[:, 1])
-        if np.all(np.isfinite(self.tilt_angles)):
-            aligned = aligned.with_per_tilt(tilt_angle=self.tilt_angles)
-        return TiltSeries(aligned.data, aligned.microscope, float(np.median(self.tilt_axis_angles)))
+        if np.all(np.isfinite(self.tilt_angles[keep])):
+            aligned = aligned.with_per_tilt(tilt_angle=self.tilt_angles[keep])
+        return TiltSeries(aligned.data, aligned.microscope, float(np.median(self.tilt_axis_angles[keep])))
 
 
 def _float(where: str, value, name: str) -> float:
