@@ -129,8 +129,9 @@ def train_command(
         task = bar.add_task("train", total=steps, loss=float("nan"))
         model = train(even, odd, config, progress=lambda step, loss: bar.update(task, completed=step, loss=loss))
     save_model(model, model_url, overwrite=overwrite, storage_options=write_options)
-    step, loss, val = model.history[-1]
-    console.print(f"wrote {model_url}: {steps} steps, training loss {loss:.4f}, validation loss {val:.4f}")
+    _, loss, val = model.history[-1]
+    held_out = "no validation pairs" if val is None else f"validation loss {model.history[0][2]:.4f} -> {val:.4f}"
+    console.print(f"wrote {model_url}: {steps} steps, training loss {loss:.4f}, {held_out}")
 
 
 @denoise_app.command("predict")
