@@ -1,8 +1,9 @@
 """Benchmark `learned-pick`: a small 3D U-Net picker against template matching on a held-out twin.
 
-Three digital twins (ribosomes 7P6Z at 16 A voxels, 41 tilts +-60 deg, CTF, dose damage, shot
-noise; WBP reconstructions): the picker trains on the first two with their ground-truth particle
-lists (standing in for curated picks or portal annotations), then both pick the third:
+Three digital twins (ribosomes 7P6Z and lipid vesicles at 16 A voxels, 41 tilts +-60 deg, CTF, dose
+damage, shot noise; WBP reconstructions): the picker trains on the first two with their
+ground-truth particle lists (standing in for curated picks or portal annotations) and membrane
+labels, then both pick the third:
 
 - ours: `cryocloud.learn.predict` (tiled, overlapping) + `picks_from_probability`;
 - peer: cryocloud's own template matching (`cryocloud.pick.match`, 30 deg search with the tilt
@@ -29,14 +30,15 @@ PEER = "cryocloud template matching (FLCC, 30 deg, wedge/CTF/dose weighted)"
 PX = 16.0
 
 
-def _twin(seed: int, shape: tuple[int, int, int], n: int):
+def _twin(seed: int, shape: tuple[int, int, int], n: int, vesicles: int):
     from cryocloud.reconstruct import reconstruct
-    from cryocloud.simulate import SimulationConfig, simulate
+    from cryocloud.simulate import MembraneConfig, SimulationConfig, simulate
 
-    sim = simulate(SimulationConfig(shape_zyx=shape, pixel_size_a=PX, n_particles=n, seed=seed))
+    membranes = MembraneConfig(vesicles=vesicles, vesicle_radius_a=(150.0, 300.0))
+    sim = simulate(SimulationConfig(shape_zyx=shape, pixel_size_a=PX, n_particles=n, seed=seed, membranes=membranes))
     ts = sim.tilt_series.with_per_tilt(defocus_u=sim.truth.defocus_u_a, defocus_v=sim.truth.defocus_v_a)
     volume = reconstruct(ts, thickness_px=shape[0]).data.values
-    return Tomogram.from_array(volume, pixel_size=PX, tilt_angles=ts.tilt_angles), ts, sim.particles
+    return Tomogram.from_array(volume, pixel_size=PX, tilt_angles=ts.tilt_angles), ts, sim.particles, sim.truth.labels
 
 
 def particle_radius_a() -> float:
@@ -73,11 +75,11 @@ def run(quick: bool = False) -> dict:
 
     train_shape, test_shape, n_test = ((48, 128, 128), (48, 160, 160), 16) if quick else ((48, 128, 128), (64, 256, 256), 48)
     radius = particle_radius_a()
-    training = [_twin(seed, train_shape, 12) for seed in (1, 2)]
-    tomo, ts, truth = _twin(3, test_shape, n_test)
+    training = [_twin(seed, train_shape, 12, 1) for seed in (1, 2)]
+    tomo, ts, truth, _ = _twin(3, test_shape, n_test, 1 if quick else 3)
     settings = TrainSettings(steps=150 if quick else 300, batch_size=2, patches_per_tomogram=48)
     t0 = time.perf_counter()
-    picker = train([t for t, _, _ in training], [p for _, _, p in training], radius_a=radius, settings=settings)
+    picker = train([t[0] for t in training], [t[2] for t in training], radius_a=radius, settings=settings, membranes=[t[3] for t in training])
     time_train = time.perf_counter() - t0
     print(f"trained in {time_train:.1f} s", file=sys.stderr)
 
