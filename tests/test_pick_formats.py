@@ -146,3 +146,29 @@ def test_copick_overlay_layout(ts037, tmp_path):
         CopickOverlay("s3://cryoet-data-portal-public/10001")
     with pytest.raises(ModelError, match="static"):
         overlay.write_config([{"name": "ribosome"}])
+
+
+def test_portal_copick_cli(ts037, tmp_path, capsys):
+    from cryocloud.cli import main
+    from cryocloud.store import write_particles_csv, write_tomogram
+
+    csv = tmp_path / "particles.csv"
+    write_particles_csv(ts037.subset(slice(0, 12)), str(csv))
+    tomo = Tomogram.from_array(np.arange(4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8), pixel_size=13.481)
+    write_tomogram(tomo, str(tmp_path / "tomogram.zarr"))
+    out = tmp_path / "overlay"
+    args = ["portal", "copick", str(out), "--run", "portal://10001/TS_037", "--picks", str(csv), "--object", "ribosome",
+            "--radius", "130", "--tomogram", str(tmp_path / "tomogram.zarr"), "--tomo-type", "wbp", "--session", "2"]
+    assert main(args) == 0
+    assert "12 picks ->" in capsys.readouterr().out
+    picks = from_copick((out / "ExperimentRuns/TS_037/Picks/cryocloud_2_ribosome.json").read_text())
+    np.testing.assert_allclose(picks.positions, ts037.positions[:12])
+    np.testing.assert_array_equal(read_tomogram(str(out / "ExperimentRuns/TS_037/VoxelSpacing13.481/wbp.zarr")).data.values, tomo.data.values)
+    config = json.loads((out / "copick_config.json").read_text())
+    assert config["dataset_ids"] == [10001] and config["pickable_objects"][0]["radius"] == 130.0
+    assert main(args) == 2  # exists: never overwritten without --overwrite
+    assert "exists" in capsys.readouterr().err
+    assert main(["portal", "copick", "s3://cryoet-data-portal-public/10001", "--run", "portal://10001/TS_037"]) == 2
+    assert "read-only" in capsys.readouterr().err
+    assert main(["portal", "copick", str(tmp_path / "o2"), "--run", "portal://abc/TS_037"]) == 2
+    assert "dataset id must be a number" in capsys.readouterr().err and not (tmp_path / "o2").exists()

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from cryocloud.cli.app import app
 from cryocloud.cli.options import storage_options
+from cryocloud.errors import StoreError
 from cryocloud.store import image_info
 from cryocloud.store.portal import PORTAL_BUCKET, list_runs, parse_portal_url, portal_options, portal_run, read_portal_tilt_series, resolve_portal
 
@@ -107,3 +108,38 @@ def ls(
             console.print(f"  tilt series {t['id']}: {t['pixel_size']:.3f} A")
         for a in s["annotations"]:
             console.print(f"  annotation {a['object']} v{a['version']} at {a['voxel_spacing']:.3f} A: {', '.join(a['shapes'])}")
+
+
+@portal_app.command("copick")
+def copick(
+    output: str = typer.Argument(..., help="Overlay root: your output URL (folder or s3://bucket/prefix)."),
+    run_url: str = typer.Option(..., "--run", help="The portal run the results belong to: portal://DATASET/RUN."),
+    picks: Optional[list[str]] = typer.Option(None, "--picks", help="Particle CSV (x, y, z in A, as `cryocloud run` writes peaks/particles.csv); repeatable."),
+    object_name: str = typer.Option("particle", "--object", help="copick pickable object name of the picks."),
+    radius: Optional[float] = typer.Option(None, "--radius", help="Particle radius (A) for the copick config."),
+    tomogram: Optional[str] = typer.Option(None, "--tomogram", help="A tomogram (OME-Zarr) to add as VoxelSpacing{vs}/{--tomo-type}.zarr."),
+    tomo_type: str = typer.Option("cryocloud", "--tomo-type", help="copick tomogram type of --tomogram."),
+    user_id: str = typer.Option("cryocloud", "--user", help="copick user id (no '_')."),
+    session_id: str = typer.Option("0", "--session", help="copick session id (no '_')."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
+    endpoint_url: Optional[str] = ENDPOINT,
+) -> None:
+    """Lay results of a portal run out as a copick overlay next to the portal's data, with its copick config."""
+    from cryocloud.store import read_particles_csv, read_tomogram
+    from cryocloud.store.portal.copick import CopickOverlay
+
+    ref = parse_portal_url(run_url)
+    if not ref.dataset.isdigit():
+        raise StoreError(run_url, f"the portal dataset id must be a number (copick's dataset_ids), got {ref.dataset!r}", field="dataset")
+    options = storage_options(endpoint_url)
+    overlay = CopickOverlay(output, options)
+    for url in picks or []:
+        particles = read_particles_csv(url, storage_options=options)
+        console.print(f"{len(particles)} picks -> {overlay.write_picks(particles, ref.run, object_name, user_id=user_id, session_id=session_id, overwrite=overwrite)}")
+    if tomogram:
+        volume = read_tomogram(tomogram, storage_options=options)
+        console.print(f"tomogram -> {overlay.write_tomogram(volume, ref.run, tomo_type, overwrite=overwrite)}")
+    obj = {"name": object_name, "is_particle": True, **({"radius": radius} if radius else {})}
+    config = overlay.write_config([obj], dataset_ids=[int(ref.dataset)], overlay_fs_args={k: v for k, v in (options or {}).items() if k == "endpoint_url"},
+                                  description=f"cryocloud results for {run_url}", overwrite=overwrite)
+    console.print(f"copick config -> {config}")
