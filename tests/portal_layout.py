@@ -9,6 +9,7 @@ the portal field names; .rawtlt, .xf/.tlt/.xtilt, Frames/*.mdoc.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 
@@ -23,12 +24,18 @@ from cryocloud.store.location import Location
 from cryocloud.store.portal import PORTAL_BUCKET
 
 
+@functools.lru_cache(maxsize=4)
+def s3_client(endpoint: str):
+    """One boto3 client per endpoint (creating one costs about as much as a dozen requests)."""
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+
 def create_portal_bucket(endpoint: str) -> dict:
     """The portal bucket (public read policy) on `endpoint`, reset first (nothing else left on the
     server); returns storage options for writing it. Tests that share it must not use `s3_bucket`
     (which resets the server): make output buckets with `output_bucket`."""
     requests.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3 = s3_client(endpoint)
     s3.create_bucket(Bucket=PORTAL_BUCKET)
     public_read = {"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
                    "Resource": [f"arn:aws:s3:::{PORTAL_BUCKET}", f"arn:aws:s3:::{PORTAL_BUCKET}/*"]}
@@ -39,7 +46,7 @@ def create_portal_bucket(endpoint: str) -> dict:
 def output_bucket(endpoint: str) -> str:
     """A fresh, private bucket beside the portal bucket (no reset); its s3:// URL."""
     name = f"out-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    s3_client(endpoint).create_bucket(Bucket=name)
     return f"s3://{name}"
 
 
@@ -75,8 +82,7 @@ def put(opts: dict, key: str, content) -> None:
     (moto refuses anonymous HEAD requests on objects without a public-read ACL, whatever the bucket policy)."""
     text = content if isinstance(content, str) else json.dumps(content)
     bucket, _, name = key.partition("/")
-    s3 = boto3.client("s3", endpoint_url=opts["endpoint_url"], region_name="us-east-1")
-    s3.put_object(Bucket=bucket, Key=name, Body=text.encode("utf-8"), ACL="public-read")
+    s3_client(opts["endpoint_url"]).put_object(Bucket=bucket, Key=name, Body=text.encode("utf-8"), ACL="public-read")
 
 
 def put_alignment(opts: dict, folder: str, run: str, axis_deg: np.ndarray, shifts_px: np.ndarray, tilt_angles: np.ndarray,

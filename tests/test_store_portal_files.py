@@ -17,7 +17,7 @@ from portal_layout import create_portal_bucket, output_bucket, put, put_alignmen
 from cryocloud.errors import StoreError
 from cryocloud.model import Particles, TiltSeries
 from cryocloud.store import parse_mdoc, read_xf
-from cryocloud.store.portal import PORTAL_BUCKET, portal_run, read_annotation_mask, read_annotation_points
+from cryocloud.store.portal import PORTAL_BUCKET, portal_run, read_annotation_mask, read_annotation_points, resolve_portal
 from cryocloud.store.portal.alignments import portal_run_alignments, read_portal_alignment, read_portal_mdoc
 from cryocloud.store.portal.annotations import write_portal_annotation
 from cryocloud.store.portal.https import tilt_series_coordinates_https
@@ -113,6 +113,16 @@ def test_segmentation_mask_annotation(bucket):
     assert int(mask.data.sum()) == 2 * 12 * 8 and mask.data.values[3, 2, 4] == 1 and mask.data.values[5, 2, 4] == 0
     with pytest.raises(StoreError, match="has no ndjson point file .*zarr SegmentationMask"):
         read_annotation_points(ann, storage_options=bucket)
+
+
+def test_images_resolve_without_reading_other_metadata(bucket):
+    run = f"{PORTAL_BUCKET}/{DS}/MIXED"
+    put(bucket, f"{run}/TiltSeries/4/tiltseries_metadata.json", {"pixel_spacing": 7.5, "omezarr_dir": f"{DS}/MIXED/TiltSeries/4/MIXED.zarr"})
+    put(bucket, f"{run}/Reconstructions/VoxelSpacing7.500/Annotations/2/broken-1.0.json", "{not json")
+    found = resolve_portal(f"portal://{DS}/MIXED/tiltseries", "tilt_series", storage_options=bucket)  # annotations not read
+    assert (found.ident, found.voxel_spacing, found.url) == ("4", 7.5, f"s3://{run}/TiltSeries/4/MIXED.zarr")
+    with pytest.raises(StoreError, match=r"broken-1.0.json: is not valid JSON"):
+        portal_run(DS, "MIXED", storage_options=bucket)
 
 
 def test_frames_mdoc_is_the_real_one(bucket):

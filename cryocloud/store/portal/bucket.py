@@ -212,16 +212,41 @@ def parse_portal_url(url: str) -> PortalRef:
 def read_json(fs, path: str, *, missing_ok: bool = False) -> dict | None:
     """A metadata JSON object ("bucket/key"), one GET; None when missing and `missing_ok`."""
     try:
-        document = json.loads(fs.cat_file(path))
+        content = fs.cat_file(path)
     except FileNotFoundError:
         if missing_ok:
             return None
         raise StoreError(f"s3://{path}", "does not exist") from None
+    return _parse_json(path, content)
+
+
+def _parse_json(path: str, content: bytes) -> dict:
+    try:
+        document = json.loads(content)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(f"s3://{path}", f"is not valid JSON ({exc})") from exc
     if not isinstance(document, dict):
         raise StoreError(f"s3://{path}", f"expected a JSON object, got {type(document).__name__}")
     return document
+
+
+def read_jsons(fs, paths: list[str]) -> dict[str, dict]:
+    """Metadata JSON objects ("bucket/key" -> object), fetched concurrently (s3fs runs the GETs together)."""
+    if not paths:
+        return {}
+    try:
+        contents = fs.cat(list(paths), on_error="return")
+    except (PermissionError, OSError) as exc:
+        raise StoreError(f"s3://{paths[0]}", f"cannot be read: {exc}") from exc
+    out = {}
+    for path in paths:
+        content = contents.get(path)
+        if isinstance(content, FileNotFoundError):
+            raise StoreError(f"s3://{path}", "does not exist")
+        if isinstance(content, Exception) or content is None:
+            raise StoreError(f"s3://{path}", f"cannot be read: {content}")
+        out[path] = _parse_json(path, content)
+    return out
 
 
 def _bucket_path(bucket: str, dataset: str, path: str, where: str, fieldname: str) -> str:
@@ -247,19 +272,17 @@ def _image(meta: dict, where: str, kind: str, ident: str, zarr_url: str) -> Port
     return PortalImage(kind, zarr_url, ident, _voxel_spacing(where, meta.get(spacing_field), spacing_field), meta, where)
 
 
-def _listed_image(fs, bucket: str, dataset: str, meta_path: str, kind: str, ident: str) -> PortalImage:
+def _listed_image(meta: dict, bucket: str, dataset: str, meta_path: str, kind: str, ident: str) -> PortalImage:
     """The image a metadata JSON describes, at its ``omezarr_dir``."""
     where = f"s3://{meta_path}"
-    meta = read_json(fs, meta_path)
     zarr_dir = meta.get("omezarr_dir")
     if zarr_dir is None:
         raise StoreError(where, "is missing; expected the path of the OME-Zarr image", field="omezarr_dir")
     return _image(meta, where, kind, ident, f"s3://{_bucket_path(bucket, dataset, zarr_dir, where, 'omezarr_dir')}")
 
 
-def _annotation(fs, bucket: str, dataset: str, meta_path: str, voxel_spacing: float) -> PortalAnnotation:
+def _annotation(meta: dict, bucket: str, dataset: str, meta_path: str, voxel_spacing: float) -> PortalAnnotation:
     where = f"s3://{meta_path}"
-    meta = read_json(fs, meta_path)
     obj = meta.get("annotation_object")
     if not isinstance(obj, dict) or "name" not in obj:
         raise StoreError(where, "expected an object with a 'name'", field="annotation_object")
@@ -295,8 +318,24 @@ def list_runs(dataset: str, *, storage_options: dict | None = None, bucket: str 
     return runs
 
 
-def portal_run(dataset: str, run: str, *, storage_options: dict | None = None, bucket: str = PORTAL_BUCKET) -> PortalRun:
-    """Everything a run holds, found by listing its prefix and reading the metadata JSONs."""
+KINDS = ("tomogram", "tilt_series", "annotation", "alignment")
+
+
+def _kind_of(rel: list[str]) -> str | None:
+    """What a metadata JSON (path relative to the run) describes, by the layout."""
+    name = rel[-1]
+    if name == "tomogram_metadata.json":
+        return "tomogram"
+    if name == "tiltseries_metadata.json":
+        return "tilt_series"
+    if name == "alignment_metadata.json":
+        return "alignment"
+    return "annotation" if "Annotations" in rel else None
+
+
+def portal_run(dataset: str, run: str, *, storage_options: dict | None = None, bucket: str = PORTAL_BUCKET,
+               kinds: tuple[str, ...] = KINDS) -> PortalRun:
+    """What a run holds, found by listing its prefix and reading (concurrently) the metadata JSONs of `kinds`."""
     root = Location("s3", f"{bucket}/{dataset}/{run}", portal_options(storage_options))
     fs = root.filesystem()
     try:
@@ -306,19 +345,20 @@ def portal_run(dataset: str, run: str, *, storage_options: dict | None = None, b
     if not found:
         raise StoreError(root.url, f"run '{run}' of dataset '{dataset}' does not exist (nothing under this prefix)", field="run")
     prefix = root.path + "/"
+    wanted = [(path, path[len(prefix):].split("/")) for path in found]
+    wanted = [(path, rel, kind) for path, rel in wanted if (kind := _kind_of(rel)) in kinds]
+    documents = read_jsons(fs, [path for path, _, kind in wanted if kind != "alignment"])
     tomograms, tilt_series, annotations, alignments = [], [], [], []
-    for path in found:
-        rel = path[len(prefix):].split("/")
-        name = rel[-1]
-        if name == "tomogram_metadata.json":
+    for path, rel, kind in wanted:
+        if kind == "tomogram":
             ident = rel[-2] if rel[0] == "Reconstructions" else "canonical"
-            tomograms.append(_listed_image(fs, bucket, dataset, path, "tomogram", ident))
-        elif name == "tiltseries_metadata.json":
-            tilt_series.append(_listed_image(fs, bucket, dataset, path, "tilt_series", rel[-2] if len(rel) > 2 else "0"))
-        elif name == "alignment_metadata.json":
+            tomograms.append(_listed_image(documents[path], bucket, dataset, path, "tomogram", ident))
+        elif kind == "tilt_series":
+            tilt_series.append(_listed_image(documents[path], bucket, dataset, path, "tilt_series", rel[-2] if len(rel) > 2 else "0"))
+        elif kind == "alignment":
             alignments.append(f"s3://{path}")
-        elif "Annotations" in rel:
-            annotations.append(_annotation(fs, bucket, dataset, path, _spacing_of(path)))
+        else:
+            annotations.append(_annotation(documents[path], bucket, dataset, path, _spacing_of(path)))
     return PortalRun(dataset, run, tomograms, tilt_series, annotations, alignments)
 
 
@@ -353,7 +393,7 @@ def resolve_portal(url: Any, kind: str, *, storage_options: dict | None = None) 
         raise StoreError(url, f"names a {ref.kind.replace('_', ' ')}, expected a {kind.replace('_', ' ')}", field="url")
     if ref.image_key is not None:
         return _image_by_key(ref, kind, storage_options)
-    run = portal_run(ref.dataset, ref.run, storage_options=storage_options, bucket=ref.bucket)
+    run = portal_run(ref.dataset, ref.run, storage_options=storage_options, bucket=ref.bucket, kinds=(kind,))
     return _choose(ref, run.tomograms if kind == "tomogram" else run.tilt_series, kind, str(url))
 
 
