@@ -13,6 +13,7 @@ checksums that some S3-compatible servers reject).
 
 from __future__ import annotations
 
+import copy
 import os
 import posixpath
 from contextlib import contextmanager
@@ -27,7 +28,20 @@ from cryocloud.errors import CryocloudError, StoreError
 # one GET per chunk object: s3fs's concurrent ranged download (max_concurrency > 1) costs a HEAD
 # request per object to learn its size, and chunks are far smaller than its block size
 _S3_DEFAULTS = {"max_concurrency": 1}
-_S3_CONFIG_DEFAULTS = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
+# Retries: botocore retries each request on 500/502/503/504, throttling (SlowDown), timeouts and
+# dropped connections ("standard" mode: up to `total_max_attempts` attempts, exponential backoff with
+# jitter, at most 20 s a wait); s3fs wraps each call once more (S3FS_RETRIES attempts), which also
+# covers a body cut off while it is read. A fault that outlasts them surfaces as a StoreError.
+# Override with storage_options={"config_kwargs": {"retries": {...}, "read_timeout": ...}}.
+S3_RETRIES = {"mode": "standard", "total_max_attempts": 4}
+S3FS_RETRIES = 3
+_S3_CONFIG_DEFAULTS = {
+    "request_checksum_calculation": "when_required",
+    "response_checksum_validation": "when_required",
+    "retries": S3_RETRIES,
+    "connect_timeout": 10,
+    "read_timeout": 60,
+}
 
 
 def _s3_options(storage_options: dict | None) -> dict:
@@ -40,8 +54,8 @@ def _s3_options(storage_options: dict | None) -> dict:
         client_kwargs["endpoint_url"] = endpoint
     if client_kwargs:
         opts["client_kwargs"] = client_kwargs
-    config_kwargs = dict(_S3_CONFIG_DEFAULTS)
-    config_kwargs.update(opts.pop("config_kwargs", None) or {})
+    config_kwargs = copy.deepcopy(_S3_CONFIG_DEFAULTS)  # botocore rewrites the retries dict in place
+    config_kwargs.update(copy.deepcopy(opts.pop("config_kwargs", None) or {}))
     opts["config_kwargs"] = config_kwargs
     opts["skip_instance_cache"] = True
     return opts
@@ -77,8 +91,13 @@ class Location:
         if self.is_local:
             return fsspec.filesystem("file")
         if self.protocol == "s3":
-            return fsspec.filesystem("s3", asynchronous=False, **_s3_options(self.storage_options))
+            return self._s3_filesystem(asynchronous=False)
         return fsspec.filesystem(self.protocol, **self.storage_options)
+
+    def _s3_filesystem(self, *, asynchronous: bool) -> fsspec.AbstractFileSystem:
+        fs = fsspec.filesystem("s3", asynchronous=asynchronous, **_s3_options(self.storage_options))
+        fs.retries = S3FS_RETRIES  # s3fs's own attempts per call, on top of botocore's (see S3_RETRIES)
+        return fs
 
     def zarr_store(self, *, read_only: bool):
         """A zarr 3 store rooted at this location."""
@@ -86,14 +105,13 @@ class Location:
 
         if self.is_local:
             return LocalStore(self.path, read_only=read_only)
-        options = _s3_options(self.storage_options) if self.protocol == "s3" else dict(self.storage_options)
-        return FsspecStore.from_url(self.url, storage_options=options, read_only=read_only)
+        if self.protocol == "s3":
+            return FsspecStore(self._s3_filesystem(asynchronous=True), read_only=read_only, path=self.path)
+        return FsspecStore.from_url(self.url, storage_options=dict(self.storage_options), read_only=read_only)
 
     def exists(self) -> bool:
-        try:
+        with os_errors_as_store_errors(self.url, "reached"):
             return self.filesystem().exists(self.path)
-        except (PermissionError, OSError) as exc:
-            raise StoreError(self.url, f"cannot be reached: {exc}") from exc
 
     def contains(self, other: "Location") -> bool:
         """True when `other` is this location or lies inside it."""
@@ -103,8 +121,8 @@ class Location:
         return theirs == mine or theirs.startswith(mine + "/")
 
 
-def describe_os_error(exc: OSError) -> str:
-    """What an OSError from a filesystem or object store means for the user."""
+def describe_os_error(exc: Exception) -> str:
+    """What an OSError (or botocore error) from a filesystem or object store means for the user."""
     text = str(exc) or type(exc).__name__
     if isinstance(exc, NotADirectoryError):
         return f"a parent of it is a regular file, not a folder ({text})"
@@ -117,14 +135,22 @@ def describe_os_error(exc: OSError) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+def transport_errors() -> tuple[type[Exception], ...]:
+    """Exceptions of a filesystem or object store that has failed (after its retries): OSError and
+    botocore's own (a connection closed or timed out on every attempt surfaces as one of these)."""
+    from botocore.exceptions import BotoCoreError
+
+    return (OSError, BotoCoreError)
+
+
 @contextmanager
 def os_errors_as_store_errors(url: str, action: str) -> Iterator[None]:
-    """Turn filesystem / object-store failures (OSError, not ours) into a StoreError naming `url`."""
+    """Turn filesystem / object-store failures (not ours) into a StoreError naming `url`."""
     try:
         yield
     except CryocloudError:
         raise
-    except OSError as exc:
+    except transport_errors() as exc:
         raise StoreError(url, f"cannot be {action}: {describe_os_error(exc)}") from exc
 
 
@@ -167,7 +193,7 @@ def open_url(url: str | os.PathLike, mode: str = "rb", *, storage_options: dict 
         return fs.open(loc.path, mode, **kwargs)
     except CryocloudError:
         raise
-    except OSError as exc:
+    except transport_errors() as exc:
         raise StoreError(loc.url, f"cannot be opened ({mode}): {describe_os_error(exc)}") from exc
     except ValueError as exc:
         raise StoreError(loc.url, f"cannot be opened ({mode}): {exc}") from exc

@@ -3,8 +3,8 @@
 Arrays are indexed (z, y, x) (MRC sections, rows, columns); the voxel size (A) comes from the
 header. Local files are read lazily: each Dask chunk (a slab of whole sections) opens the file
 memory-mapped and copies its slab. Remote files (s3://) are downloaded whole into memory.
-Writes go to ``<name>.partial`` first and are renamed when complete (local), or uploaded after
-(remote), so a reader never sees a half-written MRC.
+Writes go to ``<name>.partial`` first and are renamed when complete (local; a failed write removes
+it), or uploaded after (remote), so a reader never sees a half-written MRC.
 """
 
 from __future__ import annotations
@@ -233,7 +233,11 @@ def write_mrc(
     if loc.is_local:
         Path(loc.path).parent.mkdir(parents=True, exist_ok=True)
         partial = loc.path + ".partial"
-        _write_local(array, partial, px, loc.url)
+        try:
+            _write_local(array, partial, px, loc.url)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)  # a failed write leaves nothing behind
+            raise
         os.replace(partial, loc.path)
         return
     with tempfile.TemporaryDirectory() as tmp:

@@ -32,7 +32,7 @@ import zarr
 
 from cryocloud.errors import OutputExistsError, StoreError
 from cryocloud.progress import compute
-from cryocloud.store.location import Location, os_errors_as_store_errors
+from cryocloud.store.location import Location, describe_os_error, os_errors_as_store_errors, transport_errors
 
 UNIT_TO_ANGSTROM = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1e4, "picometer": 0.01, "meter": 1e10}
 NGFF_VERSIONS = {"0.4": 2, "0.5": 3}
@@ -164,8 +164,8 @@ class ChunkReader:
             block = self.array[key]
         except Exception as exc:  # any codec / transport failure: report which chunks were involved
             source, shown = self._chunks_named(key)
-            if isinstance(exc, OSError) and not isinstance(exc, StoreError):
-                raise StoreError(source, f"chunk(s) [{shown}] cannot be read: {exc}", field="chunk") from exc
+            if isinstance(exc, transport_errors()) and not isinstance(exc, StoreError):
+                raise StoreError(source, f"chunk(s) [{shown}] cannot be read: {describe_os_error(exc)}", field="chunk") from exc
             raise StoreError(
                 source, f"chunk(s) [{shown}] cannot be read ({type(exc).__name__}: {exc}); the data are truncated or corrupt", field="chunk"
             ) from exc
@@ -275,8 +275,8 @@ def _open_group(loc: Location, mode: str = "r") -> zarr.Group | None:
         return None
     except StoreError:
         raise
-    except OSError as exc:  # missing bucket, permission, network
-        raise StoreError(loc.url, f"cannot be opened: {exc}") from exc
+    except transport_errors() as exc:  # missing bucket, permission, network (after retries)
+        raise StoreError(loc.url, f"cannot be opened: {describe_os_error(exc)}") from exc
 
 
 def multiscales_of(attrs: dict) -> tuple[str, list] | None:
