@@ -135,7 +135,7 @@ def test_copick_overlay_layout(ts037, tmp_path):
     assert config["config_type"] == "cryoet_data_portal" and config["dataset_ids"] == [10001]
     assert config["overlay_root"] == f"local://{tmp_path / 'out'}"
     assert config["overlay_fs_args"] == {"endpoint_url": "http://127.0.0.1:9000"}  # never a credential
-    assert config["pickable_objects"][0] == {"name": "ribosome", "is_particle": True, "label": 1, "color": [255, 128, 0, 255],
+    assert config["pickable_objects"][0] == {"name": "ribosome", "is_particle": True, "label": 1, "color": [31, 119, 180, 255],
                                                  "radius": 130.0, "identifier": "GO:0022626"}
     for bad in ("../x", "a/b"):
         with pytest.raises(ModelError, match="run"):

@@ -16,7 +16,10 @@ copick overlay layout (copick's fsspec implementation, copick.impl.filesystem):
   ``static_root`` for a non-portal static root; ``pickable_objects`` [{``name``, ``is_particle``,
   ``label``, ``color`` RGBA, ``radius`` (A), ``identifier``, ``pdb_id``, ``emdb_id``}].
 
-Run names are those of the portal (copick's portal layer names runs by their portal name).
+Run names are those of the portal (copick's portal layer names runs by their portal name). Checked
+by hand with copick 1.31.0 in a separate environment (it pins zarr 2, so it is not a test
+dependency): `copick.from_file` on a "filesystem" config finds the picks (positions and rotations
+equal), the tomogram and the segmentation written here, and `CopickConfigCDP` parses the portal config.
 """
 
 from __future__ import annotations
@@ -80,6 +83,10 @@ def from_copick(text: str, *, source: str = "copick") -> Particles:
         tomogram=str(document.get("run_name") or ""), class_name=str(document.get("pickable_object_name") or ""),
     )
 
+
+
+#: RGB colours of the pickable objects in config order (matplotlib's tab10)
+PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194), (127, 127, 127))
 
 
 def _name(value: str, what: str) -> str:
@@ -169,7 +176,8 @@ class CopickOverlay:
         for i, obj in enumerate(pickable_objects):
             if "name" not in obj:
                 raise ModelError(f"pickable_objects[{i}]", "expected a 'name'")
-            entry = {"name": _name(obj["name"], "object_name"), "is_particle": True, "label": i + 1, "color": [255, 128, 0, 255], **obj}
+            colour = [*PALETTE[i % len(PALETTE)], 255]
+            entry = {"name": _name(obj["name"], "object_name"), "is_particle": True, "label": i + 1, "color": colour, **obj}
             objects.append(entry)
         args = {k: v for k, v in (overlay_fs_args or {}).items() if k not in ("key", "secret", "token", "password", "aws_secret_access_key")}
         config = {"name": name, "description": description, "version": "0.2.0", "pickable_objects": objects,
