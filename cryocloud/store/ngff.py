@@ -345,7 +345,8 @@ def _existing_chunk_keys(loc: Location, array_path: str) -> set[str]:
     keys = set()
     for f in found:
         rel = f.lstrip("/")[len(prefix):] if f.lstrip("/").startswith(prefix) else f
-        if not rel.startswith(".") and not rel.endswith(".json") and rel != "zarr.json":
+        # zarr metadata, and the temporary files of local writes a killed process left behind
+        if not rel.startswith(".") and not rel.endswith((".json", ".partial")) and rel != "zarr.json":
             keys.add(rel)
     return keys
 
