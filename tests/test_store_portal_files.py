@@ -71,6 +71,14 @@ def test_alignment_from_sections_and_from_imod_files(bucket):
     np.testing.assert_allclose(second.x_tilt, 1.5)
 
 
+def test_portal_ls_lists_alignments(bucket, capsys):
+    from cryocloud.cli import main
+
+    assert main(["portal", "ls", DS, "--run", RUN, "--endpoint-url", bucket["endpoint_url"]]) == 0
+    out = capsys.readouterr().out
+    assert f"alignment 15: s3://{PORTAL_BUCKET}/{DS}/{RUN}/Alignments/15/alignment_metadata.json" in out and "alignment 16:" in out
+
+
 def test_alignment_applied_to_a_tilt_series(bucket):
     ts = TiltSeries.from_array(np.zeros((5, 8, 8), np.float32), pixel_size=5.0, tilt_angles=ANGLES)
     alignment = read_portal_alignment(f"s3://{PORTAL_BUCKET}/{DS}/{RUN}/Alignments/15/alignment_metadata.json", storage_options=bucket)

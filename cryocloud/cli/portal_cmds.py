@@ -35,6 +35,7 @@ def _run_summary(dataset: str, run: str, options: dict | None, bucket: str) -> d
              "shapes": sorted({str(f["shape"]) for f in a.files})}
             for a in found.annotations
         ],
+        "alignments": found.alignments,
     }
 
 
@@ -108,6 +109,8 @@ def ls(
             console.print(f"  tilt series {t['id']}: {t['pixel_size']:.3f} A")
         for a in s["annotations"]:
             console.print(f"  annotation {a['object']} v{a['version']} at {a['voxel_spacing']:.3f} A: {', '.join(a['shapes'])}")
+        for url in s["alignments"]:
+            console.print(f"  alignment {url.rsplit('/', 2)[-2]}: {url}")
 
 
 @portal_app.command("copick")
