@@ -1,0 +1,15 @@
+"""Membrane segmentation: plate-enhancing Hessian filter, hysteresis, connected components, chunked.
+
+    from cryocloud.segment import MembraneSettings, segment_membranes
+    result = segment_membranes(tomogram)              # lazy labels (z, y, x) uint32
+    write_labels(result.labels, "tomo.zarr/labels/membranes")   # cryocloud.store
+
+Modules: `hessian` (the filter on one block), `threshold` (automatic thresholds), `components`
+(hysteresis + connected components across chunks), `chunked` (the Dask driver), `evaluate`
+(Dice against ground truth, missing-wedge aware), `figures` (overlays).
+"""
+
+from cryocloud.segment.chunked import MembraneSegmentation, MembraneSettings, segment_membranes
+from cryocloud.segment.evaluate import dice, evaluate_membranes, resolvable_region
+
+__all__ = ["MembraneSegmentation", "MembraneSettings", "dice", "evaluate_membranes", "resolvable_region", "segment_membranes"]

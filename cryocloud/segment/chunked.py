@@ -1,0 +1,175 @@
+"""`segment_membranes`: a tomogram (lazy) -> membrane label image (lazy), chunked with overlap.
+
+Graph, all arrays (z, y, x):
+1. the volume, float32, in near-equal cubes of at most max(`chunk_voxels`, 2 x overlap depth);
+2. the ridge response per cube with `dask.array.map_overlap`, depth = `hessian.overlap_depth`
+   (Hessian and integration supports + 1 voxel for the ridge test), so every cube's interior is
+   what the whole volume would give; the volume's own faces are reflected;
+3. thresholds from the response's noise statistics (`threshold`), computed on a bounded sample;
+4. global hysteresis + connected components with a minimum area (`components`): two passes over
+   the cubes, the component tables merged on the client; one label per connected membrane;
+5. the mid-surfaces thickened to `thickness_a` (each voxel within thickness / 2 of a surface
+   takes that surface's label; `map_overlap` with depth thickness / 2 + 1).
+
+Memory per task is bounded by one cube plus its overlap (about 40 float32 values per voxel during
+step 2), whatever the tomogram size. Only steps 3 and 4 compute (small summaries); the labels
+are returned lazy, for `cryocloud.store` to write.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import dask.array as da
+import numpy as np
+import pydantic
+import xarray as xr
+from scipy import ndimage
+
+from cryocloud.errors import ModelError
+from cryocloud.model import Tomogram
+from cryocloud.segment.components import hysteresis_components
+from cryocloud.segment.hessian import membrane_ridge, overlap_depth
+from cryocloud.segment.threshold import Thresholds, automatic_thresholds
+
+DEFAULT_SCALE_A = 10.0
+
+
+class MembraneSettings(pydantic.BaseModel):
+    """Parameters of membrane segmentation. Units: Angstrom; thresholds in noise units of the response."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    scale_a: float | None = pydantic.Field(
+        None, gt=0, description="Hessian Gaussian s.d. (A); None = max(10 A, one voxel): a bilayer leaflet"
+    )
+    integration_a: float | None = pydantic.Field(
+        None, ge=0, description="s.d. (A) of the orientation-coherent averaging of the plate tensor; None = 3 x scale"
+    )
+    polarity: Literal["dark", "bright", "either"] = pydantic.Field(
+        "either", description="membrane contrast: dark (density, cryocloud's tomograms), bright (inverted), either"
+    )
+    low: float = pydantic.Field(2.0, ge=0, description="hysteresis low threshold: median + low x noise s.d. of the ridge response")
+    high: float = pydantic.Field(5.0, ge=0, description="hysteresis high threshold (noise units); a membrane must reach it")
+    min_size_a2: float = pydantic.Field(10000.0, ge=0, description="smallest membrane area kept (A^2 of mid-surface)")
+    thickness_a: float = pydantic.Field(50.0, ge=0, description="output membrane thickness (A): a bilayer with head groups")
+    chunk_voxels: int = pydantic.Field(96, ge=8, description="edge of the processing cubes (voxels)")
+
+    @pydantic.model_validator(mode="after")
+    def _ordered(self) -> "MembraneSettings":
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
+    def scales_vox(self, pixel_size_a: float) -> tuple[float, float]:
+        """(Hessian, integration) Gaussian s.d. in voxels of size `pixel_size_a`."""
+        scale = max(DEFAULT_SCALE_A, pixel_size_a) if self.scale_a is None else self.scale_a
+        if scale < 0.5 * pixel_size_a:
+            raise ModelError("scale_a", f"{scale} A is below half a voxel ({pixel_size_a} A); the Hessian is undefined there")
+        integration = 3 * scale if self.integration_a is None else self.integration_a
+        return scale / pixel_size_a, integration / pixel_size_a
+
+
+@dataclass(frozen=True)
+class MembraneSegmentation:
+    """Result of `segment_membranes`: lazy labels (z, y, x) uint32, 0 = no membrane, 1..count one per
+    connected membrane; the ridge response (float32, lazy); the thresholds used."""
+
+    labels: xr.DataArray
+    ridge: xr.DataArray
+    thresholds: Thresholds
+    count: int
+    settings: MembraneSettings
+
+    @property
+    def mask(self) -> xr.DataArray:
+        """Lazy boolean membrane mask (z, y, x)."""
+        return self.labels > 0
+
+
+def _thicken(block: np.ndarray, half_vox: float) -> np.ndarray:
+    """Every voxel within `half_vox` of a labelled voxel takes the nearest one's label."""
+    if not block.any():
+        return block
+    distance, nearest = ndimage.distance_transform_edt(block == 0, return_indices=True)
+    out = block[tuple(nearest)]
+    out[distance > half_vox] = 0
+    return out
+
+
+def balanced_chunks(shape: tuple[int, ...], edge: int) -> tuple[tuple[int, ...], ...]:
+    """Chunks of at most `edge` voxels, as equal as possible: none smaller than edge / 2 unless the axis is."""
+    out = []
+    for n in shape:
+        count = max(1, math.ceil(n / edge))
+        size = math.ceil(n / count)
+        out.append(tuple(min(size, n - i * size) for i in range(count) if n - i * size > 0))
+    return tuple(out)
+
+
+def axis_depths(chunks: tuple[tuple[int, ...], ...], depth: int) -> dict[int, int]:
+    """Overlap per axis: `depth`, limited by the axis length where the axis is one chunk (then the
+    overlap only pads the volume's faces and the filters' own reflection does the rest)."""
+    return {a: min(depth, min(c)) for a, c in enumerate(chunks)}
+
+
+def ridge_response(volume: da.Array, pixel_size_a: float, settings: MembraneSettings) -> da.Array:
+    """Lazy ridge response (float32, z, y, x) of a volume, chunked with overlap (graph steps 1-2)."""
+    scale, integration = settings.scales_vox(pixel_size_a)
+    depth = overlap_depth(scale, integration)
+    if min(volume.shape) < 2:
+        raise ModelError("data", f"a volume of shape {volume.shape} is too thin for a 3D membrane filter")
+    cubes = volume.astype(np.float32).rechunk(balanced_chunks(volume.shape, max(settings.chunk_voxels, 2 * depth)))
+    return cubes.map_overlap(
+        membrane_ridge, depth=axis_depths(cubes.chunks, depth), boundary="reflect", dtype=np.float32,
+        scale_vox=scale, integration_vox=integration, polarity=settings.polarity,
+    )
+
+
+def segment_membranes(
+    tomogram: Tomogram, settings: MembraneSettings | None = None, *, quiet: bool = False
+) -> MembraneSegmentation:
+    """Segment membranes of a (lazy) tomogram; see the module docstring for the graph.
+
+    Computes only the threshold statistics and the component tables (progress shown unless
+    `quiet`); the returned labels are lazy, on the tomogram's coordinates.
+    """
+    if not isinstance(tomogram, Tomogram):
+        raise ModelError("tomogram", f"expected a cryocloud Tomogram (z, y, x), got {type(tomogram).__name__}")
+    settings = settings or MembraneSettings()
+    px = tomogram.pixel_size
+    data = tomogram.data.data
+    volume = data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks=settings.chunk_voxels)
+    ridge = ridge_response(volume, px, settings)
+    thresholds = automatic_thresholds(ridge, settings.low, settings.high, quiet=quiet)
+    min_voxels = int(math.ceil(settings.min_size_a2 / px**2))
+    surfaces, count = hysteresis_components(
+        ridge, thresholds.low, thresholds.high, min_voxels, quiet=quiet, description="membrane components"
+    )
+    half = settings.thickness_a / 2 / px
+    labels = surfaces
+    if half > 0:
+        depth = axis_depths(surfaces.chunks, int(math.ceil(half)) + 1)
+        labels = surfaces.map_overlap(_thicken, depth=depth, boundary="none", dtype=np.uint32, half_vox=half)
+    attrs = {
+        "pixel_size": px,
+        "segmentation": {
+            **settings.model_dump(mode="json"),
+            "threshold_low": thresholds.low,
+            "threshold_high": thresholds.high,
+            "noise_median": thresholds.median,
+            "noise_spread": thresholds.spread,
+            "membranes": count,
+        },
+    }
+    coords = {d: tomogram.data.coords[d] for d in ("z", "y", "x")}
+    name = f"{tomogram.data.name or 'tomogram'}_membranes"
+    return MembraneSegmentation(
+        labels=xr.DataArray(labels, dims=("z", "y", "x"), coords=coords, attrs=attrs, name=name),
+        ridge=xr.DataArray(ridge, dims=("z", "y", "x"), coords=coords, attrs={"pixel_size": px}, name=f"{name}_ridge"),
+        thresholds=thresholds,
+        count=count,
+        settings=settings,
+    )
