@@ -32,7 +32,7 @@ def test_class_weights_favour_rare_classes():
 
 
 def test_held_out_twin_f_beta():
-    """A short training (80 steps of 2 boxes of 32^3, a 2-level U-Net with 8 base channels) on two
+    """A short training (160 steps of 2 boxes of 32^3, a 2-level U-Net with 8 base channels) on two
     twins picks the held-out twin's 8 particles. Floor: F4 >= 0.85 within half the particle radius.
     With 8 true particles F4 (recall weighted 16x) reaches 0.85 only when at least 7 are found
     (7/8 recall and perfect precision give F4 = 0.877; 6/8 caps it at 0.76), and precision is
@@ -41,7 +41,7 @@ def test_held_out_twin_f_beta():
 
     radius = float((3 * read_atomic_model(str(BUNDLED_STRUCTURE)).mass_da * 1.21 / (4 * np.pi)) ** (1 / 3))
     (t1, p1, l1), (t2, p2, l2), (t3, truth, _) = (_twin(s) for s in (1, 2, 3))
-    settings = TrainSettings(steps=80, batch_size=2, patch=32, patches_per_tomogram=32, device="cpu")
+    settings = TrainSettings(steps=160, batch_size=2, patch=32, patches_per_tomogram=32, device="cpu")
     picker = train([t1, t2], [p1, p2], radius_a=radius, settings=settings, membranes=[l1, l2], log=None)
     assert picker.config.classes == ["background", "particle", "membrane"]
     assert all((labels.data == 2).any() for labels in (l1, l2))  # the membrane class is not empty

@@ -67,7 +67,7 @@ def pick(
     format: Optional[str] = typer.Option(None, "--format", help="ndjson | star | copick | csv (default from the name)."),
     threshold: float = typer.Option(0.5, "--threshold", help="Probability above which voxels form particles."),
     min_fraction: float = typer.Option(0.1, "--min-fraction", help="Smallest component kept, in particle-ball volumes."),
-    max_fraction: float = typer.Option(3.0, "--max-fraction", help="Largest component kept, in particle-ball volumes."),
+    max_fraction: float = typer.Option(8.0, "--max-fraction", help="Largest component kept, in particle-ball volumes."),
     tile: int = typer.Option(128, "--tile", help="Tile edge (voxels, a multiple of 4, >= the overlap)."),
     probabilities: Optional[str] = typer.Option(None, "--probabilities", help="Also write the particle probability map (OME-Zarr)."),
     object_name: str = typer.Option("particle", "--object-name", help="Class / copick object name."),
@@ -102,7 +102,11 @@ def pick(
             write_tomogram(probability, probabilities, overwrite=overwrite, storage_options=write_options, metadata={"picker": model_dir})
             probability = _read_volume(probabilities, write_options)
         else:
-            probability = probability.with_data(probability.data.data.persist())
+            from distributed import progress
+
+            persisted = probability.data.data.persist()
+            progress(persisted)
+            probability = probability.with_data(persisted)
         particles = picks_from_probability(
             probability.data, radius_a=radius, threshold=threshold, min_fraction=min_fraction, max_fraction=max_fraction,
             tomogram=tomogram_url, class_name=object_name,

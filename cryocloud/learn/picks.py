@@ -4,7 +4,8 @@ Components are labelled tile by tile on the lazy map, each tile read with a marg
 largest accepted component's extent (2 x max radius); a component belongs to the tile whose core
 holds its centroid, so a particle on a tile border is counted once and seen whole. Components
 smaller than `min_fraction` or larger than `max_fraction` of the particle ball's volume
-(4/3 pi r^3 voxels) are dropped. Position = centroid (voxel centres, then Angstrom), score = mean
+(4/3 pi r^3 voxels) are dropped: specks below, membranes and aggregates above (a briefly trained
+network predicts particles up to several ball volumes, hence the generous default maximum). Position = centroid (voxel centres, then Angstrom), score = mean
 probability over the component. Only the component tables are computed.
 """
 
@@ -40,7 +41,7 @@ def picks_from_probability(
     radius_a: float,
     threshold: float = 0.5,
     min_fraction: float = 0.1,
-    max_fraction: float = 3.0,
+    max_fraction: float = 8.0,
     tomogram: str = "",
     class_name: str = "particle",
 ) -> Particles:
