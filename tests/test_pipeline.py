@@ -58,7 +58,8 @@ def test_unknown_key_and_bad_value_name_the_key(tmp_path, capsys):
 def test_pipeline_aligns_misaligned_data_and_writes_to_s3(s3_bucket):
     sim = {"preset": "small", "overrides": {"shape_zyx": (48, 256, 256), "pixel_size_a": 10.0, "n_particles": 20,
                                             "tilt_axis_angle_deg": 85.0, "shift_sigma_a": 40.0}}
-    cfg = PipelineConfig(output=f"{s3_bucket.url}/run1", storage_options=s3_bucket.storage_options, simulate=sim)
+    cfg = PipelineConfig(output=f"{s3_bucket.url}/run1", storage_options=s3_bucket.storage_options, simulate=sim,
+                         stages=["simulate", "ctf", "align", "reconstruct", "match", "peaks"])
     summary = run_pipeline(cfg)
     assert summary["align"]["axis_error_deg"] < 0.5 and summary["align"]["shift_rms_px"] < 1.0
     assert summary["reconstruct"]["correlation_with_truth"] < -0.1
@@ -66,5 +67,8 @@ def test_pipeline_aligns_misaligned_data_and_writes_to_s3(s3_bucket):
     with open_url(f"{s3_bucket.url}/run1/summary.json", "r", storage_options=s3_bucket.storage_options) as fh:
         stored = json.load(fh)
     assert stored["reconstruct"]["shape_zyx"] == summary["reconstruct"]["shape_zyx"] == [48, 256, 256]
+    with open_url(f"{s3_bucket.url}/run1/report.html", "r", storage_options=s3_bucket.storage_options) as fh:
+        page = fh.read()
+    assert page.count("src='data:image/png;base64,") == 7  # montage, CTF x2, residuals, tomogram slices, scores x2
     tomo = read_tomogram(f"{s3_bucket.url}/run1/reconstruct/tomogram.zarr", storage_options=s3_bucket.storage_options)
     assert np.isfinite(tomo.data[24].values).all()

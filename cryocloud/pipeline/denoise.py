@@ -13,15 +13,18 @@ from cryocloud.pipeline.context import RunContext, complete
 from cryocloud.pipeline.tomo import correlation_with_truth
 
 
-def series_defocus(ctx: RunContext) -> float:
-    """Defocus (A) for the filter: the config's, else the mean estimated by the ctf stage, else
-    the value recorded on the tilt series."""
+NO_DEFOCUS = "no defocus is known (the ctf stage did not run or was skipped); set it in the config (A)"
+
+
+def series_defocus(ctx: RunContext) -> float | None:
+    """Defocus (A) for the filter: the config's, else the mean of the tilt series' defocus values
+    (estimated by the ctf stage or stored with the input); None when neither is known."""
     if ctx.config.denoise.defocus_a is not None:
         return ctx.config.denoise.defocus_a
     ts = ctx.results["tilt_series"]
     u, v = ts.per_tilt("defocus_u"), ts.per_tilt("defocus_v")
     if u is None or v is None or not np.all(np.isfinite(u)):
-        raise ModelError("denoise.defocus_a", "no defocus is known (the ctf stage did not run or was skipped); set it in the config (A)")
+        return None
     return float(np.mean(0.5 * (u + v)))
 
 
@@ -35,9 +38,15 @@ def stage_denoise(ctx: RunContext, overwrite: bool) -> None:
     url = ctx.url("denoise", "tomogram.zarr")
     tomo = ctx.results["tomogram"]
     stored = None if overwrite else complete(lambda: read_tomogram(url, storage_options=so))
+    defocus = series_defocus(ctx)
+    if stored is None and defocus is None:
+        if ctx.config.stages and "denoise" in ctx.config.stages:
+            raise ModelError("denoise.defocus_a", NO_DEFOCUS)
+        ctx.summary["denoise"] = {"skipped": f"denoise.defocus_a: {NO_DEFOCUS}"}  # a default stage gives way
+        return
     if stored is None:
         settings = DeconvSettings(strength=p.strength, snr_falloff=p.snr_falloff, highpass_nyquist=p.highpass_nyquist)
-        denoised = deconvolve(tomo, settings, defocus_a=series_defocus(ctx), tile=p.tile, depth=p.overlap)
+        denoised = deconvolve(tomo, settings, defocus_a=defocus, tile=p.tile, depth=p.overlap)
         write_tomogram(denoised, url, chunks=(p.tile,) * 3, overwrite=True, storage_options=so,
                        metadata={"stage": "denoise", "parameters": p.model_dump(), "defocus_a": denoised.data.attrs.get("defocus_a")})
         stored = read_tomogram(url, storage_options=so)

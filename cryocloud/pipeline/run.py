@@ -60,10 +60,10 @@ def run_series(config: PipelineConfig, *, rerun_from: str | None = None, label: 
     ctx.summary["software"] = {"cryocloud": __version__}
     overwrite = False
     prefix = f"[{label}] " if label else ""
-    for name in names:
+    for number, name in enumerate(names, start=1):
         overwrite = overwrite or name == rerun_from
         start = time.perf_counter()
-        print(f"{prefix}[stage] {name}")
+        print(f"{prefix}[stage {number}/{len(names)}] {name}")
         STAGES[name](ctx, overwrite)
         ctx.summary.setdefault(name, {})["seconds"] = round(time.perf_counter() - start, 2)
     ctx.summary["stages"] = names
