@@ -124,3 +124,13 @@ def test_model_folder_round_trip(tmp_path):
         save_picker(picker, str(tmp_path / "m"))
     with pytest.raises(StoreError, match="not a trained picker"):
         load_picker(str(tmp_path / "nothing"))
+
+
+def test_missing_torch_names_the_extra(monkeypatch):
+    import sys
+
+    from cryocloud.learn.torch_import import LearnExtraMissing, import_torch
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # what an environment without torch sees
+    with pytest.raises(LearnExtraMissing, match=r'pip install "cryocloud\[learn\]"'):
+        import_torch()
