@@ -60,6 +60,10 @@ def match(
     tilt_range: Optional[str] = typer.Option(None, "--tilt-range", help="MIN,MAX,STEP (deg): a plain wedge when no tilt series is given."),
     ctf: str = typer.Option("signed", "--ctf", help="signed (not CTF-corrected) | abs (phase-flipped) | none."),
     whiten: bool = typer.Option(False, "--whiten", help="Spectral whitening from the tomogram's power spectrum."),
+    defocus_gradient: bool = typer.Option(
+        True, "--defocus-gradient/--no-defocus-gradient", help="CTF weight at each sub-volume's own defocus (depth, distance from the tilt axis)."
+    ),
+    background: bool = typer.Option(False, "--background-correction", help="Subtract a phase-randomised template search's excess score (2x the time)."),
     subvolume: int = typer.Option(128, "--subvolume", help="FFT box edge (voxels, overlap included)."),
     batch_size: int = typer.Option(1000, "--batch-size", help="Rotations per task."),
     tomogram_mask: Optional[str] = typer.Option(None, "--tomogram-mask", help="OME-Zarr / MRC mask: search where > 0."),
@@ -82,7 +86,9 @@ def match(
         volume, template_px = read_map(template_path, voxel_size=template_voxel_size, storage_options=read_options)
     check_fits(volume.shape, template_px, tomo.shape, px, source=template_path)
     template = prepare_template(volume, template_px, px, mask_radius_a=mask_radius, non_spherical=non_spherical_mask, invert=invert)
-    settings = MatchSettings(resolution_a=resolution, subvolume=subvolume, batch_size=batch_size, ctf=ctf, whiten=whiten)
+    settings = MatchSettings(
+        resolution_a=resolution, subvolume=subvolume, batch_size=batch_size, ctf=ctf, whiten=whiten, defocus_gradient=defocus_gradient, background=background
+    )
     if angle_list:
         with open_url(angle_list, "r", storage_options=read_options) as f:
             rotations = parse_angle_list(f.read(), source=angle_list)

@@ -31,7 +31,7 @@ from cryocloud.errors import ModelError
 from cryocloud.geometry import centre_index
 from cryocloud.model import Tomogram
 from cryocloud.pick import score as sc
-from cryocloud.pick.template import Template
+from cryocloud.pick.template import Template, phase_randomised
 from cryocloud.pick.weighting import CtfMode, TiltWeighting, lowpass, radial_power, tilt_weight, tilt_weight_at, whitening
 
 FAST_SIZES = (64, 72, 80, 96, 108, 120, 128, 144, 160, 180, 192, 216, 240, 256)
@@ -44,7 +44,9 @@ class MatchSettings:
     task; `ctf`: "signed" | "abs" | "none"; `whiten`: spectral whitening from the tomogram;
     `defocus_gradient`: each sub-volume's CTF weight uses every tilt's defocus at the sub-volume's
     centre (depth and distance from the tilt axis, `TiltWeighting.at`) instead of the tilt's
-    defocus at the tomogram centre."""
+    defocus at the tomogram centre; `background`: also search with a phase-randomised template
+    (same power spectrum, no structure) and subtract its best score's local excess over its
+    mean (see `match`)."""
 
     resolution_a: float | None = None
     subvolume: int = 128
@@ -52,6 +54,7 @@ class MatchSettings:
     ctf: CtfMode = "signed"
     whiten: bool = False
     defocus_gradient: bool = True
+    background: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,8 @@ def _clipped(block: Block, box: int, shape) -> tuple[slice, ...]:
 @dataclass(frozen=True)
 class _Setup:
     """The search's shared parts. `base` (K,) the weight on the band without the tilt weighting
-    (low-pass x whitening); `tilts` set when each sub-volume gets its own CTF weight."""
+    (low-pass x whitening); `tilts` set when each sub-volume gets its own CTF weight; `background`
+    the phase-randomised template's spectrum for the background correction."""
 
     spectrum: sc.TemplateSpectrum
     grid: sc.BandGrid
@@ -121,6 +125,7 @@ class _Setup:
     voxel_size: float
     tilts: TiltWeighting | None = None
     ctf: CtfMode = "signed"
+    background: sc.TemplateSpectrum | None = None
 
     def band_weight(self, position_a: np.ndarray) -> np.ndarray | None:
         """The band's weight for a sub-volume centred at `position_a` (x, y, z A from the tomogram
@@ -145,7 +150,10 @@ def _setup(template: Template, box: int, tilts: TiltWeighting | None, settings: 
     grid = sc.band_grid(shape, weight.astype(np.float32), k_max)
     spectrum = sc.template_spectrum(template.data, template.mask, spherical=template.spherical)
     per_block = tilts is not None and settings.defocus_gradient and settings.ctf != "none" and tilts.defocus_u is not None
-    return _Setup(spectrum, grid, prefilter, base.reshape(-1)[grid.flat].astype(np.float32), px, tilts if per_block else None, settings.ctf)
+    background = None
+    if settings.background:
+        background = sc.template_spectrum(phase_randomised(template.data), template.mask, spherical=template.spherical)
+    return _Setup(spectrum, grid, prefilter, base.reshape(-1)[grid.flat].astype(np.float32), px, tilts if per_block else None, settings.ctf, background)
 
 
 def _block_power(data: np.ndarray, block: Block, box: int) -> np.ndarray:
@@ -173,15 +181,20 @@ def block_position(block: Block, shape: tuple[int, int, int], voxel_size: float)
 
 
 def _search(sub: sc.Subvolume | None, setup: _Setup, rotations: np.ndarray, first: int, template: Template, core_shape) -> tuple:
+    """(best score, orientation index, score moments, best background score or None) of a batch."""
+    background = None if setup.background is None else np.full(core_shape, -np.inf, dtype=np.float32)
     if sub is None:
-        return np.zeros(core_shape, np.float32), np.zeros(core_shape, np.int32), np.zeros(3)
-    return sc.search_orientations(sub, setup.spectrum, setup.grid, rotations, first, template.mask)
+        return np.zeros(core_shape, np.float32), np.zeros(core_shape, np.int32), np.zeros(3), background
+    found = sc.search_orientations(sub, setup.spectrum, setup.grid, rotations, first, template.mask, background=setup.background, background_best=background)
+    return (*found, background)
 
 
 def _combine(a: tuple, b: tuple) -> tuple:
-    """Keep the better score per voxel with its orientation; add the score moments."""
+    """Keep the better score per voxel with its orientation; add the score moments; keep the
+    better background score."""
     better = b[0] > a[0]
-    return np.where(better, b[0], a[0]), np.where(better, b[1], a[1]), a[2] + b[2]
+    background = None if a[3] is None else np.maximum(a[3], b[3])
+    return np.where(better, b[0], a[0]), np.where(better, b[1], a[1]), a[2] + b[2], background
 
 
 def _tree_reduce(parts: list):
@@ -191,15 +204,17 @@ def _tree_reduce(parts: list):
 
 
 def _finish(result, mask_core: np.ndarray | None, cache: "BlockCache | None", key: str):
-    best, index, moments = result
-    best = np.where(np.isfinite(best), best, 0).astype(np.float32)
+    best, index, moments, background = result
+    maps = [best] if background is None else [best, background]
+    maps = [np.where(np.isfinite(m), m, 0).astype(np.float32) for m in maps]
     if mask_core is not None:
-        best = np.where(mask_core, best, 0).astype(np.float32)
-        index = np.where(mask_core, index, 0).astype(np.int32)
+        maps = [np.where(mask_core, m, 0).astype(np.float32) for m in maps]
+        index = np.where(mask_core, index, 0)
     index = index.astype(np.int32)
+    background = None if background is None else maps[1]
     if cache is not None:
-        cache.save(key, best, index, moments)
-    return best, index, moments
+        cache.save(key, maps[0], index, moments, background)
+    return maps[0], index, moments, background
 
 
 @dataclass(frozen=True)
@@ -217,11 +232,11 @@ class BlockCache:
     def has(self, key: str) -> bool:
         return self._location(key).exists()
 
-    def save(self, key: str, best: np.ndarray, index: np.ndarray, moments: np.ndarray) -> None:
+    def save(self, key: str, best: np.ndarray, index: np.ndarray, moments: np.ndarray, background: np.ndarray | None = None) -> None:
         from cryocloud.store import open_url
 
         buffer = io.BytesIO()
-        np.savez(buffer, score=best, index=index, moments=moments)
+        np.savez(buffer, score=best, index=index, moments=moments, **({} if background is None else {"background": background}))
         loc = self._location(key)
         partial = loc.url + ".partial"  # a reader never sees half a block
         with open_url(partial, "wb", storage_options=self.storage_options) as f:
@@ -229,12 +244,12 @@ class BlockCache:
         fs = loc.filesystem()
         fs.mv(loc.path + ".partial", loc.path)
 
-    def load(self, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def load(self, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         from cryocloud.store import open_url
 
         with open_url(self._location(key).url, "rb", storage_options=self.storage_options) as f:
             stored = np.load(io.BytesIO(f.read()))
-            return stored["score"], stored["index"], stored["moments"]
+            return stored["score"], stored["index"], stored["moments"], stored["background"] if "background" in stored else None
 
 
 def fingerprint(template: Template, rotations: np.ndarray, tilts: TiltWeighting | None, settings: MatchSettings, shape) -> str:
@@ -255,13 +270,15 @@ class MatchResult:
     """Lazy results: `scores` (z, y, x) float32 and `orientation` (z, y, x) int32 indices into
     `rotations` (N, 3, 3); `searched` (z, y, x) bool, the voxels searched (None: all);
     `moments` a Delayed (sum, sum of squares, count) of every score evaluated (voxels x
-    orientations), whose standard deviation sets the false-alarm threshold."""
+    orientations), whose standard deviation sets the false-alarm threshold; `background` (z, y, x)
+    float32 the phase-randomised search's best score (None without background correction)."""
 
     scores: xr.DataArray
     orientation: xr.DataArray
     rotations: np.ndarray
     moments: Delayed
     searched: xr.DataArray | None = None
+    background: xr.DataArray | None = None
 
     def score_std(self) -> tuple[float, float]:
         """(standard deviation of all evaluated scores, their count); computes the moments."""
@@ -284,6 +301,12 @@ def match(
 
     The template must be at the tomogram's voxel size. `tomogram_mask` (z, y, x) boolean marks the
     voxels to search; sub-volumes without any are skipped.
+
+    With `settings.background` the score map is corrected: score - background + mean(background)
+    (the mean over the searched voxels), where background is the best score of the same search
+    with a phase-randomised template. Places that correlate with anything of the template's power
+    spectrum (dense, high-contrast matter) lose their excess; elsewhere the map keeps the scale of
+    the uncorrected scores, so the false-alarm threshold from their standard deviation still holds.
     """
     if abs(template.voxel_size - tomogram.pixel_size) > 1e-3 * tomogram.pixel_size:
         raise ModelError("voxel_size", f"template is at {template.voxel_size} A but the tomogram at {tomogram.pixel_size} A; resample the template")
@@ -309,8 +332,11 @@ def match(
     setup = dask.delayed(_setup, pure=True)(template_d, box, tilts, settings, power)
     batches = [(start, dask.delayed(rotations[start : start + settings.batch_size], pure=True)) for start in range(0, len(rotations), settings.batch_size)]
 
+    coords = {d: tomogram.data.coords[d] for d in ("z", "y", "x")}
+    attrs = {"pixel_size": tomogram.pixel_size}
     score_blocks = np.empty([max(b.index[a] for b in blocks) + 1 for a in range(3)], dtype=object)
     index_blocks = np.empty_like(score_blocks)
+    background_blocks = np.empty_like(score_blocks)
     moments = []
     for block in blocks:
         core_slices = tuple(slice(a, b) for a, b in block.core)
@@ -324,14 +350,22 @@ def match(
             done = dask.delayed(_finish, pure=False)(_tree_reduce(parts), mask_core, cache, block.key)
         score_blocks[block.index] = da.from_delayed(done[0], block.core_shape, dtype=np.float32)
         index_blocks[block.index] = da.from_delayed(done[1], block.core_shape, dtype=np.int32)
+        if settings.background:
+            background_blocks[block.index] = da.from_delayed(done[3], block.core_shape, dtype=np.float32)
         moments.append(done[2])
 
-    coords = {d: tomogram.data.coords[d] for d in ("z", "y", "x")}
-    attrs = {"pixel_size": tomogram.pixel_size}
-    scores = xr.DataArray(da.block(score_blocks.tolist()), dims=("z", "y", "x"), coords=coords, name="scores", attrs=attrs)
+    score_map = da.block(score_blocks.tolist())
+    background = None
+    if settings.background:
+        background = da.block(background_blocks.tolist())
+        inside = da.ones(shape, dtype=bool, chunks=score_map.chunks) if mask is None else mask.rechunk(score_map.chunks)
+        level = background.sum() / da.maximum(inside.sum(), 1)
+        score_map = da.where(inside, score_map - background + level, 0).astype(np.float32)
+        background = xr.DataArray(background, dims=("z", "y", "x"), coords=coords, name="background", attrs=attrs)
+    scores = xr.DataArray(score_map, dims=("z", "y", "x"), coords=coords, name="scores", attrs=attrs)
     orientation = xr.DataArray(da.block(index_blocks.tolist()), dims=("z", "y", "x"), coords=coords, name="orientation", attrs=attrs)
     searched = None if mask is None else xr.DataArray(mask, dims=("z", "y", "x"), coords=coords, name="searched", attrs=attrs)
-    return MatchResult(scores, orientation, rotations, dask.delayed(_sum_moments, pure=True)(*moments), searched)
+    return MatchResult(scores, orientation, rotations, dask.delayed(_sum_moments, pure=True)(*moments), searched, background)
 
 
 def _sum_moments(*moments: np.ndarray) -> np.ndarray:

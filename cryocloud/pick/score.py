@@ -338,16 +338,25 @@ def search_orientations(
     rotations: np.ndarray,
     first_index: int = 0,
     mask: np.ndarray | None = None,
+    *,
+    background: TemplateSpectrum | None = None,
+    background_best: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best score and orientation index (first_index + i) per core voxel over `rotations` (N, 3, 3),
     and the moments (sum, sum of squares, count) of all scores evaluated.
 
-    A non-spherical search also needs the template `mask` (b, b, b) for its voxel count.
+    A non-spherical search also needs the template `mask` (b, b, b) for its voxel count. With a
+    `background` spectrum (a phase-randomised template) the same rotations are searched with it too
+    and its best score per core voxel is kept in `background_best` (core shape, float32, updated
+    in place; start it at -inf).
     """
     shape = sub.shape
     best = np.full(sub.core_shape, -np.inf, dtype=np.float32)
     best_index = np.zeros(sub.core_shape, dtype=np.int32)
     moments = np.zeros(3, dtype=np.float64)
+    searches = [(spectrum, best, best_index, moments)]
+    if background is not None:
+        searches.append((background, background_best, np.zeros(sub.core_shape, dtype=np.int32), np.zeros(3, dtype=np.float64)))
     inverse = BandInverse(grid)
     compact = inverse.compact.reshape(-1)
     lo = np.asarray(sub.lo, dtype=np.int64)
@@ -355,16 +364,13 @@ def search_orientations(
     full = None if sub.scale is not None else _full_band(shape)
     weight = grid.weight if sub.band_weight is None else sub.band_weight
     for i, rot in enumerate(np.asarray(rotations, dtype=np.float64)):
-        norm2 = _fill_rotated(rot, spectrum.values, grid.kxyz, weight, grid.multiplicity, sub.vhat_band, grid.compact_flat, compact)
-        if norm2 <= 0:
-            continue
-        corr = inverse()
-        if sub.scale is not None:
-            scale = sub.scale
-        else:
-            scale = _rotated_mask_scale(sub, spectrum, full, rot, float(mask.sum()), lo)
-        inv_norm = inverse.factor / np.sqrt(norm2 / n_voxels)
-        _update_best(corr, lo, scale, np.float32(inv_norm), best, best_index, np.int32(first_index + i), moments)
+        scale = sub.scale if sub.scale is not None else _rotated_mask_scale(sub, spectrum, full, rot, float(mask.sum()), lo)
+        for values, best_of, index_of, moments_of in searches:
+            norm2 = _fill_rotated(rot, values.values, grid.kxyz, weight, grid.multiplicity, sub.vhat_band, grid.compact_flat, compact)
+            if norm2 <= 0:
+                continue
+            inv_norm = inverse.factor / np.sqrt(norm2 / n_voxels)
+            _update_best(inverse(), lo, scale, np.float32(inv_norm), best_of, index_of, np.int32(first_index + i), moments_of)
     return best, best_index, moments
 
 

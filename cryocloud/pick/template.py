@@ -89,6 +89,17 @@ def resample(volume: np.ndarray, voxel_size: float, target_voxel_size: float) ->
     return (np.fft.ifftn(np.fft.ifftshift(out)).real * (m / n) ** 3).astype(np.float32)
 
 
+def phase_randomised(volume: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The volume with the same Fourier amplitudes and random phases (z, y, x) float32: a template
+    with the same power spectrum and no structure (background correction). The mean is kept."""
+    v = np.asarray(volume, dtype=np.float64)
+    spectrum = np.fft.rfftn(v)
+    noise = np.fft.rfftn(np.random.default_rng(seed).normal(size=v.shape))  # Hermitian-consistent phases
+    randomised = np.abs(spectrum) * np.exp(1j * np.angle(noise))
+    randomised.flat[0] = spectrum.flat[0]
+    return np.fft.irfftn(randomised, s=v.shape, axes=tuple(range(v.ndim))).astype(np.float32)
+
+
 def pad_to_box(volume: np.ndarray, box: int) -> np.ndarray:
     """Centre a cubic volume in a (box, box, box) array (padding with zeros or cropping)."""
     n = volume.shape[0]
