@@ -28,6 +28,8 @@ from cryocloud.errors import CryocloudError, StoreError
 # one GET per chunk object: s3fs's concurrent ranged download (max_concurrency > 1) costs a HEAD
 # request per object to learn its size, and chunks are far smaller than its block size
 _S3_DEFAULTS = {"max_concurrency": 1}
+# public data read in place and never written (cryocloud.store.portal reads this bucket anonymously)
+READ_ONLY_BUCKETS = frozenset({"cryoet-data-portal-public"})
 # Retries: botocore retries each request on 500/502/503/504, throttling (SlowDown), timeouts and
 # dropped connections ("standard" mode: up to `total_max_attempts` attempts, exponential backoff with
 # jitter, at most 20 s a wait); s3fs wraps each call once more (S3FS_RETRIES attempts), which also
@@ -84,7 +86,22 @@ class Location:
         return posixpath.basename(self.path.rstrip("/"))
 
     def child(self, *parts: str) -> "Location":
+        """The location of relative key(s) under this one; StoreError for a key that is absolute or
+        climbs out with `..` (a name from user data or a listing must never escape the prefix)."""
+        for part in parts:
+            text = str(part)
+            segments = text.replace("\\", "/").split("/")
+            if text.startswith(("/", "\\")) or ".." in segments:
+                raise StoreError(self.url, f"key {text!r} must be a relative path inside this prefix (no '..', not absolute)", field="key")
         return Location(self.protocol, posixpath.join(self.path, *parts), self.storage_options)
+
+    def require_writable(self) -> None:
+        """StoreError unless writes may go here: never with anonymous access, never into a public
+        read-only bucket (the CryoET Data Portal's)."""
+        if self.storage_options.get("anon"):
+            raise StoreError(self.url, "anonymous access is read-only: public data are never written; write with credentials to your own location", field="anon")
+        if self.protocol == "s3" and self.path.split("/", 1)[0] in READ_ONLY_BUCKETS:
+            raise StoreError(self.url, "is a public read-only bucket (CryoET Data Portal); write results to your own bucket", field="url")
 
     def filesystem(self) -> fsspec.AbstractFileSystem:
         """A fresh fsspec filesystem for this location (asynchronous for S3)."""
@@ -183,6 +200,8 @@ def open_url(url: str | os.PathLike, mode: str = "rb", *, storage_options: dict 
     Raises StoreError naming the URL when the file (or its bucket) does not exist.
     """
     loc = resolve(url, storage_options)
+    if any(c in mode for c in "wax+"):
+        loc.require_writable()
     fs = loc.filesystem()
     try:
         if "r" in mode and not fs.isfile(loc.path):

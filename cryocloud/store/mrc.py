@@ -222,6 +222,7 @@ def write_mrc(
     files unless `overwrite`, and never writes onto an input of `obj`.
     """
     loc = resolve(url, storage_options)
+    loc.require_writable()
     array, px = _as_volume(obj, pixel_size)
     for src in source_locations(array):
         if src.contains(loc) or loc.contains(src):

@@ -481,6 +481,7 @@ def write_multiscale(
     if data.ndim != len(axes):
         raise StoreError(loc.url, f"data have {data.ndim} dims, expected {len(axes)} ({[a['name'] for a in axes]})", field="dims")
     _refuse_inputs(loc, sources)
+    loc.require_writable()
     with os_errors_as_store_errors(loc.url, "written"):
         zarr_format = NGFF_VERSIONS[ngff_version]
         dtype = np.dtype(data.dtype)
