@@ -3,6 +3,7 @@
 import io
 import json
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -107,5 +108,6 @@ def test_cli_match_then_extract_peaks(tmp_path):
     for p in positions[:, ::-1]:
         assert np.min(np.linalg.norm(found - p, axis=1)) <= 1.0
     assert len(picks) <= len(positions) + 1
-    assert (tmp_path / "picks_slices.png").stat().st_size > 0 and (tmp_path / "picks_histogram.png").stat().st_size > 0
+    slices, histogram = (plt.imread(tmp_path / f"picks_{name}.png") for name in ("slices", "histogram"))  # decodable PNGs
+    assert slices.shape[0] > 300 and slices.shape[1] >= slices.shape[0] and histogram.shape[0] > 300
     assert main(["extract-peaks", str(tmp_path / "nothing"), str(tmp_path / "x.csv")]) == 2
