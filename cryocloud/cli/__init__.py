@@ -15,5 +15,6 @@ from cryocloud.cli import watch_cmds  # noqa: F401
 from cryocloud.cli import denoise_cmds  # noqa: F401
 from cryocloud.cli import curate_cmds  # noqa: F401
 from cryocloud.cli import learn_cmds  # noqa: F401
+from cryocloud.cli import segment_cmds  # noqa: F401
 
 __all__ = ["app", "console_main", "main"]

@@ -1,7 +1,7 @@
 """OME-Zarr multiscale images: safe, resumable writes and lazy, chunk-exact reads.
 
 Layout of one image (a zarr group):
-- arrays ``"0"``, ``"1"``, ... : level n is level n-1 mean-pooled by 2 along the binned
+- arrays ``"0"``, ``"1"``, ... : level n is level n-1 mean-pooled (max-pooled for labels) by 2 along the binned
   (spatial) axes, trimming an odd last voxel; non-spatial axes (tilt) are never binned.
 - ``multiscales`` (NGFF 0.4, zarr format 2, the default) or ``ome.multiscales`` (NGFF 0.5, zarr
   format 3) with a scale AND a translation per level: level n voxel j averages level-0 voxels
@@ -106,7 +106,7 @@ def level_transforms(level: int, pixel_size: float, binned: Sequence[bool]) -> l
 
 
 def multiscales_attrs(
-    axes: list[dict], n_levels: int, pixel_size: float, binned: Sequence[bool], ngff_version: str, name: str
+    axes: list[dict], n_levels: int, pixel_size: float, binned: Sequence[bool], ngff_version: str, name: str, pooling: str = "mean"
 ) -> dict:
     """Group attributes holding the NGFF multiscales for `ngff_version` ("0.4" or "0.5")."""
     multiscale: dict[str, Any] = {
@@ -115,8 +115,8 @@ def multiscales_attrs(
         "datasets": [
             {"path": str(n), "coordinateTransformations": level_transforms(n, pixel_size, binned)} for n in range(n_levels)
         ],
-        "type": "mean",
-        "metadata": {"description": "mean pooling by 2 along spatial axes, odd last voxel trimmed"},
+        "type": pooling,
+        "metadata": {"description": f"{pooling} pooling by 2 along spatial axes, odd last voxel trimmed"},
     }
     if ngff_version == "0.4":
         return {"multiscales": [{"version": "0.4", **multiscale}]}
@@ -382,22 +382,27 @@ def write_level(data: da.Array, array: zarr.Array, loc: Location, array_path: st
     return len(todo)
 
 
-def _pool(block: np.ndarray, binned: tuple[bool, ...], dtype: np.dtype) -> np.ndarray:
+POOLINGS = ("mean", "max")
+
+
+def _pool(block: np.ndarray, binned: tuple[bool, ...], dtype: np.dtype, pooling: str = "mean") -> np.ndarray:
     shape = []
     for n, b in zip(block.shape, binned):
         shape.extend([n // 2, 2] if b else [n, 1])
+    if pooling == "max":  # label images: a voxel keeps a label of the 2^d it covers (the largest id), never an average
+        return block.reshape(shape).max(axis=tuple(range(1, 2 * block.ndim, 2))).astype(dtype, copy=False)
     mean = block.reshape(shape).mean(axis=tuple(range(1, 2 * block.ndim, 2)), dtype=np.float64)
     if np.issubdtype(dtype, np.integer):
         mean = np.rint(mean)
     return mean.astype(dtype, copy=False)
 
 
-def downsample(stored: da.Array, binned: tuple[bool, ...], out_chunks: tuple[int, ...]) -> da.Array:
-    """Mean-pool a stored level by 2 along binned axes; output Dask chunks equal `out_chunks`."""
+def downsample(stored: da.Array, binned: tuple[bool, ...], out_chunks: tuple[int, ...], pooling: str = "mean") -> da.Array:
+    """Pool a stored level by 2 along binned axes ("mean"; "max" for labels); output Dask chunks equal `out_chunks`."""
     trimmed = stored[tuple(slice(0, (n // 2) * 2) if b else slice(None) for n, b in zip(stored.shape, binned))]
     src = trimmed.rechunk(tuple(c * 2 if b else c for c, b in zip(out_chunks, binned)))
     out_block_chunks = tuple(tuple(c // 2 for c in dims) if b else dims for dims, b in zip(src.chunks, binned))
-    return src.map_blocks(_pool, binned, stored.dtype, chunks=out_block_chunks, dtype=stored.dtype)
+    return src.map_blocks(_pool, binned, stored.dtype, pooling, chunks=out_block_chunks, dtype=stored.dtype)
 
 
 def _refuse_inputs(loc: Location, sources: Iterable[Location]) -> None:
@@ -471,8 +476,11 @@ def write_multiscale(
     extra_attrs: dict | None = None,
     sources: Iterable[Location] = (),
     name: str = "image",
+    pooling: str = "mean",
 ) -> dict:
     """Write `data` as an OME-Zarr multiscale image at `loc` (see the module docstring for the order).
+
+    `pooling`: how each level is made from the one above, "mean" (images) or "max" (label images).
 
     Returns a summary: {"levels": [...shapes], "written_blocks": [...per level], "chunks": ...}.
     """
@@ -480,6 +488,8 @@ def write_multiscale(
         raise StoreError(loc.url, f"NGFF version '{ngff_version}' is not supported; expected one of {sorted(NGFF_VERSIONS)}", field="ngff_version")
     if data.ndim != len(axes):
         raise StoreError(loc.url, f"data have {data.ndim} dims, expected {len(axes)} ({[a['name'] for a in axes]})", field="dims")
+    if pooling not in POOLINGS:
+        raise StoreError(loc.url, f"pooling '{pooling}' is not supported; expected one of {POOLINGS}", field="pooling")
     _refuse_inputs(loc, sources)
     loc.require_writable()
     with os_errors_as_store_errors(loc.url, "written"):
@@ -497,9 +507,9 @@ def write_multiscale(
         written = [write_level(data, arrays[0], loc, "0", description=f"writing {loc.url} level 0")]
         for n in range(1, len(shapes)):
             stored = da.from_array(ChunkReader(arrays[n - 1], loc, str(n - 1)), chunks=arrays[n - 1].chunks, asarray=False, fancy=False)
-            pooled = downsample(stored, binned, arrays[n].chunks)
+            pooled = downsample(stored, binned, arrays[n].chunks, pooling)
             written.append(write_level(pooled, arrays[n], loc, str(n), description=f"writing {loc.url} level {n}"))
-        attrs = multiscales_attrs(axes, len(shapes), pixel_size, binned, ngff_version, name)
+        attrs = multiscales_attrs(axes, len(shapes), pixel_size, binned, ngff_version, name, pooling)
         attrs.update(extra_attrs or {})
         group.attrs.update(attrs)
         return {"levels": shapes, "written_blocks": written, "chunks": [a.chunks for a in arrays]}
