@@ -22,13 +22,9 @@ from cryocloud.errors import StoreError
 from cryocloud.store import read_tomogram
 
 
-@pytest.fixture
-def tilt_series_url(tmp_path) -> str:
-    return write_small_tilt_series(tmp_path)
-
-
 @pytest.mark.slow
-def test_client_killed_mid_run_resumes_only_missing_chunks(tilt_series_url, tmp_path):
+def test_client_killed_mid_run_resumes_only_missing_chunks(tmp_path):
+    tilt_series_url = write_small_tilt_series(tmp_path)
     expected = reference_reconstruction(tilt_series_url)
     out = str(tmp_path / "tomo.zarr")
     argv = ["reconstruct", tilt_series_url, out, "--thickness", str(THICKNESS), "--slab-rows", str(SLAB_ROWS)]

@@ -15,13 +15,9 @@ from cryocloud.reconstruct import reconstruct
 from cryocloud.store import read_tilt_series, read_tomogram, write_tomogram
 
 
-@pytest.fixture
-def tilt_series_url(tmp_path) -> str:
-    return write_small_tilt_series(tmp_path)
-
-
 @pytest.mark.slow
-def test_worker_killed_during_reconstruction(tilt_series_url, tmp_path):
+def test_worker_killed_during_reconstruction(tmp_path):
+    tilt_series_url = write_small_tilt_series(tmp_path)
     expected = reference_reconstruction(tilt_series_url)
     out = str(tmp_path / "tomo.zarr")
     marker = str(tmp_path / "killed")
