@@ -16,8 +16,8 @@ from cryocloud.cluster import describe, session
 from cryocloud.errors import OutputExistsError
 from cryocloud.segment import MembraneSettings, segment_membranes
 from cryocloud.segment.figures import save_overlay_png
-from cryocloud.store import open_url, read_mrc, read_tomogram, resolve, write_mrc
-from cryocloud.store.labels import parent_image, read_labels, refuse_existing, write_labels
+from cryocloud.store import open_url, read_labels, read_mrc, read_tomogram, resolve, write_labels, write_mrc
+from cryocloud.store.labels import parent_image, refuse_existing
 
 segment_app = typer.Typer(help="Segmentation of tomograms into NGFF label images.", no_args_is_help=True)
 app.add_typer(segment_app, name="segment")

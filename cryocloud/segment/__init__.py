@@ -2,7 +2,7 @@
 
     from cryocloud.segment import MembraneSettings, segment_membranes
     result = segment_membranes(tomogram)              # lazy labels (z, y, x) uint32
-    write_labels(result.labels, "tomo.zarr/labels/membranes")   # cryocloud.store
+    cryocloud.store.write_labels(result.labels, "tomo.zarr/labels/membranes")
 
 Modules: `hessian` (the filter on one block), `threshold` (automatic thresholds), `components`
 (hysteresis + connected components across chunks), `chunked` (the Dask driver), `evaluate`

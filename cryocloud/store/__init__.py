@@ -6,6 +6,7 @@ metadata last, and resume after an interruption.
 """
 
 from cryocloud.store.images import image_info, read_tilt_series, read_tomogram, write_tilt_series, write_tomogram
+from cryocloud.store.labels import read_labels, write_labels
 from cryocloud.store.location import Location, open_url, resolve
 from cryocloud.store.mdoc import Mdoc, parse_mdoc, read_mdoc
 from cryocloud.store.mrc import mrc_info, read_mrc, read_tilt_series_mrc, write_mrc
@@ -20,6 +21,7 @@ __all__ = [
     "mrc_info",
     "open_url",
     "parse_mdoc",
+    "read_labels",
     "read_mdoc",
     "read_mrc",
     "read_particles_csv",
@@ -29,6 +31,7 @@ __all__ = [
     "read_tomogram",
     "read_xf",
     "resolve",
+    "write_labels",
     "write_mrc",
     "write_particles_csv",
     "write_tilt_series",
