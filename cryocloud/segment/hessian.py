@@ -3,25 +3,26 @@
 All arrays are (z, y, x); scales are Gaussian standard deviations in voxels (the caller converts
 from Angstrom). Steps, for a block that already carries its overlap (see `overlap_depth`):
 
-1. Scale-normalised Hessian H = sigma^2 d^2(G_sigma * v) (Gaussian derivatives, truncated at
-   `TRUNCATE` sigma).
-2. Plate response per voxel: with the eigenvalues ordered by magnitude |l1| <= |l2| <= |l3|, the
-   polarity sign s and the scale-normalised gradient g = sigma grad(G_sigma * v),
-   R = max(s l3 - |l2| - |g . n|, 0) and the plate normal n = the eigenvector of l3.
-   A plate (membrane) has one large curvature across it and two small ones along it; a line has
-   two large ones (R ~ 0), a blob three (R ~ 0). A plate is symmetric across its mid-surface, so
-   g . n vanishes there, while the edge of a dense object (a step, e.g. a ribosome's surface) has
-   its curvature where the gradient is largest: the gradient term rejects edges. Dark plates in a density map are valleys: l3 > 0
-   (s = +1, "dark"); bright plates s = -1 ("bright"); "either" uses |l3|. At sampling fine enough
-   to resolve the bilayer (the CTF makes it dark leaflet / bright centre / dark leaflet) "either"
-   lets all three layers vote for the same mid-surface, so the response is symmetric about it.
+1. Scale-normalised Gaussian derivatives (truncated at `TRUNCATE` sigma): the Hessian
+   H = sigma^2 d^2 (G_sigma * v) and the gradient g = sigma grad(G_sigma * v).
+2. Plate response per voxel: with the eigenvalues of H ordered by magnitude |l1| <= |l2| <= |l3|
+   and the polarity sign s, R = max(s l3 - |l2| - |g . n|, 0), the plate normal n being the
+   eigenvector of l3. A plate (membrane) has one large curvature across it and two small ones
+   along it; a line has two large ones (R ~ 0), a blob three (R ~ 0). A plate is symmetric across
+   its mid-surface, so g . n vanishes there, while the edge of a dense object (a step, e.g. a
+   ribosome's surface) curves most where its gradient is large: the gradient term rejects edges.
+   Dark plates in a density map are valleys, l3 > 0 (s = +1, "dark"); bright plates s = -1
+   ("bright"); "either" uses |l3|. Where the sampling resolves the bilayer (with the CTF it images
+   as dark leaflet / bright centre / dark leaflet) "either" lets all three layers vote for the
+   same mid-surface, so the response is symmetric about it; "dark" alone puts the ridge on one
+   leaflet.
 3. Orientation-coherent integration (a dense, isotropic form of tensor voting): the tensor
-   R n n^T is averaged with a Gaussian of `integration` voxels; with t2 <= t3 its two largest
-   eigenvalues, the plate normal is the eigenvector of t3. Noise gives
-   random normals that cancel; a membrane's agree, so P rises on membranes and falls in ice.
-   The coherence C = (t3 - t2) / t3 (0..1) weights it once more: P = (t3 - t2) C^2. Dense,
-   textured particles give strong but incoherent responses (median C ~ 0.4 at 30 A on simulated
-   ribosomes, below the ~0.5 of ice), membranes coherent ones (~0.75).
+   R n n^T is averaged with a Gaussian of `integration` voxels. With t2 <= t3 the two largest
+   eigenvalues of the average, the plate normal is the eigenvector of t3 and the plateness
+   P = (t3 - t2) C^2 with the coherence C = (t3 - t2) / t3 (0..1). Noise gives random normals that
+   cancel, a membrane's agree, so P rises on membranes and falls in ice; dense, textured particles
+   give strong but incoherent responses (median C ~ 0.4 at 30 A on simulated ribosomes, below the
+   ~0.5 of ice, ~0.75 on membranes), which C^2 damps.
 4. Ridge (non-maximum suppression across the plate): a voxel is kept when P is not smaller than
    P one voxel away on either side along the normal (trilinear interpolation). The ridge is the
    membrane mid-surface, one to two voxels thick.
