@@ -141,6 +141,21 @@ def test_wedge_normals_and_dice():
     assert dice(np.zeros_like(a), np.zeros_like(a)) == 1.0
 
 
+def test_dataarray_input_gives_labels_on_its_coordinates():
+    sheet, _ = _sheet((32, 40, 40), (1, 1, 0), 35.0, amplitude=-1.0)
+    noisy = sheet + 0.2 * np.random.default_rng(5).standard_normal(sheet.shape)
+    tomo = Tomogram.from_array(da.from_array(noisy.astype(np.float32), chunks=16), pixel_size=10.0)
+    result = segment_membranes(tomo.data, MembraneSettings(min_size_a2=0), quiet=True)
+    assert isinstance(result.labels.data, da.Array) and result.labels.dims == ("z", "y", "x")
+    np.testing.assert_array_equal(result.labels.x.values, tomo.data.x.values)
+    assert result.count == 1 and result.labels.dtype == np.uint32
+    _, distance = _sheet((32, 40, 40), (1, 1, 0), 35.0)
+    found = result.mask.values
+    inner = (slice(6, -6),) * 3
+    assert found[inner][np.abs(distance[inner]) <= 1.5].mean() > 0.9  # thickened to 50 A = 5 voxels
+    assert not found[inner][np.abs(distance[inner]) > 4].any()
+
+
 def test_flat_volume_is_a_clear_error():
     tomo = Tomogram.from_array(np.zeros((32, 32, 32), np.float32), pixel_size=10.0)
     with pytest.raises(ModelError, match="ridge response"):

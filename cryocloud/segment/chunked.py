@@ -129,15 +129,18 @@ def ridge_response(volume: da.Array, pixel_size_a: float, settings: MembraneSett
 
 
 def segment_membranes(
-    tomogram: Tomogram, settings: MembraneSettings | None = None, *, quiet: bool = False
+    tomogram: Tomogram | xr.DataArray, settings: MembraneSettings | None = None, *, quiet: bool = False
 ) -> MembraneSegmentation:
-    """Segment membranes of a (lazy) tomogram; see the module docstring for the graph.
+    """Segment membranes of a (lazy) tomogram, or a DataArray (z, y, x) with coordinates in A; see the
+    module docstring for the graph.
 
     Computes only the threshold statistics and the component tables (progress shown unless
     `quiet`); the returned labels are lazy, on the tomogram's coordinates.
     """
+    if isinstance(tomogram, xr.DataArray):
+        tomogram = Tomogram(tomogram)
     if not isinstance(tomogram, Tomogram):
-        raise ModelError("tomogram", f"expected a cryocloud Tomogram (z, y, x), got {type(tomogram).__name__}")
+        raise ModelError("tomogram", f"expected a cryocloud Tomogram or an xarray.DataArray (z, y, x), got {type(tomogram).__name__}")
     settings = settings or MembraneSettings()
     px = tomogram.pixel_size
     data = tomogram.data.data
