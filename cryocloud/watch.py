@@ -70,6 +70,7 @@ class _Series:
     tilt_times: dict[str, float] = field(default_factory=dict)
     state: str = "collecting"  # collecting -> processing -> done | failed
     result: Future | None = None
+    complete_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
 
@@ -79,6 +80,7 @@ class Watcher:
 
     def __init__(self, input_url: str, output_url: str, config: PipelineConfig, settings: WatchSettings, client: Any):
         self.input = resolve(input_url, config.storage_options)
+        self.fs = self.input.filesystem()  # one filesystem for every listing and mdoc read (S3 clients are costly)
         self.output = resolve(output_url, config.storage_options)
         self.config = config
         self.settings = settings
@@ -93,21 +95,22 @@ class Watcher:
         return time.monotonic() - self.start
 
     def _listing(self) -> dict[str, int]:
-        fs = self.input.filesystem()
+        fs = self.fs
         fs.invalidate_cache()
         if not fs.isdir(self.input.path):
-            raise StoreError(self.input.url, "is not a folder or bucket prefix to watch")
+            if self.input.is_local:
+                raise StoreError(self.input.url, "is not a folder to watch")
+            return {}  # a bucket prefix exists once the microscope writes its first object
         return {self.input.child(posixpath.basename(info["name"].rstrip("/"))).url: int(info.get("size") or 0)
                 for info in fs.ls(self.input.path, detail=True) if info.get("type") != "directory"}
 
     def _update_mdoc(self, s: _Series, size: int) -> None:
         if size == s.mdoc_size:
             return
-        with open_url(s.mdoc_url, "r", storage_options=self.input.storage_options) as fh:
-            text = fh.read()
         try:
+            text = self.fs.cat_file(resolve(s.mdoc_url, self.input.storage_options).path).decode("utf-8", errors="replace")
             s.mdoc = parse_mdoc(text, source=s.mdoc_url)
-        except StoreError:  # being written: read it again at the next poll
+        except OSError:  # being written or replaced (StoreError is one too): read it again at the next poll
             return
         s.mdoc_size, s.changed_at = size, self.elapsed()
 
@@ -157,7 +160,7 @@ class Watcher:
         corrected = [s.corrected[movie_url(self.input.url, sub)] for sub in s.mdoc.sub_frame_path]
         root = self.output.child(s.name)
         write_motion(root, s.mdoc, corrected, self.config.motion)
-        stages = self.config.stages or list(WATCH_STAGES)
+        stages = list(WATCH_STAGES if self.config.stages is None else self.config.stages)
         series = self.config.model_copy(update={"input": s.mdoc_url, "inputs": None, "output": root.url, "stages": ["motion", *stages]})
         return run_series(series, label=s.name)
 
@@ -175,7 +178,7 @@ class Watcher:
                 continue
             self._submit_movies(s, listing)
             if self._complete(s):
-                s.state = "processing"
+                s.state, s.complete_at = "processing", round(self.elapsed(), 3)
                 print(f"[watch] {s.name}: {len(s.corrected)} tilts corrected at {self.elapsed():.1f} s; reconstructing")
                 s.result = self.pool.submit(self._process, s)
         for s in self.series.values():
@@ -210,7 +213,8 @@ class Watcher:
     def summary(self) -> dict:
         out = {"input": self.input.url, "seconds": round(self.elapsed(), 3), "series": {
             s.name: {"mdoc": s.mdoc_url, "state": s.state, "n_tilts": 0 if s.mdoc is None else s.mdoc.n_tilts,
-                     "n_corrected": len(s.corrected), "tilt_corrected_at_s": s.tilt_times, "finished_at_s": s.finished_at,
+                     "n_corrected": len(s.corrected), "tilt_corrected_at_s": s.tilt_times, "complete_at_s": s.complete_at,
+                     "finished_at_s": s.finished_at,
                      **({"error": s.error} if s.error else {})}
             for s in self.series.values()}}
         with open_url(self.output.child("watch_summary.json").url, "w", storage_options=self.output.storage_options) as fh:

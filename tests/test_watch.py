@@ -2,6 +2,7 @@
 time); the watcher motion-corrects each tilt as it arrives and reconstructs the series once complete.
 Also the pipeline's motion stage on the same kind of input (`input: X.mdoc`)."""
 
+import io
 import json
 import threading
 import time
@@ -29,9 +30,9 @@ def acquisition():
     return simulate(preset("toy", n_particles=3, frames_per_tilt=4, drift_a=DRIFT_A, seed=3))
 
 
-def microscope(folder, result, name, *, interval_s=0.0, written=None):
-    """Write the movies (TIFF, counts) in acquisition order, appending a SerialEM section to
-    `<name>.mdoc` after each; `written` collects (movie path, time.time()) per movie."""
+def microscope(put, result, name, *, interval_s=0.0, written=None):
+    """Write the movies (TIFF, counts) in acquisition order with `put(file name, bytes)`, rewriting
+    `<name>.mdoc` with one more SerialEM section after each; `written` collects (movie, time.time())."""
     frames = result.frames
     px = frames.pixel_size
     order = np.argsort(frames.per_tilt("acquisition_order"))
@@ -39,15 +40,22 @@ def microscope(folder, result, name, *, interval_s=0.0, written=None):
              f"[T = SerialEM: simulated   Tilt axis angle = {frames.tilt_axis_angle}, binning = 1]\n"
     sections = []
     for k, i in enumerate(order):
-        movie = folder / f"{name}_{k:03d}.tif"
-        tifffile.imwrite(movie, np.asarray(frames.data.data[i]).astype(np.uint16), photometric="minisblack")
+        movie = f"{name}_{k:03d}.tif"
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, np.asarray(frames.data.data[i]).astype(np.uint16), photometric="minisblack")
+        put(movie, buf.getvalue())
         if written is not None:
             written.append((movie, time.time()))
         sections.append(f"\n[ZValue = {k}]\nTiltAngle = {frames.tilt_angles[i]:.2f}\nExposureDose = {frames.per_tilt('exposure')[i]:.3f}\n"
-                        f"PixelSpacing = {px}\nSubFramePath = D:\\frames\\{movie.name}\nDateTime = 24-Nov-26  10:{k // 60:02d}:{k % 60:02d}\n")
-        (folder / f"{name}.mdoc").write_text(header + "".join(sections))
+                        f"PixelSpacing = {px}\nSubFramePath = D:\\frames\\{movie}\nDateTime = 24-Nov-26  10:{k // 60:02d}:{k % 60:02d}\n")
+        put(f"{name}.mdoc", (header + "".join(sections)).encode())
         time.sleep(interval_s)
-    return folder / f"{name}.mdoc"
+    return f"{name}.mdoc"
+
+
+def into(folder):
+    """A `put` writing files into a local folder."""
+    return lambda name, data: (folder / name).write_bytes(data)
 
 
 def _drift_error_px(shifts_csv, result) -> float:
@@ -69,10 +77,10 @@ def test_watch_corrects_tilts_as_they_arrive_and_reconstructs(tmp_path, acquisit
     cfg = tmp_path / "live.yaml"
     cfg.write_text(yaml.safe_dump({"stages": ["align", "reconstruct"], **FAST}))
     written = []
-    writer = threading.Thread(target=microscope, args=(incoming, acquisition, "ts01"), kwargs={"interval_s": 0.4, "written": written})
+    writer = threading.Thread(target=microscope, args=(into(incoming), acquisition, "ts01"), kwargs={"interval_s": 0.3, "written": written})
     writer.start()
     try:
-        code = main(["watch", str(incoming), str(out), "--config", str(cfg), "--poll", "0.2", "--quiet", "3",
+        code = main(["watch", str(incoming), str(out), "--config", str(cfg), "--poll", "0.2", "--quiet", "10",
                      "--max-series", "1", "--timeout", "300", "--workers", "1"])
     finally:
         writer.join()
@@ -80,7 +88,7 @@ def test_watch_corrects_tilts_as_they_arrive_and_reconstructs(tmp_path, acquisit
     summary = json.loads((out / "watch_summary.json").read_text())["series"]["ts01"]
     assert summary["state"] == "done" and summary["n_tilts"] == summary["n_corrected"] == 21
     # each tilt was motion-corrected while the microscope was still collecting
-    last_movie_time = written[-1][1]
+    last_movie_time = written[-1][1]  # file times and time.time() share the clock here
     per_tilt = sorted((out / "ts01" / "motion" / "tilts").glob("*.mrc"))
     assert len(per_tilt) == 21
     early = [p for p in per_tilt if p.stat().st_mtime < last_movie_time]
@@ -96,7 +104,7 @@ def test_watch_corrects_tilts_as_they_arrive_and_reconstructs(tmp_path, acquisit
 def test_pipeline_motion_stage_from_mdoc(tmp_path, acquisition):
     folder = tmp_path / "movies"
     folder.mkdir()
-    mdoc = microscope(folder, acquisition, "ts02")
+    mdoc = folder / microscope(into(folder), acquisition, "ts02")
     cfg = PipelineConfig(input=str(mdoc), output=str(tmp_path / "out"), stages=["align", "reconstruct"], **FAST)
     summary = run_pipeline(cfg)
     assert summary["stages"] == ["motion", "align", "reconstruct"]

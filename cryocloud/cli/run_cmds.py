@@ -17,7 +17,8 @@ def run(
     rerun_from: str = typer.Option(None, "--from", help="recompute this stage and every stage after it"),
     workers: int = typer.Option(None, "--workers", help="local Dask workers (default: one per core)"),
 ) -> None:
-    """Run the pipeline: simulate (or read the input) -> reconstruct -> ...; resumes completed stages."""
+    """Run the pipeline: simulate (or read the input, or motion-correct a .mdoc's movies) -> ... -> average; one
+    report.html per tilt series; several inputs run as a batch. Resumes completed stages."""
     from cryocloud.cluster import describe, session
     from cryocloud.pipeline import load_config, run_pipeline
 
@@ -28,3 +29,8 @@ def run(
         typer.echo(describe(client), err=True)
         summary = run_pipeline(cfg, rerun_from=rerun_from)
     typer.echo(json.dumps(summary, indent=2))
+    where = cfg.output.rstrip("/")
+    if "series" in summary:
+        typer.echo(f"batch summary: {where}/batch_summary.json; a report.html per tilt series under {where}/<name>/", err=True)
+    elif cfg.report:
+        typer.echo(f"report: {where}/report.html", err=True)
