@@ -44,7 +44,7 @@ def membranes(
     polarity: str = typer.Option("either", "--polarity", help="dark | bright | either: membrane contrast in the tomogram."),
     low: float = typer.Option(3.0, "--low", help="Hysteresis low threshold, noise s.d. of the response above its median."),
     high: float = typer.Option(10.0, "--high", help="Hysteresis high threshold, noise units; each membrane must reach it."),
-    min_size: float = typer.Option(10000.0, "--min-size", help="Smallest membrane area kept (A^2 of mid-surface)."),
+    min_size: float = typer.Option(30000.0, "--min-size", help="Smallest membrane area kept (A^2 of mid-surface)."),
     thickness_a: float = typer.Option(50.0, "--thickness-a", help="Output membrane thickness (A)."),
     chunk: int = typer.Option(96, "--chunk", help="Edge of the processing cubes (voxels)."),
     mrc: Optional[str] = typer.Option(None, "--mrc", help="Also write the membrane mask (int8, 1 = membrane) as MRC here."),

@@ -53,7 +53,9 @@ class MembraneSettings(pydantic.BaseModel):
     )
     low: float = pydantic.Field(3.0, ge=0, description="hysteresis low threshold: median + low x noise s.d. of the ridge response")
     high: float = pydantic.Field(10.0, ge=0, description="hysteresis high threshold (noise units); a membrane must reach it")
-    min_size_a2: float = pydantic.Field(10000.0, ge=0, description="smallest membrane area kept (A^2 of mid-surface)")
+    min_size_a2: float = pydantic.Field(
+        30000.0, ge=0, description="smallest membrane area kept (A^2 of mid-surface; a 150 A vesicle has ~2.8e5 A^2)"
+    )
     thickness_a: float = pydantic.Field(50.0, ge=0, description="output membrane thickness (A): a bilayer with head groups")
     chunk_voxels: int = pydantic.Field(96, ge=8, description="edge of the processing cubes (voxels)")
 
