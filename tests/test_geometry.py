@@ -35,13 +35,15 @@ def test_xf_roundtrip_and_raw_mapping():
     np.testing.assert_allclose(g.raw_to_aligned(raw, 85.3, shift), pts, atol=1e-9)
 
 
-def test_relion_euler_matches_scipy_intrinsic_zyz():
+def test_relion_euler_is_relions_matrix_a():
     rng = np.random.default_rng(1)
     ang = rng.uniform(-180, 180, (20, 3))
     ang[:, 1] = np.abs(ang[:, 1])
     m = g.relion_euler_to_matrix(ang[:, 0], ang[:, 1], ang[:, 2])
-    ref = Rotation.from_euler("ZYZ", ang, degrees=True).as_matrix()
+    ref = Rotation.from_euler("ZYZ", ang, degrees=True).inv().as_matrix()
     np.testing.assert_allclose(m, ref, atol=1e-12)
+    # RELION's Euler_angles2matrix for rot = 90 deg alone: rows (cos, sin, 0), (-sin, cos, 0), (0, 0, 1)
+    np.testing.assert_allclose(g.relion_euler_to_matrix(90.0, 0.0, 0.0), [[0, 1, 0], [-1, 0, 0], [0, 0, 1]], atol=1e-12)
     back = g.matrix_to_relion_euler(m)
     np.testing.assert_allclose(g.relion_euler_to_matrix(*back.T), m, atol=1e-9)
 

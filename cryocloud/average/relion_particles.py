@@ -23,8 +23,8 @@ Projection convention of the 2D stacks (`cryocloud.average.subtilt` model k' = M
 - RELION's reconstruct_particle backprojects tilt f of particle p with M = P_f A_p, P_f the 3x3
   rows rlnTomoProjX/Y/Z as written (tomogram -> image, not transposed) and A_p RELION's own Euler
   matrix (Euler_angles2matrix of rlnAngleRot/Tilt/Psi, pre-multiplied by the rlnTomoSubtomogram
-  angles' matrix when present; ParticleSet::getMatrix3x3: particle -> tomogram frame). That is the
-  transpose of `cryocloud.geometry.relion_euler_to_matrix`.
+  angles' matrix when present; ParticleSet::getMatrix3x3: particle -> tomogram frame), which is
+  `cryocloud.geometry.relion_euler_to_matrix`.
 - Taken literally on the WarpTools EMPIAR-10499 stacks, that model gives the mirror image (z -> -z)
   of the RELION map stored with them, and of the 7P6Z ribosome: the stack images are point
   reflected (x', y') -> (-x', -y') about the box centre relative to P_f. `stack_images` undoes
@@ -167,7 +167,7 @@ STACK_FLIP = np.diag([-1.0, -1.0, 1.0])  # R_z(180 deg): the point reflection of
 def _relion_matrix(parts: pd.DataFrame, prefix: str, source: str) -> np.ndarray:
     """RELION's Euler matrices A (N, 3, 3) (reference -> tomogram frame) of the `prefix`Rot/Tilt/Psi columns."""
     angles = (_column(parts, f"{prefix}{a}", source, "particles").astype(np.float64) for a in ("Rot", "Tilt", "Psi"))
-    return np.swapaxes(relion_euler_to_matrix(*angles), -1, -2)
+    return relion_euler_to_matrix(*angles)
 
 
 def stack_images(stacks: np.ndarray) -> np.ndarray:
