@@ -8,7 +8,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 
-def _display_range(image: np.ndarray) -> tuple[float, float]:
+def display_range(image: np.ndarray) -> tuple[float, float]:
+    """Grey-level limits of an image: its 1st and 99th percentiles (a unit either side of a constant image)."""
     lo, hi = np.percentile(image, [1.0, 99.0])
     return (float(lo), float(hi)) if hi > lo else (float(lo) - 1.0, float(lo) + 1.0)
 
@@ -29,7 +30,7 @@ def save_slices_png(volume: Any, target: str | IO[bytes], title: str = "") -> No
     fig = Figure(figsize=(8, 8 * (ny + nz) / shape[2] + 0.6), layout="constrained")
     axes = fig.subplots(2, 1, height_ratios=[ny, nz])
     for ax, image, label in ((axes[0], xy, f"XY, z = {nz // 2}"), (axes[1], xz, f"XZ, y = {ny // 2}")):
-        lo, hi = _display_range(image)
+        lo, hi = display_range(image)
         ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, origin="lower", interpolation="nearest")
         ax.set_title(label, fontsize=9)
         ax.set_xticks([])

@@ -10,8 +10,8 @@ from cryocloud.errors import OutputExistsError, StoreError
 from cryocloud.geometry import random_rotations, xf_from_alignment
 from cryocloud.model import Particles
 from cryocloud.store import (
-    alignments_from_xf, read_mdoc, read_mrc, read_particles_csv, read_tilt_series_mrc, read_tlt, read_tomogram, read_xf,
-    write_mrc, write_particles_csv, write_tlt, write_tomogram, write_xf, xf_from_alignments,
+    alignments_from_xf, is_mrc, read_mdoc, read_mrc, read_particles_csv, read_tilt_series_mrc, read_tlt, read_tomogram,
+    read_volume, read_xf, write_mrc, write_particles_csv, write_tlt, write_tomogram, write_xf, xf_from_alignments,
 )
 
 from conftest import REAL_DATA
@@ -48,6 +48,23 @@ def test_mrc_reads_lazily_in_section_slabs_and_handles_s3(tmp_path, s3_bucket, m
     remote = read_mrc(url, storage_options=s3_bucket.storage_options)
     np.testing.assert_array_equal(remote.data.values, stack)
     assert remote.pixel_size == 4.0
+
+
+def test_read_volume_dispatches_on_the_suffix(tmp_path, s3_bucket):
+    assert all(is_mrc(u) for u in ("a.mrc", "s3://b/k/A.MAP", tmp_path / "t.rec", "x.st", "y.mrcs", "z.ali", "w.preali"))
+    assert not any(is_mrc(u) for u in ("t.zarr", "s3://b/t.zarr/", "mrc", "t.mrc.zarr", "portal://10445/TS_1"))
+    vol = np.random.default_rng(1).normal(size=(6, 8, 10)).astype(np.float32)
+    write_mrc(vol, tmp_path / "v.rec", pixel_size=5.0)
+    url = f"{s3_bucket.url}/v.zarr"
+    write_tomogram(read_mrc(tmp_path / "v.rec"), url, levels=2, storage_options=s3_bucket.storage_options)
+    from_mrc, from_zarr = read_volume(tmp_path / "v.rec"), read_volume(url, storage_options=s3_bucket.storage_options)
+    np.testing.assert_array_equal(from_mrc.data.values, vol)
+    np.testing.assert_array_equal(from_zarr.data.values, vol)
+    assert from_mrc.pixel_size == from_zarr.pixel_size == 5.0
+    assert read_volume(url, level=1, storage_options=s3_bucket.storage_options).pixel_size == 10.0
+    with pytest.raises(StoreError, match="one level") as err:
+        read_volume(tmp_path / "v.rec", level=1)
+    assert err.value.field == "level" and "v.rec" in str(err.value)
 
 
 def test_mrc_bad_inputs_and_write_protection(tmp_path):

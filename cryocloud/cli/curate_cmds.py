@@ -12,10 +12,9 @@ from rich.console import Console
 
 from cryocloud.cli.app import app
 from cryocloud.cli.options import read_write_options
-from cryocloud.cli.pick_cmds import _read_volume
 from cryocloud.errors import ModelError
 from cryocloud.model import Particles
-from cryocloud.store import resolve
+from cryocloud.store import read_volume, resolve
 from cryocloud.store.textfiles import write_text
 
 curate_app = typer.Typer(help="Curate picks: minislab galleries, accept/reject, 2D particle stacks.", no_args_is_help=True)
@@ -32,7 +31,7 @@ ANON = typer.Option(False, "--anon", help="Anonymous read access (public buckets
 def _inputs(picks_url: str, tomogram_url: str, options: dict | None):
     from cryocloud.curate.picks_io import read_picks
 
-    tomo = _read_volume(tomogram_url, options)
+    tomo = read_volume(tomogram_url, storage_options=options)
     particles = read_picks(picks_url, pixel_size=tomo.pixel_size, shape_zyx=tomo.shape, storage_options=options)
     if len(particles) == 0:
         raise ModelError("picks", "the pick list is empty", source=picks_url)
@@ -105,7 +104,7 @@ def apply(
     fmt = format or format_from_name(out_url)
     px = shape = None
     if tomogram_url:
-        tomo = _read_volume(tomogram_url, read_options)
+        tomo = read_volume(tomogram_url, storage_options=read_options)
         px, shape = tomo.pixel_size, tomo.shape
     particles = read_picks(picks_url, pixel_size=px, shape_zyx=shape, storage_options=read_options)
     if fmt in ("ndjson", "star") and px is None:

@@ -10,9 +10,8 @@ from rich.console import Console
 
 from cryocloud.cli.app import app
 from cryocloud.cli.options import read_write_options
-from cryocloud.cli.pick_cmds import _read_volume
 from cryocloud.errors import ModelError
-from cryocloud.store import open_url
+from cryocloud.store import open_url, read_volume
 
 console = Console(highlight=False, stderr=True)
 
@@ -44,13 +43,13 @@ def train_picker(
     n = (len(inputs) - 1) // 2
     tomo_urls, pick_urls, model_dir = inputs[:n], inputs[n : 2 * n], inputs[-1]
     read_options, write_options = read_write_options(endpoint_url, anon)
-    tomograms = [_read_volume(u, read_options) for u in tomo_urls]
+    tomograms = [read_volume(u, storage_options=read_options) for u in tomo_urls]
     picks = [read_picks(u, pixel_size=t.pixel_size, shape_zyx=t.shape, storage_options=read_options) for u, t in zip(pick_urls, tomograms)]
     labels = None
     if membranes:
         if len(membranes) != n:
             raise ModelError("membranes", f"expected one label volume per tomogram ({n}), got {len(membranes)}")
-        labels = [_read_volume(u, read_options) for u in membranes]
+        labels = [read_volume(u, storage_options=read_options) for u in membranes]
     settings = TrainSettings(steps=steps, patch=patch, batch_size=batch_size, patches_per_tomogram=patches_per_tomogram, device=device, seed=seed)
     picker = train(tomograms, picks, radius_a=radius, settings=settings, membranes=labels, membrane_label=membrane_label, names=tomo_urls)
     save_picker(picker, model_dir, overwrite=overwrite, storage_options=write_options)
@@ -92,7 +91,7 @@ def pick(
 
     read_options, write_options = read_write_options(endpoint_url, anon)
     fmt = format or format_from_name(out_url)
-    tomo = _read_volume(tomogram_url, read_options)
+    tomo = read_volume(tomogram_url, storage_options=read_options)
     picker = load_picker(model_dir, storage_options=read_options)
     radius = picker.config.radius_a
     with session(scheduler) as client:
@@ -100,7 +99,7 @@ def pick(
         probability = class_map(predict(tomo, picker, tile=tile, device=device))
         if probabilities:
             write_tomogram(probability, probabilities, overwrite=overwrite, storage_options=write_options, metadata={"picker": model_dir})
-            probability = _read_volume(probabilities, write_options)
+            probability = read_volume(probabilities, storage_options=write_options)
         else:
             from distributed import progress
 

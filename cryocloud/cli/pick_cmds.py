@@ -19,14 +19,10 @@ from cryocloud.pick.peaks import extract_peaks
 from cryocloud.pick.results import read_match, run_match
 from cryocloud.pick.template import check_fits, map_from_model, prepare_template, read_map
 from cryocloud.pick.weighting import TiltWeighting
-from cryocloud.store import open_url, read_mrc, read_tilt_series, read_tomogram
+from cryocloud.store import open_url, read_tilt_series, read_volume
 
 console = Console(highlight=False, stderr=True)
 MODEL_SUFFIXES = (".cif", ".cif.gz", ".mmcif", ".pdb", ".pdb.gz", ".ent")
-
-
-def _read_volume(url: str, options: dict | None):
-    return read_mrc(url, storage_options=options) if url.lower().endswith((".mrc", ".rec", ".map")) else read_tomogram(url, storage_options=options)
 
 
 def _tilts(tilt_series: Optional[str], tilt_range: Optional[str], tomogram, options) -> TiltWeighting | None:
@@ -78,7 +74,7 @@ def match(
     if ctf not in ("signed", "abs", "none"):
         raise ModelError("ctf", f"expected signed, abs or none, got {ctf!r}")
     read_options, write_options = storage_options(endpoint_url, anon=anon), storage_options(endpoint_url)
-    tomo = _read_volume(tomogram_url, read_options)
+    tomo = read_volume(tomogram_url, storage_options=read_options)
     px = tomo.pixel_size
     if template_path.lower().endswith(MODEL_SUFFIXES):
         volume, template_px = map_from_model(template_path, px), px
@@ -96,7 +92,7 @@ def match(
         increment = angular_increment or crowther_increment(resolution or 3.0 * px, 2.0 * template.radius * px)
         rotations = uniform_rotations(increment, symmetry)
         console.print(f"angular increment {increment:.2f} deg, symmetry {symmetry}: {len(rotations):,} rotations")
-    mask = None if tomogram_mask is None else _read_volume(tomogram_mask, read_options).data > 0
+    mask = None if tomogram_mask is None else read_volume(tomogram_mask, storage_options=read_options).data > 0
     tilts = _tilts(tilt_series, tilt_range, tomo, read_options)
     with session(scheduler) as client:
         console.print(describe(client))

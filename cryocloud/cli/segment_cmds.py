@@ -11,12 +11,11 @@ from rich.console import Console
 
 from cryocloud.cli.app import app
 from cryocloud.cli.options import read_write_options
-from cryocloud.cli.store_cmds import _is_mrc
 from cryocloud.cluster import describe, session
 from cryocloud.errors import OutputExistsError
 from cryocloud.segment import MembraneSettings, segment_membranes
 from cryocloud.segment.figures import save_overlay_png
-from cryocloud.store import open_url, read_labels, read_mrc, read_tomogram, resolve, write_labels, write_mrc
+from cryocloud.store import open_url, read_labels, read_volume, resolve, write_labels, write_mrc
 from cryocloud.store.labels import parent_image, refuse_existing
 
 segment_app = typer.Typer(help="Segmentation of tomograms into NGFF label images.", no_args_is_help=True)
@@ -59,7 +58,7 @@ def membranes(
         scale_a=scale_a, integration_a=integration_a, polarity=polarity, low=low, high=high,
         min_size_a2=min_size, thickness_a=thickness_a, chunk_voxels=chunk,
     )
-    tomo = read_mrc(in_url, storage_options=read_options) if _is_mrc(in_url) else read_tomogram(in_url, storage_options=read_options)
+    tomo = read_volume(in_url, storage_options=read_options)
     if not overwrite:
         refuse_existing(out_url, write_options)
         if mrc is not None and resolve(mrc, write_options).exists():

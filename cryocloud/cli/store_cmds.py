@@ -14,16 +14,11 @@ from cryocloud.cli.app import app
 from cryocloud.cli.options import storage_options
 from cryocloud.errors import StoreError
 from cryocloud.store import (
-    image_info, mrc_info, read_mrc, read_tilt_series, read_tilt_series_mrc, read_tomogram, write_mrc, write_tilt_series,
+    image_info, is_mrc, mrc_info, read_mrc, read_tilt_series, read_tilt_series_mrc, read_tomogram, write_mrc, write_tilt_series,
     write_tlt, write_tomogram,
 )
 
-MRC_SUFFIXES = {".mrc", ".map", ".mrcs", ".st", ".ali", ".rec", ".preali"}
 console = Console(highlight=False)
-
-
-def _is_mrc(url: str) -> bool:
-    return PurePosixPath(url.rstrip("/")).suffix.lower() in MRC_SUFFIXES
 
 
 ANON = typer.Option(False, "--anon", help="Anonymous access (public buckets such as the CryoET Data Portal).")
@@ -44,7 +39,7 @@ def info(
 ) -> None:
     """Show shape, voxel size, dtype, chunks, pyramid levels, tilt angles and metadata of an image."""
     options = storage_options(endpoint_url, anon=anon)
-    summary = mrc_info(url, storage_options=options) if _is_mrc(url) else image_info(url, storage_options=options)
+    summary = mrc_info(url, storage_options=options) if is_mrc(url) else image_info(url, storage_options=options)
     if as_json:
         console.print_json(json.dumps(summary))
         return
@@ -97,11 +92,11 @@ def convert(
 ) -> None:
     """Convert MRC <-> OME-Zarr (and OME-Zarr 0.4 <-> 0.5). A tilt series to MRC also writes <name>.tlt."""
     options = storage_options(endpoint_url, anon=anon)
-    if _is_mrc(source) and _is_mrc(target):
+    if is_mrc(source) and is_mrc(target):
         raise StoreError(target, "input and output are both MRC; one of them must be an OME-Zarr image (.zarr)", field="target")
     write_kwargs = dict(ngff_version=ngff_version, levels=levels, overwrite=overwrite, storage_options=options,
                         metadata={"stage": "convert", "parameters": {"source": source}})
-    if _is_mrc(source):
+    if is_mrc(source):
         if tilt_angles or mdoc:
             ts = read_tilt_series_mrc(source, tilt_angles=tilt_angles, mdoc=mdoc, pixel_size=pixel_size, exposure=exposure,
                                       tilt_axis_angle=tilt_axis_angle, storage_options=options)
@@ -113,7 +108,7 @@ def convert(
     kind = (image_info(source, storage_options=options).get("cryocloud") or {}).get("kind", "tomogram")
     if kind == "tilt_series":
         ts = read_tilt_series(source, storage_options=options)
-        if _is_mrc(target):
+        if is_mrc(target):
             write_mrc(ts, target, overwrite=overwrite, storage_options=options)
             tlt = str(PurePosixPath(target).with_suffix(".tlt")) if "://" not in target else target.rsplit(".", 1)[0] + ".tlt"
             write_tlt(tlt, ts.tilt_angles, overwrite=overwrite, storage_options=options)
@@ -122,7 +117,7 @@ def convert(
         write_tilt_series(ts, target, **write_kwargs)
     else:
         tomo = read_tomogram(source, storage_options=options)
-        if _is_mrc(target):
+        if is_mrc(target):
             write_mrc(tomo, target, overwrite=overwrite, storage_options=options)
         else:
             write_tomogram(tomo, target, **write_kwargs)

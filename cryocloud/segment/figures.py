@@ -9,7 +9,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from scipy import ndimage
 
-from cryocloud.report import _display_range
+from cryocloud.report import display_range
 
 LABEL_COLOURS = ListedColormap(["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"])
 
@@ -40,7 +40,7 @@ def save_overlay_png(tomogram: Any, labels: Any, target: str | IO[bytes], *, tru
     fig = Figure(figsize=(8, 8 * (ny + nz) / nx + 0.6), layout="constrained")
     axes = fig.subplots(2, 1, height_ratios=[ny, nz])
     for ax, image, mask, ref, name in zip(axes, grey, lab, true, (f"XY, z = {z}", f"XZ, y = {y}")):
-        lo, hi = _display_range(image)
+        lo, hi = display_range(image)
         ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, origin="lower", interpolation="nearest")
         ids = np.where(mask > 0, (mask.astype(np.int64) - 1) % LABEL_COLOURS.N, np.nan)
         ax.imshow(ids, cmap=LABEL_COLOURS, vmin=0, vmax=LABEL_COLOURS.N - 1, alpha=0.45, origin="lower", interpolation="nearest")
