@@ -6,7 +6,7 @@ import pandas as pd
 import starfile
 
 from cryocloud.cli import main
-from cryocloud.curate.picks_io import read_picks
+from cryocloud.pick.formats import read_picks
 from cryocloud.store import write_particles_csv, write_tomogram
 
 

@@ -12,7 +12,7 @@ from cryocloud.curate.decisions import apply_decisions, decisions_csv, parse_dec
 from cryocloud.curate.export import export_stack
 from cryocloud.curate.gallery import write_gallery
 from cryocloud.curate.minislab import minislabs, to_particle_frame
-from cryocloud.curate.picks_io import read_picks
+from cryocloud.pick.formats import read_picks
 from cryocloud.curate.rank import agreement_with_average, rank_by_agreement, rank_by_score
 from cryocloud.errors import ModelError, StoreError
 from cryocloud.geometry import random_rotations, relion_euler_to_matrix

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from cryocloud.cli import main
-from cryocloud.curate.picks_io import read_picks
+from cryocloud.pick.formats import read_picks
 from cryocloud.store import read_tomogram, write_particles_csv, write_tomogram
 
 torch.set_num_threads(1)

@@ -14,7 +14,7 @@ from conftest import REAL_DATA
 from cryocloud.errors import ModelError, StoreError
 from cryocloud.geometry import random_rotations, relion_euler_to_matrix
 from cryocloud.model import Particles, Tomogram
-from cryocloud.pick.formats import from_copick, picks_text, to_copick
+from cryocloud.pick.formats import from_copick, from_star, picks_text, read_picks, to_copick
 from cryocloud.store import read_tomogram
 from cryocloud.store.portal.annotations import from_ndjson, parse_ndjson, to_ndjson, write_portal_annotation
 from cryocloud.store.portal.copick import CopickOverlay
@@ -111,6 +111,22 @@ def test_copick_round_trip_and_star(ts037, tmp_path):
     np.testing.assert_allclose(centred + centre, ts037.positions, atol=1e-4)
     matrices = relion_euler_to_matrix(table["rlnAngleRot"].to_numpy(), table["rlnAngleTilt"].to_numpy(), table["rlnAnglePsi"].to_numpy())
     np.testing.assert_allclose(matrices, ts037.rotations, atol=1e-4)
+    back = read_picks(str(tmp_path / "picks.star"), pixel_size=TS037_VS, shape_zyx=shape)
+    np.testing.assert_allclose(back.positions, ts037.positions, atol=1e-4)
+    np.testing.assert_allclose(back.rotations, ts037.rotations, atol=1e-4)
+
+
+def test_star_in_voxels_and_bad_star_files():
+    text = "data_particles\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n_rlnCoordinateZ #3\n_rlnAutopickFigureOfMerit #4\n10 20 30 0.5\n1 2 3 0.25\n"
+    picks = from_star(text, 4.0, (8, 8, 8), source="v.star")
+    np.testing.assert_allclose(picks.positions, [[40, 80, 120], [4, 8, 12]])
+    np.testing.assert_allclose(picks.rotations, np.broadcast_to(np.eye(3), (2, 3, 3)), atol=1e-12)
+    np.testing.assert_allclose(picks.scores, [0.5, 0.25])
+    with pytest.raises(StoreError, match="expected columns") as err:
+        from_star("data_particles\n\nloop_\n_rlnAngleRot #1\n5\n", 4.0, (8, 8, 8), source="angles.star")
+    assert "angles.star" in str(err.value) and err.value.field == "rlnCenteredCoordinateXAngst"
+    with pytest.raises(ModelError, match="format"):
+        read_picks("picks.txt", pixel_size=4.0)
 
 
 def test_copick_overlay_layout(ts037, tmp_path):

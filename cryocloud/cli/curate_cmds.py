@@ -29,7 +29,7 @@ ANON = typer.Option(False, "--anon", help="Anonymous read access (public buckets
 
 
 def _inputs(picks_url: str, tomogram_url: str, options: dict | None):
-    from cryocloud.curate.picks_io import read_picks
+    from cryocloud.pick.formats import read_picks
 
     tomo = read_volume(tomogram_url, storage_options=options)
     particles = read_picks(picks_url, pixel_size=tomo.pixel_size, shape_zyx=tomo.shape, storage_options=options)
@@ -97,7 +97,7 @@ def apply(
 ) -> None:
     """Write the accepted picks."""
     from cryocloud.curate.decisions import apply_decisions
-    from cryocloud.curate.picks_io import read_picks
+    from cryocloud.pick.formats import read_picks
     from cryocloud.pick.formats import format_from_name, write_picks
 
     read_options, write_options = read_write_options(endpoint_url, anon)

@@ -33,7 +33,7 @@ def train_picker(
     anon: bool = typer.Option(False, "--anon", help="Anonymous read access (public buckets)."),
 ) -> None:
     """Train a picker; writes model.pt, picker.json, losses.csv and training_curve.png to MODEL_DIR."""
-    from cryocloud.curate.picks_io import read_picks
+    from cryocloud.pick.formats import read_picks
     from cryocloud.learn.figures import training_curve_png
     from cryocloud.learn.model_io import save_picker
     from cryocloud.learn.train import TrainSettings, train
