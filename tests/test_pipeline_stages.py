@@ -1,5 +1,5 @@
-"""The later stages in the pipeline: denoise (CTF deconvolution) and average, persisted, resumable,
-in summary.json and the report."""
+"""The later stages in the pipeline: denoise (CTF deconvolution), segment (membranes) and average,
+persisted, resumable, in summary.json and the report."""
 
 import json
 
@@ -8,20 +8,21 @@ import pytest
 from cryocloud.cli import main
 from cryocloud.errors import CryocloudError
 from cryocloud.pipeline import PipelineConfig, run_pipeline
-from cryocloud.store import read_mrc, read_tomogram
+from cryocloud.store import read_labels, read_mrc, read_tomogram
 
 CONFIG = dict(
-    simulate={"preset": "toy", "overrides": {"n_particles": 8, "seed": 1}},
-    stages=["simulate", "align", "reconstruct", "denoise", "match", "peaks", "average"],
+    simulate={"preset": "toy", "overrides": {"n_particles": 8, "seed": 1, "membranes": {"vesicles": 1, "vesicle_radius_a": [180.0, 220.0]}}},
+    stages=["simulate", "align", "reconstruct", "denoise", "segment", "match", "peaks", "average"],
     align={"refine": "none", "estimate_axis": False},
     denoise={"defocus_a": 30000.0, "tile": 32, "overlap": 8},
+    segment={"low": 2.5, "high": 6.0},  # a 64^3 toy at 10 A: a weaker membrane than the default run's 8 A vesicle
     match={"angular_increment_deg": 45.0, "subvolume": 64},
     peaks={"n_false": None, "number": 8},
     average={"box": 16, "iterations": 1, "max_shift_a": 40.0},
 )
 
 
-def test_denoise_and_average_stages_persist_resume_and_report(tmp_path):
+def test_denoise_segment_and_average_stages_persist_resume_and_report(tmp_path):
     out = tmp_path / "run"
     summary = run_pipeline(PipelineConfig(output=str(out), **CONFIG))
     assert summary["stages"] == CONFIG["stages"]
@@ -29,15 +30,19 @@ def test_denoise_and_average_stages_persist_resume_and_report(tmp_path):
     assert summary["denoise"]["correlation_with_truth"] < summary["reconstruct"]["correlation_with_truth"] - 0.05
     denoised = read_tomogram(str(out / "denoise" / "tomogram.zarr"))
     assert denoised.shape == (64, 64, 64)
+    # the vesicle is found where it is (accuracy itself is tested in the segment tests)
+    assert summary["segment"]["source"] == "denoise" and summary["segment"]["n_membranes"] >= 1
+    assert summary["segment"]["dice_resolvable"] > 0.15
+    assert read_labels(str(out / "segment" / "membranes.zarr")).shape == (64, 64, 64)
     avg = summary["average"]
     assert avg["n_particles"] == 8 and avg["voxel_size_a"] == 20.0
     assert 40.0 <= avg["resolution_a"] < 400.0  # Nyquist of the 20 A level at best
     for name in ("half1", "half2", "average"):
         assert read_mrc(str(out / "average" / f"{name}.mrc")).shape == (16, 16, 16)
     page = (out / "report.html").read_text()
-    for section in ("denoise", "average", "peaks"):
+    for section in ("denoise", "segment", "average", "peaks"):
         assert f"<section id='{section}'>" in page
-    assert page.count("src='data:image/png;base64,") == 9  # montage, residuals, slices, before/after, scores x2, average, FSC
+    assert page.count("src='data:image/png;base64,") == 10  # montage, residuals, slices, before/after, overlay, scores x2, average, FSC
     stored = json.loads((out / "summary.json").read_text())
     assert stored["denoise"]["figures"]["after deconv: central XY and XZ slices"] == "denoise/slices_after.png"
 

@@ -9,9 +9,10 @@ import pydantic
 import yaml
 
 from cryocloud.errors import CryocloudError
+from cryocloud.segment import MembraneSettings
 
 #: every stage in pipeline order; `simulate` or `input` (or `movies`, motion from frames) supplies the tilt series
-STAGE_NAMES = ("simulate", "input", "motion", "ctf", "align", "reconstruct", "denoise", "match", "peaks", "average")
+STAGE_NAMES = ("simulate", "input", "motion", "ctf", "align", "reconstruct", "denoise", "segment", "match", "peaks", "average")
 
 
 class _Section(pydantic.BaseModel):
@@ -121,6 +122,7 @@ class PipelineConfig(_Section):
     align: AlignParams = pydantic.Field(default_factory=AlignParams)
     reconstruct: ReconstructParams = pydantic.Field(default_factory=ReconstructParams)
     denoise: DenoiseParams = pydantic.Field(default_factory=DenoiseParams)
+    segment: MembraneSettings = pydantic.Field(default_factory=MembraneSettings, description="membrane segmentation (cryocloud.segment)")
     match: MatchParams = pydantic.Field(default_factory=MatchParams)
     peaks: PeaksParams = pydantic.Field(default_factory=PeaksParams)
     average: AverageParams = pydantic.Field(default_factory=AverageParams)

@@ -14,6 +14,7 @@ from cryocloud.pipeline.config import STAGE_NAMES, PipelineConfig
 from cryocloud.pipeline.context import RunContext
 from cryocloud.pipeline.denoise import stage_denoise
 from cryocloud.pipeline.picking import stage_match, stage_peaks
+from cryocloud.pipeline.segment import stage_segment
 from cryocloud.pipeline.tomo import stage_align, stage_ctf, stage_reconstruct
 
 STAGES: dict[str, Callable[[RunContext, bool], None]] = {
@@ -24,6 +25,7 @@ STAGES: dict[str, Callable[[RunContext, bool], None]] = {
     "align": stage_align,
     "reconstruct": stage_reconstruct,
     "denoise": stage_denoise,
+    "segment": stage_segment,
     "match": stage_match,
     "peaks": stage_peaks,
     "average": stage_average,
@@ -31,7 +33,7 @@ STAGES: dict[str, Callable[[RunContext, bool], None]] = {
 assert tuple(STAGES) == STAGE_NAMES
 SOURCES = ("simulate", "input", "motion")
 #: what runs when the config names no stages (after the source)
-DEFAULT_STAGES = ("ctf", "align", "reconstruct", "denoise", "match", "peaks", "average")
+DEFAULT_STAGES = ("ctf", "align", "reconstruct", "denoise", "segment", "match", "peaks", "average")
 
 
 def source_stage(config: PipelineConfig) -> str:
