@@ -91,7 +91,7 @@ def test_formats_round_trip(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_match_then_extract_peaks(tmp_path):
+def test_cli_match_then_extract_peaks(tmp_path, capsys):
     tomo, template, positions, truth_rotations = _synthetic()
     write_tomogram(Tomogram.from_array(tomo.data.data, pixel_size=21.0), str(tmp_path / "tomo.zarr"))
     out = tmp_path / "tm"
@@ -111,3 +111,11 @@ def test_cli_match_then_extract_peaks(tmp_path):
     slices, histogram = (plt.imread(tmp_path / f"picks_{name}.png") for name in ("slices", "histogram"))  # decodable PNGs
     assert slices.shape[0] > 300 and slices.shape[1] >= slices.shape[0] and histogram.shape[0] > 300
     assert main(["extract-peaks", str(tmp_path / "nothing"), str(tmp_path / "x.csv")]) == 2
+    # a damaged angles.npy: exit 2 with the file and what was expected, never unpickled
+    for damaged in (np.zeros((552, 3)), np.zeros((551, 3, 3)), np.array([{"a": 1}], dtype=object)):
+        buffer = io.BytesIO()
+        np.save(buffer, damaged, allow_pickle=True)
+        (out / "angles.npy").write_bytes(buffer.getvalue())
+        assert main(["extract-peaks", str(out), str(tmp_path / "bad.csv")]) == 2
+        err = capsys.readouterr().err
+        assert "angles.npy" in err and "(N, 3, 3)" in err and not (tmp_path / "bad.csv").exists()

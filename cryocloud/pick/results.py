@@ -84,13 +84,36 @@ def read_match(url: str, *, storage_options: dict | None = None) -> tuple[xr.Dat
     """A finished job's lazy score and orientation maps, its rotations and summary (StoreError when
     it is not finished)."""
     out = resolve(url, storage_options)
+    summary_url = out.child("match.json").url
     try:
-        with open_url(out.child("match.json").url, "r", storage_options=storage_options) as f:
+        with open_url(summary_url, "r", storage_options=storage_options) as f:
             summary = json.load(f)
     except StoreError as exc:
         raise StoreError(out.url, "is not a finished template-matching result (no match.json); rerun `cryocloud match` to resume it") from exc
-    with open_url(out.child("angles.npy").url, "rb", storage_options=storage_options) as f:
-        rotations = np.load(io.BytesIO(f.read()))
+    except ValueError as exc:
+        raise StoreError(summary_url, f"is not JSON ({exc}); expected the summary `cryocloud match` writes") from exc
+    if not isinstance(summary, dict):
+        raise StoreError(summary_url, f"holds a {type(summary).__name__}, expected a JSON object (the match summary)")
+    rotations = _read_rotations(out.child("angles.npy").url, summary.get("n_orientations"), storage_options)
     scores = read_tomogram(out.child("scores.zarr").url, storage_options=storage_options).data
     orientation = read_tomogram(out.child("orientation.zarr").url, storage_options=storage_options).data
     return scores, orientation, rotations, summary
+
+
+def _read_rotations(url: str, count: int | None, storage_options: dict | None) -> np.ndarray:
+    """The rotation matrices (N, 3, 3) of a match folder's angles.npy (never unpickled); StoreError
+    naming the file when it is not a finite float array of that shape (N = `count` when known)."""
+    with open_url(url, "rb", storage_options=storage_options) as f:
+        raw = f.read()
+    expected = f"a .npy array of {count if count is not None else 'N'} rotation matrices (N, 3, 3), as `cryocloud match` writes"
+    try:
+        rotations = np.load(io.BytesIO(raw), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:  # pickled object arrays, truncated or foreign files
+        raise StoreError(url, f"is not readable ({exc}); expected {expected}", field="rotations") from exc
+    if not isinstance(rotations, np.ndarray) or rotations.dtype.kind not in "fiu" or rotations.ndim != 3 or rotations.shape[1:] != (3, 3):
+        found = f"{rotations.dtype} array of shape {rotations.shape}" if isinstance(rotations, np.ndarray) else type(rotations).__name__
+        raise StoreError(url, f"holds a {found}; expected {expected}", field="rotations")
+    if (count is not None and rotations.shape[0] != count) or not np.isfinite(rotations).all():
+        problem = "non-finite values" if count is None or rotations.shape[0] == count else f"{rotations.shape[0]} rotations"
+        raise StoreError(url, f"holds {problem}; expected {expected}", field="rotations")
+    return rotations.astype(np.float64, copy=False)
