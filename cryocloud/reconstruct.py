@@ -274,7 +274,20 @@ def reconstruct(
         "thickness_px": nz,
         "half": halves,
     }
+    defocus = mean_defocus(ts)
+    if defocus is not None:
+        tomo.data.attrs["reconstruction"]["defocus_a"] = tomo.data.attrs["defocus_a"] = defocus
     return tomo
+
+
+def mean_defocus(ts: TiltSeries) -> float | None:
+    """Mean defocus (A, underfocus > 0) of a tilt series: (defocus_u + defocus_v) / 2 averaged over all
+    tilts (each tilt's defocus is the one at its tilt axis, the same specimen height, so every tilt
+    estimates it); None when the series has no defocus."""
+    u, v = ts.per_tilt("defocus_u"), ts.per_tilt("defocus_v")
+    if u is None:
+        return None
+    return float(np.mean(0.5 * (u + (u if v is None else v))))
 
 
 def _per_tilt_px(ts: TiltSeries, name: str, pixel_a: float) -> np.ndarray:

@@ -3,7 +3,7 @@
 - `deconv`: the CTF deconvolution filter of Warp (SNR falloff, strength, high-pass), tiled with overlap;
 - `noise2noise`: a learned even/odd (Noise2Noise, cryoCARE-style) 3D U-Net (torch, the `denoise`
   extra), trained on sub-volume pairs of the even- and odd-frame reconstructions, applied in tiles;
-- `tiling`: overlapping tiles through Dask and the seam metric;
+- `tiling`: overlapping tiles through Dask (periodic at the volume faces), the seam and face metrics;
 - `evaluate`: correlation and FSC with a ground-truth volume;
 - `simulated`: the digital twin's even/odd reconstructions and truth, for evaluation;
 - `figures`: before/after slice PNGs.
@@ -14,6 +14,6 @@ model folder functions (`noise2noise.save_model` / `load_model`) write, through 
 """
 
 from cryocloud.denoise.deconv import DeconvSettings, deconvolve, tomogram_defocus, wiener_response
-from cryocloud.denoise.tiling import map_tiles, seam_jump
+from cryocloud.denoise.tiling import face_std, map_tiles, seam_jump
 
-__all__ = ["DeconvSettings", "deconvolve", "map_tiles", "seam_jump", "tomogram_defocus", "wiener_response"]
+__all__ = ["DeconvSettings", "deconvolve", "face_std", "map_tiles", "seam_jump", "tomogram_defocus", "wiener_response"]
