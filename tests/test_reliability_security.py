@@ -39,13 +39,15 @@ def test_public_or_anonymous_locations_are_never_written(url, tmp_path):
 
 
 def test_cli_anonymous_write_is_refused_and_nothing_written(s3_bucket, tmp_path, capsys):
+    """--anon is read access only (outputs go with credentials), and the portal bucket is never written."""
     src = str(tmp_path / "t.zarr")
     write_tomogram(_tomo(), src, levels=1)
-    code = main(["convert", src, f"{s3_bucket.url}/t.zarr", "--anon", "--endpoint-url", s3_bucket.storage_options["endpoint_url"]])
+    portal = "s3://cryoet-data-portal-public/10000/t.zarr"
+    code = main(["convert", src, portal, "--anon", "--endpoint-url", s3_bucket.storage_options["endpoint_url"]])
     err = capsys.readouterr().err
     assert code == 2
-    assert "anonymous access is read-only" in err
-    assert s3_bucket.fs().find(s3_bucket.url) == []
+    assert "public read-only bucket" in err
+    assert not s3_bucket.fs().exists("cryoet-data-portal-public")
 
 
 def test_anonymous_reads_work(s3_bucket):

@@ -74,3 +74,22 @@ def test_convert_to_s3_with_endpoint_option(s3_bucket, capsys):
     capsys.readouterr()
     assert main(["info", url, "--endpoint-url", endpoint, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["url"] == url
+
+
+def test_convert_anonymous_s3_read_to_local_writes(s3_bucket, tmp_path):
+    """--anon reads a public bucket without credentials; the outputs are written with the ordinary options."""
+    import boto3
+
+    from cryocloud.model import Tomogram
+    from cryocloud.store import write_tomogram
+
+    endpoint = s3_bucket.storage_options["endpoint_url"]
+    bucket = s3_bucket.url.removeprefix("s3://")
+    volume = np.random.default_rng(4).normal(size=(6, 10, 12)).astype(np.float32)
+    write_tomogram(Tomogram.from_array(volume, pixel_size=7.0), f"{s3_bucket.url}/pub.zarr", levels=1, storage_options=s3_bucket.storage_options)
+    public = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject", "s3:ListBucket"],
+                                                      "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}]}
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").put_bucket_policy(Bucket=bucket, Policy=json.dumps(public))
+    for target in (tmp_path / "pub.mrc", tmp_path / "pub.zarr"):
+        assert main(["convert", f"{s3_bucket.url}/pub.zarr", str(target), "--anon", "--endpoint-url", endpoint, "--levels", "1"]) == 0
+        np.testing.assert_array_equal(read_tomogram(str(target)).data.values if target.suffix == ".zarr" else mrcfile.read(target), volume)

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
-from cryocloud.cli.options import storage_options
+from cryocloud.cli.options import read_write_options, storage_options
 from cryocloud.errors import StoreError
 from cryocloud.store import (
     image_info, is_mrc, mrc_info, read_mrc, read_tilt_series, read_tilt_series_mrc, read_tomogram, write_mrc, write_tilt_series,
@@ -21,7 +21,7 @@ from cryocloud.store import (
 console = Console(highlight=False)
 
 
-ANON = typer.Option(False, "--anon", help="Anonymous access (public buckets such as the CryoET Data Portal).")
+ANON = typer.Option(False, "--anon", help="Anonymous read access (public buckets such as the CryoET Data Portal); outputs use credentials.")
 ENDPOINT = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint (else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).")
 
 
@@ -90,11 +90,14 @@ def convert(
     anon: bool = ANON,
     endpoint_url: Optional[str] = ENDPOINT,
 ) -> None:
-    """Convert MRC <-> OME-Zarr (and OME-Zarr 0.4 <-> 0.5). A tilt series to MRC also writes <name>.tlt."""
-    options = storage_options(endpoint_url, anon=anon)
+    """Convert MRC <-> OME-Zarr (and OME-Zarr 0.4 <-> 0.5). A tilt series to MRC also writes <name>.tlt.
+
+    `--anon` applies to reading SOURCE (and the angle files); the output is written with credentials.
+    """
+    options, write_options = read_write_options(endpoint_url, anon)
     if is_mrc(source) and is_mrc(target):
         raise StoreError(target, "input and output are both MRC; one of them must be an OME-Zarr image (.zarr)", field="target")
-    write_kwargs = dict(ngff_version=ngff_version, levels=levels, overwrite=overwrite, storage_options=options,
+    write_kwargs = dict(ngff_version=ngff_version, levels=levels, overwrite=overwrite, storage_options=write_options,
                         metadata={"stage": "convert", "parameters": {"source": source}})
     if is_mrc(source):
         if tilt_angles or mdoc:
@@ -109,16 +112,16 @@ def convert(
     if kind == "tilt_series":
         ts = read_tilt_series(source, storage_options=options)
         if is_mrc(target):
-            write_mrc(ts, target, overwrite=overwrite, storage_options=options)
+            write_mrc(ts, target, overwrite=overwrite, storage_options=write_options)
             tlt = str(PurePosixPath(target).with_suffix(".tlt")) if "://" not in target else target.rsplit(".", 1)[0] + ".tlt"
-            write_tlt(tlt, ts.tilt_angles, overwrite=overwrite, storage_options=options)
+            write_tlt(tlt, ts.tilt_angles, overwrite=overwrite, storage_options=write_options)
             console.print(f"wrote {target} and {tlt}")
             return
         write_tilt_series(ts, target, **write_kwargs)
     else:
         tomo = read_tomogram(source, storage_options=options)
         if is_mrc(target):
-            write_mrc(tomo, target, overwrite=overwrite, storage_options=options)
+            write_mrc(tomo, target, overwrite=overwrite, storage_options=write_options)
         else:
             write_tomogram(tomo, target, **write_kwargs)
     console.print(f"wrote {target}")
