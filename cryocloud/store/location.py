@@ -28,8 +28,10 @@ from cryocloud.errors import CryocloudError, StoreError
 # one GET per chunk object: s3fs's concurrent ranged download (max_concurrency > 1) costs a HEAD
 # request per object to learn its size, and chunks are far smaller than its block size
 _S3_DEFAULTS = {"max_concurrency": 1}
-# public data read in place and never written (cryocloud.store.portal reads this bucket anonymously)
-READ_ONLY_BUCKETS = frozenset({"cryoet-data-portal-public"})
+# the CryoET Data Portal's public bucket (cryocloud.store.portal reads it anonymously)
+PORTAL_BUCKET = "cryoet-data-portal-public"
+# public data read in place and never written
+READ_ONLY_BUCKETS = frozenset({PORTAL_BUCKET})
 # Retries: botocore retries each request on 500/502/503/504, throttling (SlowDown), timeouts and
 # dropped connections ("standard" mode: up to `total_max_attempts` attempts, exponential backoff with
 # jitter, at most 20 s a wait); s3fs wraps each call once more (S3FS_RETRIES attempts), which also

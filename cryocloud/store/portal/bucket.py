@@ -49,11 +49,10 @@ import numpy as np
 from cryocloud.errors import ModelError, StoreError
 from cryocloud.model import Microscope, TiltSeries, Tomogram, accumulated_pre_exposure
 from cryocloud.store.images import spatial_array
-from cryocloud.store.location import Location
+from cryocloud.store.location import PORTAL_BUCKET, Location
 from cryocloud.store.ngff import open_image
 from cryocloud.store.portal.annotations import from_ndjson
 
-PORTAL_BUCKET = "cryoet-data-portal-public"
 PORTAL_HTTPS = "https://files.cryoetdataportal.cziscience.com"
 SCHEME = "portal://"
 
