@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import IO
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from cryocloud.alignment.result import AlignmentResult
+from cryocloud.plotting import subplots
 
 
 def save_residuals_png(result: AlignmentResult, target: str | IO[bytes], title: str = "") -> None:
     """PNG with two panels against the tilt angle (deg): residual per tilt (A) and shift_x / shift_y (A)."""
     angles = np.asarray(result.tilt_angles_deg)
     order = np.argsort(angles)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 6), sharex=True)
+    fig, (top, bottom) = subplots(2, 1, figsize=(6.5, 6), sharex=True)
     top.plot(angles[order], result.residuals[order], "o-", ms=3)
     top.set_ylabel("residual (A)")
     top.set_title(
@@ -29,4 +29,3 @@ def save_residuals_png(result: AlignmentResult, target: str | IO[bytes], title: 
     bottom.legend()
     fig.tight_layout()
     fig.savefig(target, format="png", dpi=100)
-    plt.close(fig)

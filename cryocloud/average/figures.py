@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import io
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from cryocloud.average.fsc import FscCurve
+from cryocloud.plotting import subplots
 
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -21,7 +20,7 @@ def slices_png(volume: np.ndarray, pixel_size_a: float, title: str = "average") 
     """Central XY, XZ and YZ slices of a map (z, y, x)."""
     v = np.asarray(volume, dtype=np.float32)
     c = [n // 2 for n in v.shape]
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+    fig, axes = subplots(1, 3, figsize=(9, 3.2))
     for ax, (img, name) in zip(axes, ((v[c[0]], "XY (z = centre)"), (v[:, c[1]], "XZ (y = centre)"), (v[:, :, c[2]], "YZ (x = centre)"))):
         ax.imshow(img, cmap="gray", origin="lower")
         ax.set_title(name, fontsize=9)
@@ -33,7 +32,7 @@ def slices_png(volume: np.ndarray, pixel_size_a: float, title: str = "average") 
 
 def fsc_png(curves: dict[str, FscCurve], threshold: float = 0.143) -> bytes:
     """FSC curves against spatial frequency (1/A), the threshold line and each curve's resolution."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = subplots(figsize=(6, 3.6))
     for label, curve in curves.items():
         res = curve.resolution(threshold)
         ax.plot(curve.frequency[1:], curve.fsc[1:], label=f"{label}: {res:.1f} A")

@@ -7,20 +7,17 @@ from __future__ import annotations
 import io
 from typing import Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from cryocloud.store import open_url, resolve  # noqa: E402
+from cryocloud.plotting import subplots
+from cryocloud.store import open_url, resolve
 
 
 def page_png(images: np.ndarray, labels: Sequence[str], *, columns: int, title: str = "") -> bytes:
     """One PNG page of images (n, h, w) with a label above each."""
     n = len(images)
     rows = max(1, -(-n // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.45 * rows + 0.4), squeeze=False)
+    fig, axes = subplots(rows, columns, figsize=(1.3 * columns, 1.45 * rows + 0.4), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image, label in zip(axes.ravel(), images, labels):
@@ -32,7 +29,6 @@ def page_png(images: np.ndarray, labels: Sequence[str], *, columns: int, title: 
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
     return buffer.getvalue()
 
 

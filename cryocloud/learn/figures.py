@@ -4,26 +4,23 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
+import numpy as np
+from matplotlib.patches import Circle
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from cryocloud.model import Particles  # noqa: E402
+from cryocloud.model import Particles
+from cryocloud.plotting import subplots
 
 
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
     return buffer.getvalue()
 
 
 def training_curve_png(losses: np.ndarray, title: str = "training") -> bytes:
     """Loss per step (thin) and its running mean over 10 steps (thick)."""
     losses = np.asarray(losses, dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     steps = np.arange(1, losses.size + 1)
     ax.plot(steps, losses, color="0.7", lw=0.8, label="loss per step")
     if losses.size >= 10:
@@ -39,7 +36,7 @@ def training_curve_png(losses: np.ndarray, title: str = "training") -> bytes:
 def overlay_png(image: np.ndarray, probability: np.ndarray, picks: Particles, z: int, pixel_size_a: float, radius_a: float, title: str = "") -> bytes:
     """An XY slice (y, x) of the tomogram and of the probability map, with the picks within the
     particle radius of the slice circled (centre in A -> voxels)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2))
+    fig, axes = subplots(1, 2, figsize=(11, 5.2))
     lo, hi = np.percentile(image, [1.0, 99.0])
     axes[0].imshow(image, cmap="gray", vmin=lo, vmax=hi, origin="lower")
     axes[1].imshow(image, cmap="gray", vmin=lo, vmax=hi, origin="lower")
@@ -48,7 +45,7 @@ def overlay_png(image: np.ndarray, probability: np.ndarray, picks: Particles, z:
     near = np.abs(picks.positions[:, 2] / pixel_size_a - z) <= radius_a / pixel_size_a
     for ax in axes:
         for x, y in picks.positions[near, :2] / pixel_size_a:
-            ax.add_patch(plt.Circle((x, y), radius_a / pixel_size_a, fill=False, color="cyan", lw=1))
+            ax.add_patch(Circle((x, y), radius_a / pixel_size_a, fill=False, color="cyan", lw=1))
         ax.set_xlabel("x (voxels)")
         ax.set_ylabel("y (voxels)")
     axes[0].set_title(f"tomogram, z = {z}")

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import IO
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.patches import Circle
 
 from cryocloud.model import Particles
+from cryocloud.plotting import subplots
 
 
 def slice_planes(n_z: int, particles: Particles, pixel_size: float) -> list[int]:
@@ -19,13 +20,13 @@ def slice_planes(n_z: int, particles: Particles, pixel_size: float) -> list[int]
 
 def score_slices_png(slices: dict[int, np.ndarray], particles: Particles, pixel_size: float, out: IO[bytes], *, radius_a: float, title: str = "") -> None:
     """XY score slices {z: (y, x) array} with the picks within `radius_a` of each slice circled."""
-    fig, axes = plt.subplots(1, len(slices), figsize=(5.5 * len(slices), 5), squeeze=False)
+    fig, axes = subplots(1, len(slices), figsize=(5.5 * len(slices), 5), squeeze=False)
     vmax = max(float(np.max(s)) for s in slices.values()) or 1.0
     for ax, (z, plane) in zip(axes[0], sorted(slices.items())):
         image = ax.imshow(plane, cmap="magma", vmin=0, vmax=vmax, origin="lower")
         near = np.abs(particles.positions[:, 2] / pixel_size - z) <= radius_a / pixel_size
         for x, y in particles.positions[near, :2] / pixel_size:
-            ax.add_patch(plt.Circle((x, y), radius_a / pixel_size, fill=False, color="cyan", lw=1))
+            ax.add_patch(Circle((x, y), radius_a / pixel_size, fill=False, color="cyan", lw=1))
         ax.set_title(f"z = {z} ({int(near.sum())} picks near this slice)")
         ax.set_xlabel("x (voxels)")
         ax.set_ylabel("y (voxels)")
@@ -33,13 +34,12 @@ def score_slices_png(slices: dict[int, np.ndarray], particles: Particles, pixel_
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, format="png", dpi=100)
-    plt.close(fig)
 
 
 def score_histogram_png(counts: np.ndarray, edges: np.ndarray, threshold: float | None, out: IO[bytes], *, picks: Particles | None = None, title: str = "") -> None:
     """Histogram (log counts; `counts` per bin between `edges`) of the score map with the cut-off
     and the picked scores."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ax.stairs(np.maximum(counts, 0.5), edges, color="0.3", fill=True, label="score map (best per voxel)")
     ax.set_yscale("log")
     if threshold is not None:
@@ -52,7 +52,6 @@ def score_histogram_png(counts: np.ndarray, edges: np.ndarray, threshold: float 
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(out, format="png", dpi=100)
-    plt.close(fig)
 
 
 def write_score_figures(

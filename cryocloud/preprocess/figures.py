@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -14,6 +13,7 @@ from matplotlib.figure import Figure
 
 from cryocloud.model import Microscope
 from cryocloud.optics import ctf_2d
+from cryocloud.plotting import subplots
 from cryocloud.preprocess.ctf_estimate import CtfFit, tile_spectra
 
 
@@ -23,7 +23,7 @@ def drift_figure(shifts: xr.DataArray, *, max_panels: int = 64) -> Figure:
     n = min(values.shape[0], max_panels)
     cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.0 * rows), squeeze=False, sharex=True, sharey=True)
+    fig, axes = subplots(rows, cols, figsize=(2.0 * cols, 2.0 * rows), squeeze=False, sharex=True, sharey=True)
     angles = shifts.coords["tilt_angle"].values if "tilt_angle" in shifts.coords else np.arange(n)
     for i, ax in enumerate(axes.ravel()):
         if i >= n:
@@ -71,7 +71,7 @@ def spectrum_figure(
     show[centre] = 0
     lo, hi = np.percentile(show[~centre], [2, 98])
     composite = np.where(xx < n // 2, (show - lo) / (hi - lo), ctf**2)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = subplots(figsize=(5, 5))
     ax.imshow(np.clip(composite, 0, 1), cmap="gray", origin="lower")
     ax.contour(np.where(xx < n // 2, ctf, np.nan), levels=[0.0], colors="yellow", linewidths=0.5)
     ax.set_title(
@@ -95,7 +95,7 @@ def _full_plane(half: np.ndarray, n: int) -> np.ndarray:
 
 def defocus_figure(table: pd.DataFrame, *, truth: pd.DataFrame | None = None) -> Figure:
     """Defocus U and V (um) against tilt angle; optional truth table with the same columns."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = subplots(figsize=(6, 3.5))
     t = table.sort_values("tilt_angle")
     ax.plot(t["tilt_angle"], t["defocus_u"] / 1e4, "o-", ms=3, label="defocus U")
     ax.plot(t["tilt_angle"], t["defocus_v"] / 1e4, "s-", ms=3, label="defocus V")
@@ -114,7 +114,6 @@ def png_bytes(fig: Figure, *, dpi: int = 120) -> bytes:
     """The figure as PNG bytes (the figure is closed)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
     return buf.getvalue()
 
 
