@@ -67,6 +67,26 @@ def test_read_volume_dispatches_on_the_suffix(tmp_path, s3_bucket):
     assert err.value.field == "level" and "v.rec" in str(err.value)
 
 
+def test_write_mrc_on_a_process_cluster_writes_every_block(tmp_path, s3_bucket):
+    """Process workers write their blocks into the file itself (not into pickled copies of a memory map)."""
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    volume = da.random.RandomState(5).normal(size=(20, 18, 14), chunks=(6, 7, 14)).astype(np.float32) + 2.0
+    expected = volume.compute()
+    url = f"{s3_bucket.url}/v.mrc"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, Client(cluster) as client:
+        write_mrc(volume, tmp_path / "v.mrc", pixel_size=3.5)
+        write_mrc(volume, url, pixel_size=3.5, storage_options=s3_bucket.storage_options)
+        assert len(client.scheduler_info()["workers"]) == 2
+    with mrcfile.open(tmp_path / "v.mrc") as mrc:
+        np.testing.assert_array_equal(mrc.data, expected)
+        assert float(mrc.voxel_size.x) == pytest.approx(3.5)
+        assert float(mrc.header.dmax) == pytest.approx(float(expected.max())) and float(mrc.header.dmin) == pytest.approx(float(expected.min()))
+    np.testing.assert_array_equal(read_mrc(url, storage_options=s3_bucket.storage_options).data.values, expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mrc"]
+
+
 def test_mrc_bad_inputs_and_write_protection(tmp_path):
     with mrcfile.new(tmp_path / "nopx.mrc") as m:
         m.set_data(np.zeros((4, 4, 4), np.float32))

@@ -4,7 +4,8 @@ Arrays are indexed (z, y, x) (MRC sections, rows, columns); the voxel size (A) c
 header. Local files are read lazily: each Dask chunk (a slab of whole sections) opens the file
 memory-mapped and copies its slab. Remote files (s3://) are downloaded whole into memory.
 Writes go to ``<name>.partial`` first and are renamed when complete (local; a failed write removes
-it), or uploaded after (remote), so a reader never sees a half-written MRC.
+it), or uploaded after (remote), so a reader never sees a half-written MRC. Each Dask block is
+written by the worker that computes it, through its own memory map of the file (`MrcSlabWriter`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,26 @@ class MrcSlabReader:
     def __getitem__(self, key: Any) -> np.ndarray:
         with _open_mrc(self.location) as mrc:
             return _finite(np.array(mrc.data.reshape(self.shape)[key]), self.location.url)
+
+
+class MrcSlabWriter:
+    """Target for `dask.array.store` into a local MRC file laid out by `mrcfile.new_mmap`: each write
+    maps the file's data block (mode r+, never creating it) in the process that runs it, so Dask
+    workers (threads or processes sharing the filesystem) write into the file itself; picklable.
+    (A memory map handed to process workers would be pickled as an in-memory copy, and lost.)"""
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, offset: int):
+        self.path = path
+        self.shape = shape
+        self.dtype = dtype
+        self.offset = offset
+        self.ndim = len(shape)
+
+    def __setitem__(self, key: Any, value: np.ndarray) -> None:
+        data = np.memmap(self.path, dtype=self.dtype, mode="r+", offset=self.offset, shape=self.shape)
+        data[key] = value
+        data.flush()
+        del data
 
 
 def _finite(block: np.ndarray, url: str) -> np.ndarray:
@@ -253,6 +274,8 @@ def _write_local(array: da.Array, path: str, px: float, url: str) -> None:
     except ValueError as exc:
         raise StoreError(url, f"dtype {array.dtype} has no MRC mode: {exc}", field="dtype") from exc
     with mrcfile.new_mmap(path, shape=array.shape, mrc_mode=int(mode), overwrite=True) as mrc:
-        compute(da.store(array, mrc.data, lock=True, compute=False), description=f"writing {url}")
+        target = MrcSlabWriter(path, array.shape, mrc.data.dtype, mrc.header.nbytes + int(mrc.header.nsymbt))
+    compute(da.store(array, target, lock=False, compute=False), description=f"writing {url}")  # disjoint blocks
+    with mrcfile.mmap(path, mode="r+") as mrc:
         mrc.voxel_size = px
         mrc.update_header_stats()
