@@ -8,8 +8,11 @@ ground-truth map crosses 0.143 within 2.5 x the voxel size and the half-map reso
 
 from __future__ import annotations
 
+import io
+
 import dask.array as da
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
@@ -182,3 +185,14 @@ def test_phase_randomisation_removes_the_masks_correlation_from_pure_noise_shell
     assert masked.fsc[noise_only].mean() > 0.15  # the mask's own correlation
     assert abs(corrected.fsc[noise_only].mean()) < 0.05
     assert np.allclose(corrected.fsc[masked.frequency < 0.1 / 4.0], masked.fsc[masked.frequency < 0.1 / 4.0])
+
+
+def test_fsc_curve_csv_round_trip():
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(16, 16, 16))
+    curve = fsc(a, a + rng.normal(size=a.shape), 4.0)
+    table = pd.read_csv(io.StringIO(curve.to_csv()))
+    assert list(table.columns) == ["frequency_per_a", "resolution_a", "fsc"]
+    np.testing.assert_allclose(table["frequency_per_a"], curve.frequency, atol=1e-6)
+    np.testing.assert_allclose(table["fsc"], curve.fsc, atol=1e-5)
+    np.testing.assert_allclose(table["resolution_a"][1:], 1 / curve.frequency[1:], rtol=1e-3)

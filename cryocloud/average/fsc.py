@@ -32,6 +32,11 @@ class FscCurve:
         """Resolution (A) where the FSC first falls below `threshold` (Nyquist if it never does)."""
         return resolution_at(self, threshold)
 
+    def to_csv(self) -> str:
+        """The curve as CSV text: frequency_per_a, resolution_a (inf at 0), fsc; one row per shell."""
+        rows = "".join(f"{f:.6f},{1 / f if f > 0 else float('inf'):.3f},{c:.5f}\n" for f, c in zip(self.frequency, self.fsc))
+        return "frequency_per_a,resolution_a,fsc\n" + rows
+
 
 def _shells(shape: tuple[int, int, int]) -> np.ndarray:
     n = shape[0]

@@ -64,9 +64,8 @@ def average(
     for name, volume in (("half1", result.half_maps[0]), ("half2", result.half_maps[1]), ("average", result.average)):
         write_mrc(volume, f"{base}/{name}.mrc", pixel_size=px, overwrite=overwrite)
     write_tomogram(Tomogram.from_array(result.average, pixel_size=px, microscope=tomo.microscope), f"{base}/average.zarr", levels=1, overwrite=overwrite)
-    rows = "\n".join(f"{f:.6f},{1 / f if f > 0 else float('inf'):.3f},{c:.5f}" for f, c in zip(result.fsc.frequency, result.fsc.fsc))
     with open_url(f"{base}/fsc.csv", "w") as fh:
-        fh.write("frequency_per_a,resolution_a,fsc\n" + rows + "\n")
+        fh.write(result.fsc.to_csv())
     with open_url(f"{base}/average_slices.png", "wb") as fh:
         fh.write(slices_png(result.average, px))
     with open_url(f"{base}/fsc.png", "wb") as fh:
@@ -114,9 +113,8 @@ def average_relion(
     base = out_dir.rstrip("/")
     for name, volume in (("half1", maps[0]), ("half2", maps[1]), ("average", avg)):
         write_mrc(volume, f"{base}/{name}.mrc", pixel_size=px, overwrite=overwrite)
-    rows = "\n".join(f"{f:.6f},{c:.5f}" for f, c in zip(curves["half maps"].frequency, curves["half maps"].fsc))
     with open_url(f"{base}/fsc.csv", "w") as fh:
-        fh.write("frequency_per_a,fsc_half_maps\n" + rows + "\n")
+        fh.write(curves["half maps"].to_csv())
     with open_url(f"{base}/average_slices.png", "wb") as fh:
         fh.write(slices_png(avg, px))
     with open_url(f"{base}/fsc.png", "wb") as fh:

@@ -13,11 +13,6 @@ SLICES = "average: central XY, XZ and YZ slices"
 FSC = "half-map FSC (0.143 marked)"
 
 
-def _fsc_csv(curve) -> str:
-    rows = "\n".join(f"{f:.6f},{1 / f if f > 0 else float('inf'):.3f},{c:.5f}" for f, c in zip(curve.frequency, curve.fsc))
-    return "frequency_per_a,resolution_a,fsc\n" + rows + "\n"
-
-
 def stage_average(ctx: RunContext, overwrite: bool) -> None:
     from cryocloud.average import Poses, SearchSettings, Wedges, extract, refine
     from cryocloud.average.figures import fsc_png, slices_png
@@ -43,7 +38,7 @@ def stage_average(ctx: RunContext, overwrite: bool) -> None:
         px = sub.pixel_size_a
         for name, volume in (("half1", result.half_maps[0]), ("half2", result.half_maps[1]), ("average", result.average)):
             write_mrc(volume, ctx.url("average", f"{name}.mrc"), pixel_size=px, overwrite=True, storage_options=so)
-        write_text(ctx.url("average", "fsc.csv"), _fsc_csv(result.fsc), overwrite=True, storage_options=so)
+        write_text(ctx.url("average", "fsc.csv"), result.fsc.to_csv(), overwrite=True, storage_options=so)
         ctx.figure("average", SLICES, "average", "average_slices.png", draw=lambda fh: fh.write(slices_png(result.average, px)),
                    overwrite=True)
         ctx.figure("average", FSC, "average", "fsc.png", draw=lambda fh: fh.write(fsc_png({"half maps (masked)": result.fsc})),
