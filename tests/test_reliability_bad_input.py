@@ -272,10 +272,22 @@ def mrc_bad_header(c: Case):
     return ["convert", str(path), str(c.out / "junk.zarr")], ["junk.mrc", "MRC"]
 
 
-def star_malformed(c: Case):
+def particles_csv_malformed(c: Case):
     tomo = _tomo(c)
-    star = _text(c, "particles.csv", "x,y,z\n1,2\n3,four,5\n")
-    return ["average", tomo, star, str(c.out / "avg")], ["particles.csv"]
+    table = _text(c, "particles.csv", "x,y,z\n1,2\n3,four,5\n")
+    return ["average", tomo, table, str(c.out / "avg")], ["particles.csv"]
+
+
+def star_malformed(c: Case):
+    star = _text(c, "picks.star", "data_particles\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n1.0 2.0\n")
+    decisions = _text(c, "decisions.csv", "index,accept\n0,1\n")
+    return ["curate", "apply", star, decisions, str(c.out / "accepted.csv"), "--tomogram", _tomo(c)], ["picks.star", "rlnCoordinateZ"]
+
+
+def ndjson_malformed(c: Case):
+    picks = _text(c, "picks.ndjson", '{"type": "orientedPoint", "location": {"x": 1, "y": 2}}\nnot json\n')
+    decisions = _text(c, "decisions.csv", "index,accept\n0,1\n")
+    return ["curate", "apply", picks, decisions, str(c.out / "accepted.csv"), "--tomogram", _tomo(c)], ["picks.ndjson line 1", "location"]
 
 
 def yaml_malformed(c: Case):
@@ -337,7 +349,7 @@ CASES = [
     wrong_kind, invalid_cryocloud_block, tilt_angles_missing_in_block, contradictory_tilt_count, tlt_count_mismatch,
     tlt_out_of_range, tlt_not_numbers, mdoc_count_mismatch, mdoc_pixel_size_contradicts_header, mdoc_missing_tilt_angle, mdoc_not_a_number,
     mdoc_no_sections, nan_in_tilt_series, inf_in_mrc, zero_size_mrc, zero_size_zarr, anisotropic_pixels,
-    template_pixel_mismatch, complex_dtype, mrc_bad_header, star_malformed, yaml_malformed, yaml_unknown_key,
+    template_pixel_mismatch, complex_dtype, mrc_bad_header, particles_csv_malformed, star_malformed, ndjson_malformed, yaml_malformed, yaml_unknown_key,
     yaml_wrong_type, yaml_python_tag, local_url_missing, unsupported_scheme, s3_key_missing,
     s3_bucket_missing_on_write, output_under_a_file, template_larger_than_tomogram,
 ]
