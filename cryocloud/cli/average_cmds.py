@@ -14,13 +14,9 @@ from cryocloud.cli.app import app
 from cryocloud.errors import ModelError
 from cryocloud.model import Tomogram
 from cryocloud.progress import compute
-from cryocloud.store import open_url, read_mrc, read_particles_csv, read_tomogram, write_mrc, write_tomogram
+from cryocloud.store import open_url, read_mrc, read_particles_csv, read_tomogram, read_volume, write_mrc, write_tomogram
 
 console = Console(highlight=False, stderr=True)
-
-
-def _read_volume(url: str) -> Tomogram:
-    return read_mrc(url) if url.lower().endswith((".mrc", ".map", ".rec")) else read_tomogram(url)
 
 
 @app.command()
@@ -42,7 +38,7 @@ def average(
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Extract, align and average particles with two independent halves; report the FSC resolution."""
-    tomo = _read_volume(tomogram_url)
+    tomo = read_volume(tomogram_url)
     particles = read_particles_csv(particles_url)
     if tomo.tilt_angles is None:
         raise ModelError("tilt_angles", "the tomogram carries no tilt angles; the missing wedge needs them", source=tomogram_url)
