@@ -129,10 +129,14 @@ def test_coarse_only_with_fixed_axis_keeps_the_axis(series):
     assert _shift_rms_px(fixed, shifts) < 2.0
 
 
-def test_tilt_offset_estimate():
-    ts, shifts, _ = _series(3, tilt_offset=4.0, guess_error=0.0)
+@pytest.mark.parametrize("offset", [4.0, -3.0])
+def test_tilt_offset_estimate(offset):
+    """Measured error over seeds 3, 5, 7 and offsets 0, 2, 4, -3 deg: at most 0.26 deg. It does not grow
+    with the offset: with the true angles the tracked points' plane tilts by the same -0.03 (seed 3) /
+    -0.22 deg (seed 7) for true offsets 0 and 4 (the tracked features are not exactly coplanar)."""
+    ts, shifts, _ = _series(3, tilt_offset=offset, guess_error=0.0)
     result = align_tilt_series(ts, refine="patch-tracking", tilt_offset=True, estimate_axis=False)
-    assert 2.5 < result.tilt_offset_deg < 4.5  # measured 3.0 for a true 4.0 (see report)
+    assert abs(result.tilt_offset_deg - offset) < 0.5
     np.testing.assert_allclose(result.corrected_tilt_angles_deg, ANGLES + result.tilt_offset_deg)
 
 
