@@ -46,3 +46,47 @@ def test_gallery_apply_export(tmp_path):
         assert mrc.data.shape == (n - 2, 24, 24) and np.isclose(mrc.voxel_size.x, 16.0)
     table = starfile.read(export / "particles.star", always_dict=True)["particles"]
     assert len(table) == n - 2 and set(table["rlnMicrographName"]) == {"tomo"}
+
+
+def test_auto_curation_accepts_particles_and_rejects_decoys(tmp_path, capsys):
+    """`curate auto` on a twin's 10 true particles (true orientations) and 6 decoys in empty ice
+    (random orientations, scores among the true ones'): the two-class split of the agreement with
+    the average of the 4 best-scoring picks accepts every particle and rejects every decoy;
+    `curate apply` reads the decisions back."""
+    from cryocloud.geometry import random_rotations
+    from cryocloud.model import Particles
+    from cryocloud.reconstruct import reconstruct
+    from cryocloud.simulate import SimulationConfig, simulate
+
+    px = 16.0
+    sim = simulate(SimulationConfig(shape_zyx=(48, 128, 128), pixel_size_a=px, n_particles=10, seed=4))
+    write_tomogram(reconstruct(sim.tilt_series, thickness_px=48), str(tmp_path / "tomo.zarr"), levels=1)
+    truth = sim.particles
+    rng = np.random.default_rng(1)
+    decoys = []
+    while len(decoys) < 6:
+        candidate = rng.uniform([20, 20, 14], [108, 108, 34]) * px
+        if np.min(np.linalg.norm(truth.positions - candidate, axis=1)) > 250 and all(np.linalg.norm(candidate - d) > 150 for d in decoys):
+            decoys.append(candidate)
+    scores = np.concatenate([np.linspace(1.0, 0.3, 10), rng.uniform(0.3, 0.8, 6)])
+    picks = Particles.create(np.vstack([truth.positions, decoys]), np.concatenate([truth.rotations, random_rotations(6, rng)]), scores, "tomo")
+    write_particles_csv(picks, str(tmp_path / "picks.csv"))
+
+    out = tmp_path / "auto"
+    args = ["curate", "auto", str(tmp_path / "picks.csv"), str(tmp_path / "tomo.zarr"), str(out), "--box", "24", "--top-n", "4", "--mask-radius", "100"]
+    assert main(args) == 0
+    decisions = pd.read_csv(out / "decisions.csv")
+    assert list(decisions.columns) == ["index", "score", "agreement", "accept"]
+    assert np.all(np.diff(decisions["agreement"]) <= 0)
+    accepted = set(decisions.loc[decisions["accept"] == 1, "index"])
+    assert accepted == set(range(10))
+    assert (out / "average_slices.png").stat().st_size > 1000
+    assert main(args) == 2  # decisions.csv exists
+    assert main(args[:4] + [str(tmp_path / "other"), "--keep", "top:2"]) == 2  # a bad rule is refused
+    assert "'keep'" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+    assert main(["curate", "auto", *args[2:5], "--box", "24", "--top-n", "4", "--keep", "top:0.25", "--overwrite"]) == 0
+    assert (pd.read_csv(out / "decisions.csv")["accept"] == 1).sum() == 4
+    assert main(["curate", "apply", str(tmp_path / "picks.csv"), str(out / "decisions.csv"), str(tmp_path / "kept.csv")]) == 0
+    kept = read_picks(str(tmp_path / "kept.csv"))
+    assert len(kept) == 4 and np.all(np.min(np.linalg.norm(kept.positions[:, None] - truth.positions[None], axis=2), axis=1) < 1e-3)

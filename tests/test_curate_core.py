@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import starfile
 
+from cryocloud.curate.auto import acceptance_threshold, split_threshold
 from cryocloud.curate.decisions import apply_decisions, decisions_csv, parse_decisions
 from cryocloud.curate.export import export_stack
 from cryocloud.curate.gallery import write_gallery
@@ -121,6 +122,35 @@ def test_decisions_read_back(tmp_path):
         parse_decisions("index,accept\n1,maybe\n", 6)
     with pytest.raises(ModelError, match="exactly one"):
         parse_decisions('{"keep": [1]}', 6)
+
+
+def test_acceptance_rules():
+    """split: the cut between two populations (here 0.10..0.19 and 0.40..0.58, unequal sizes);
+    top:F the best fraction; min:C a fixed correlation; anything else is refused."""
+    rng = np.random.default_rng(3)
+    low, high = rng.uniform(0.10, 0.19, 14), rng.uniform(0.40, 0.58, 6)
+    values = rng.permutation(np.concatenate([low, high]))
+    threshold = split_threshold(values)
+    assert low.max() < threshold < high.min()
+    assert acceptance_threshold(values, "split") == threshold
+    assert np.sum(values >= acceptance_threshold(values, "top:0.25")) == 5
+    assert np.sum(values >= acceptance_threshold(values, "top:1")) == 20
+    assert acceptance_threshold(values, "min:0.3") == 0.3
+    for bad in ("top:0", "top:1.5", "min:2", "split:3", "best", "top:x"):
+        with pytest.raises(ModelError, match="'keep'"):
+            acceptance_threshold(values, bad)
+    with pytest.raises(ModelError, match="at least 2"):
+        split_threshold([0.3])
+
+
+def test_automatic_decisions_read_back():
+    """decisions.csv from automatic curation: rows by agreement, accept as decided, read back."""
+    particles = Particles.create(np.arange(12.0).reshape(4, 3), scores=[0.5, 0.9, 0.2, 0.7])
+    agreement = np.array([0.4, 0.1, 0.5, 0.05])
+    text = decisions_csv(particles, rank_by_agreement(agreement), accepted=agreement >= 0.3, agreement=agreement)
+    assert text.splitlines()[0] == "index,score,agreement,accept"
+    assert text.splitlines()[1] == "2,0.2,0.5,1"
+    assert np.array_equal(parse_decisions(text, 4), [True, False, True, False])
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

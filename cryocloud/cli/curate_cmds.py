@@ -141,3 +141,37 @@ def export(
     images = minislabs(tomo, particles, box=box, thickness_a=thickness or box * tomo.pixel_size / 2, axis=axis)
     stack, star = export_stack(images, particles, out_url, pixel_size_a=tomo.pixel_size, microscope=tomo.microscope, overwrite=overwrite, storage_options=write_options)
     console.print(f"{star}: {len(particles)} particles in {stack}")
+
+
+@curate_app.command("auto")
+def auto(
+    picks_url: str = typer.Argument(..., help="Pick list (e.g. template matching's, .csv, .ndjson, .star, copick .json)."),
+    tomogram_url: str = typer.Argument(..., help="Tomogram the picks belong to (OME-Zarr / MRC)."),
+    out_url: str = typer.Argument(..., help="Output folder: decisions.csv (index, score, agreement, accept) and average_slices.png."),
+    keep: str = typer.Option("split", "--keep", help="split (two-class split of the agreement) | top:F (best fraction F) | min:C (agreement >= C)."),
+    box: int = typer.Option(24, "--box", help="Box edge for the average and the agreement (voxels)."),
+    top_n: int = typer.Option(10, "--top-n", help="Best-scoring picks in the first average."),
+    mask_radius: Optional[float] = typer.Option(None, "--mask-radius", help="Correlation mask radius (A; default the box)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing decisions.csv."),
+    endpoint_url: Optional[str] = ENDPOINT,
+    anon: bool = ANON,
+) -> None:
+    """Accept/reject picks by their agreement with the average of the best-scoring ones; the
+    decisions.csv can be reviewed (with `curate gallery`) and read by `curate apply`."""
+    from cryocloud.curate.auto import curate_automatically
+    from cryocloud.curate.decisions import decisions_csv
+    from cryocloud.curate.rank import rank_by_agreement
+    from cryocloud.report import save_slices_png
+    from cryocloud.store import open_url
+
+    read_options, write_options = read_write_options(endpoint_url, anon)
+    tomo, particles = _inputs(picks_url, tomogram_url, read_options)
+    if len(particles) < 2:
+        raise ModelError("picks", f"automatic curation needs at least 2 picks, got {len(particles)}", source=picks_url)
+    curation = curate_automatically(tomo, particles, box=box, top_n=top_n, mask_radius_a=mask_radius, keep=keep)
+    out = resolve(out_url, write_options)
+    with open_url(out.child("average_slices.png").url, "wb", storage_options=write_options) as f:
+        save_slices_png(curation.average, f, title=f"average of the top {min(top_n, len(particles))} by score")
+    text = decisions_csv(particles, rank_by_agreement(curation.agreement), accepted=curation.accepted, agreement=curation.agreement)
+    write_text(out.child("decisions.csv").url, text, overwrite=overwrite, storage_options=write_options)
+    console.print(f"{out.child('decisions.csv').url}: {int(curation.accepted.sum())} of {len(particles)} picks accepted (agreement >= {curation.threshold:.3f}, rule {keep}); then `cryocloud curate apply`")

@@ -1,7 +1,8 @@
 """Accept/reject decisions on a pick list, by index (0-based, the index shown in the gallery).
 
 Written with a gallery: `decisions.csv` with columns index, score, accept (1 for every particle);
-a person sets accept to 0 for the particles to drop. Read back:
+a person sets accept to 0 for the particles to drop. Written by automatic curation
+(`cryocloud curate auto`): the same columns plus agreement, accept as decided. Read back:
 - CSV with columns index and accept (1/0, true/false, yes/no, accept/reject): listed particles as
   decided, unlisted ones rejected; a CSV with an index column only lists the accepted ones;
 - JSON {"accept": [indices]} (only those kept) or {"reject": [indices]} (all others kept).
@@ -23,10 +24,18 @@ TRUE = {"1", "true", "yes", "y", "accept", "accepted", "keep"}
 FALSE = {"0", "false", "no", "n", "reject", "rejected", "drop"}
 
 
-def decisions_csv(particles: Particles, order: np.ndarray | None = None) -> str:
-    """The decisions template: every particle accepted, rows in `order` (default: input order)."""
-    order = np.arange(len(particles)) if order is None else np.asarray(order)
-    table = pd.DataFrame({"index": order, "score": particles.scores[order], "accept": 1})
+def decisions_csv(
+    particles: Particles, order: np.ndarray | None = None, *, accepted: np.ndarray | None = None, agreement: np.ndarray | None = None
+) -> str:
+    """The decisions file, rows in `order` (default: input order): every particle accepted (the
+    template a person edits), or as in the (N,) mask `accepted` (automatic curation), with an
+    agreement column when given."""
+    n = len(particles)
+    order = np.arange(n) if order is None else np.asarray(order)
+    table = pd.DataFrame({"index": order, "score": particles.scores[order]})
+    if agreement is not None:
+        table["agreement"] = np.asarray(agreement)[order]
+    table["accept"] = 1 if accepted is None else np.asarray(accepted, dtype=bool)[order].astype(int)
     return table.to_csv(index=False)
 
 
