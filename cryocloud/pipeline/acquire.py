@@ -1,5 +1,7 @@
 """Stages that supply the tilt series: `simulate` (the digital twin), `input` (an OME-Zarr tilt
-series) and `motion` (movies named by a SerialEM .mdoc, motion-corrected one task per movie)."""
+series) and `motion`: movies named by a SerialEM .mdoc, motion-corrected one task per movie, or the
+digital twin's movies (simulate with frames_per_tilt > 0), motion-corrected one task per tilt with
+their even- and odd-frame sums kept for half reconstructions and scored against the simulated drift."""
 
 from __future__ import annotations
 
@@ -47,8 +49,12 @@ def stage_input(ctx: RunContext, overwrite: bool) -> None:
 
 
 def stage_motion(ctx: RunContext, overwrite: bool) -> None:
-    """Motion-correct the movies of `input` (a .mdoc; movies in its folder), one task per movie, into
-    `motion/tilt_series.zarr` with the frame shifts (`motion/shifts.csv`) and drift traces (`motion/drift.png`)."""
+    """Motion-correct the movies of `input` (a .mdoc; movies in its folder), one task per movie, or
+    the simulation's movies, into `motion/tilt_series.zarr` with the frame shifts (`motion/shifts.csv`)
+    and drift traces (`motion/drift.png`)."""
+    if not ctx.config.input:
+        _motion_of_simulation(ctx, overwrite)
+        return
     import dask
 
     from cryocloud.pipeline.movies import correct_movie, mdoc_pixel_size, write_motion
@@ -67,5 +73,44 @@ def stage_motion(ctx: RunContext, overwrite: bool) -> None:
         stored = write_motion(ctx.root, mdoc, list(compute(*tasks, description=f"motion correction of {len(tasks)} movies")), p)
     ctx.results["tilt_series"] = stored
     ctx.summary["motion"] = {"mdoc": mdoc.source, "n_movies": mdoc.n_tilts, "n_tilts": stored.n_tilts, "pixel_size_a": stored.pixel_size}
+    ctx.figure("motion", "frame drift per tilt", "motion", "drift.png")
+    _montage(ctx, "motion", overwrite)
+
+
+def _motion_of_simulation(ctx: RunContext, overwrite: bool) -> None:
+    """Motion correction of `simulation/frames.zarr` (after the simulate stage): sum, even- and
+    odd-frame sums (`motion/even.zarr`, `motion/odd.zarr`, for `ctx.results["halves"]`), drift error."""
+    import numpy as np
+    import pandas as pd
+
+    from cryocloud.errors import ModelError
+    from cryocloud.pipeline.movies import drift_error, persist_motion, simulated_frames
+    from cryocloud.preprocess.motion import motion_correct
+    from cryocloud.progress import compute
+    from cryocloud.store import open_url, read_tilt_series
+
+    p = ctx.config.motion
+    so = ctx.storage_options
+    if not ctx.exists("simulation", "frames.zarr"):
+        raise ModelError("simulate.overrides.frames_per_tilt", "the motion stage needs simulated movies: set it to 2 or more")
+    if p.pixel_size_a or p.exposure:
+        raise ModelError("motion.pixel_size_a", "applies to .mdoc input only; the simulation records its pixel size and exposure")
+    stored = None if overwrite else complete(lambda: read_tilt_series(ctx.url("motion", "tilt_series.zarr"), storage_options=so))
+    if stored is None:
+        frames = simulated_frames(ctx.url("simulation", "frames.zarr"), ctx.results["tilt_series"], so)
+        result = motion_correct(frames, bfactor_a2=p.bfactor_a2, iterations=p.iterations, max_shift_a=p.max_shift_a)
+        total, even, odd, shifts = compute(result.sum.data.data, result.even.data.data, result.odd.data.data, result.shifts.data,
+                                           description=f"motion correction of {frames.n_tilts} movies")
+        halves = {"even": result.even.with_data(even), "odd": result.odd.with_data(odd)}
+        stored = persist_motion(ctx.root, result.sum.with_data(total), result.shifts.copy(data=shifts), p, halves)
+    ctx.results["tilt_series"] = stored
+    ctx.results["halves"] = {h: read_tilt_series(ctx.url("motion", f"{h}.zarr"), storage_options=so) for h in ("even", "odd")}
+    with open_url(ctx.url("motion", "shifts.csv"), "r", storage_options=so) as fh:
+        table = pd.read_csv(fh)
+    n_frames = int(table["frame"].max()) + 1
+    measured = table[["shift_x_a", "shift_y_a"]].to_numpy().reshape(stored.n_tilts, n_frames, 2)
+    figures = {"source": "simulation/frames.zarr", "n_tilts": stored.n_tilts, "frames_per_tilt": n_frames, "halves": ["even", "odd"]}
+    figures.update(drift_error(measured, np.asarray(ctx.results["truth"]["drift_xy_a"])))
+    ctx.summary["motion"] = figures
     ctx.figure("motion", "frame drift per tilt", "motion", "drift.png")
     _montage(ctx, "motion", overwrite)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
+from cryocloud.denoise.noise2noise import N2NConfig
 from cryocloud.errors import CryocloudError
 from cryocloud.segment import MembraneSettings
 
@@ -27,6 +28,12 @@ class SimulateParams(_Section):
         default_factory=lambda: {"tilt_axis_angle_deg": 85.0, "shift_sigma_a": 40.0},
         description="SimulationConfig fields; the default misaligns the images as a microscope does",
     )
+
+    def frames_per_tilt(self) -> int:
+        """Movie frames per tilt the simulation writes (0: none; then no motion stage)."""
+        from cryocloud.simulate import preset
+
+        return preset(self.preset, **self.overrides).frames_per_tilt
 
 
 class MotionParams(_Section):
@@ -59,16 +66,30 @@ class ReconstructParams(_Section):
     sirt_iterations: int = pydantic.Field(10, ge=1)
 
 
-class DenoiseParams(_Section):
-    """CTF deconvolution of the tomogram (Warp's filter; see cryocloud.denoise.deconv)."""
+#: the pipeline's noise2noise training: shorter than N2NConfig's default
+PIPELINE_N2N_STEPS = 200
 
-    method: Literal["deconv"] = "deconv"
-    strength: float = pydantic.Field(1.0, gt=0, description="10^(3 strength) is the low-frequency SNR")
-    snr_falloff: float = pydantic.Field(1.0, ge=0)
-    highpass_nyquist: float = pydantic.Field(0.02, gt=0, le=1, description="high-pass cut-on, fraction of Nyquist")
-    defocus_a: float | None = pydantic.Field(None, gt=0, description="default: the ctf stage's mean defocus (A)")
+
+class DenoiseParams(_Section):
+    """Denoising of the tomogram: `deconv`, Warp's CTF deconvolution (cryocloud.denoise.deconv), or
+    `noise2noise`, a 3D U-Net trained on the even/odd half reconstructions (cryocloud.denoise.noise2noise;
+    needs movies and the `denoise` extra)."""
+
+    method: Literal["deconv", "noise2noise"] = "deconv"
+    strength: float = pydantic.Field(1.0, gt=0, description="deconv: 10^(3 strength) is the low-frequency SNR")
+    snr_falloff: float = pydantic.Field(1.0, ge=0, description="deconv")
+    highpass_nyquist: float = pydantic.Field(0.02, gt=0, le=1, description="deconv: high-pass cut-on, fraction of Nyquist")
+    defocus_a: float | None = pydantic.Field(None, gt=0, description="deconv; default: the ctf stage's mean defocus (A)")
+    noise2noise: N2NConfig = pydantic.Field(default_factory=lambda: N2NConfig(steps=PIPELINE_N2N_STEPS),
+                                            description="noise2noise: N2NConfig fields (network, patch, n_patches, steps, ...)")
     tile: int = pydantic.Field(128, ge=16, description="tile edge (voxels)")
     overlap: int = pydantic.Field(32, ge=0, description="tile overlap on each side (voxels)")
+
+    @pydantic.field_validator("noise2noise", mode="before")
+    @classmethod
+    def _n2n_config(cls, value: Any) -> Any:
+        """Fields not given keep the pipeline's defaults (a short training)."""
+        return value if isinstance(value, N2NConfig) else {"steps": PIPELINE_N2N_STEPS, **(value or {})}
 
 
 class MatchParams(_Section):

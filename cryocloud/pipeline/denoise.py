@@ -1,10 +1,14 @@
-"""The `denoise` stage: CTF deconvolution (Warp's filter, `cryocloud.denoise.deconv`) of the
-reconstructed tomogram into `denoise/tomogram.zarr`, with before/after slices; scored against the
-simulation's truth (correlation, like the reconstruct stage's) when there is one."""
+"""The `denoise` stage: the reconstructed tomogram denoised into `denoise/tomogram.zarr`, with
+before/after slices; scored against the simulation's truth (correlation, like the reconstruct
+stage's) when there is one. Methods:
+- `deconv`: CTF deconvolution (Warp's filter, `cryocloud.denoise.deconv`);
+- `noise2noise`: a 3D U-Net trained on the even/odd half reconstructions (`cryocloud.denoise.noise2noise`),
+  its model folder `denoise/model/` (reused on resume), the mean of both denoised halves as output."""
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import IO, Any
 
 import numpy as np
 
@@ -29,7 +33,6 @@ def series_defocus(ctx: RunContext) -> float | None:
 
 
 def stage_denoise(ctx: RunContext, overwrite: bool) -> None:
-    from cryocloud.denoise import DeconvSettings, deconvolve
     from cryocloud.denoise.figures import write_before_after
     from cryocloud.store import read_tomogram, write_tomogram
 
@@ -38,25 +41,86 @@ def stage_denoise(ctx: RunContext, overwrite: bool) -> None:
     url = ctx.url("denoise", "tomogram.zarr")
     tomo = ctx.results["tomogram"]
     stored = None if overwrite else complete(lambda: read_tomogram(url, storage_options=so))
-    defocus = series_defocus(ctx)
-    if stored is None and defocus is None:
-        if ctx.config.stages and "denoise" in ctx.config.stages:
-            raise ModelError("denoise.defocus_a", NO_DEFOCUS)
-        ctx.summary["denoise"] = {"skipped": f"denoise.defocus_a: {NO_DEFOCUS}"}  # a default stage gives way
-        return
+    figures: dict[str, Any] = {"method": p.method}
+    ctx.summary["denoise"] = figures
+    if p.method == "noise2noise":
+        denoised = _noise2noise(ctx, overwrite or stored is None, figures)
+    else:
+        denoised = None if stored is not None else _deconv(ctx)
+        if stored is None and denoised is None:
+            return
     if stored is None:
-        settings = DeconvSettings(strength=p.strength, snr_falloff=p.snr_falloff, highpass_nyquist=p.highpass_nyquist)
-        denoised = deconvolve(tomo, settings, defocus_a=defocus, tile=p.tile, depth=p.overlap)
         write_tomogram(denoised, url, chunks=(p.tile,) * 3, overwrite=True, storage_options=so,
                        metadata={"stage": "denoise", "parameters": p.model_dump(), "defocus_a": denoised.data.attrs.get("defocus_a")})
         stored = read_tomogram(url, storage_options=so)
         write_before_after(tomo.data.data, stored.data.data, ctx.url("denoise", "slices"), label=p.method, storage_options=so)
     ctx.results["denoised"] = stored
-    figures: dict[str, Any] = {"method": p.method, "shape_zyx": list(stored.shape)}
+    figures["shape_zyx"] = list(stored.shape)
     truth = ctx.results.get("truth_volume")
     if truth is not None and truth.shape == stored.shape:
         offset = ctx.results.get("volume_offset_a", np.zeros(3))
         figures["correlation_with_truth"] = round(correlation_with_truth(stored, truth, offset), 4)
-    ctx.summary["denoise"] = figures
     ctx.figure("denoise", "before: central XY and XZ slices", "denoise", "slices_before.png")
     ctx.figure("denoise", f"after {p.method}: central XY and XZ slices", "denoise", "slices_after.png")
+
+
+def _deconv(ctx: RunContext) -> Any:
+    """The lazy deconvolved tomogram, or None (with the reason in the summary) when no defocus is known
+    and denoise was not asked for by name."""
+    from cryocloud.denoise import DeconvSettings, deconvolve
+
+    p = ctx.config.denoise
+    defocus = series_defocus(ctx)
+    if defocus is None:
+        if ctx.config.stages and "denoise" in ctx.config.stages:
+            raise ModelError("denoise.defocus_a", NO_DEFOCUS)
+        ctx.summary["denoise"] = {"skipped": f"denoise.defocus_a: {NO_DEFOCUS}"}  # a default stage gives way
+        return None
+    settings = DeconvSettings(strength=p.strength, snr_falloff=p.snr_falloff, highpass_nyquist=p.highpass_nyquist)
+    return deconvolve(ctx.results["tomogram"], settings, defocus_a=defocus, tile=p.tile, depth=p.overlap)
+
+
+def _noise2noise(ctx: RunContext, needed: bool, figures: dict[str, Any]) -> Any:
+    """Train (or, when `denoise/model/` holds a complete model and nothing is recomputed, load) the
+    even/odd denoiser; returns the lazy mean of both denoised halves when `needed`, else None.
+    Training figures (steps, held-out loss before and after) go into `figures`."""
+    from cryocloud.denoise.noise2noise import CONFIG_FILE, denoise_halves, load_model, save_model, train
+    from rich.progress import Progress
+
+    p = ctx.config.denoise
+    so = ctx.storage_options
+    halves = ctx.results.get("tomogram_halves")
+    if not halves:
+        raise ModelError("denoise.method", "noise2noise needs even/odd half reconstructions: movies and the motion stage "
+                                           "(simulate.overrides.frames_per_tilt >= 2) before reconstruct")
+    folder = ctx.url("denoise", "model")
+    trained = needed or not ctx.exists("denoise", "model", CONFIG_FILE)
+    if trained:
+        with Progress() as bar:
+            task = bar.add_task("noise2noise training", total=p.noise2noise.steps)
+            model = train(halves["even"], halves["odd"], p.noise2noise, progress=lambda step, _: bar.update(task, completed=step))
+        save_model(model, folder, overwrite=True, storage_options=so)
+    else:
+        model = load_model(folder, storage_options=so)
+    ctx.figure("denoise", "noise2noise training: loss per step", "denoise", "model", "loss.png",
+               draw=partial(_loss_png, model.history), overwrite=trained)
+    validation = [v for _, _, v in model.history if v is not None]
+    figures.update({"training_steps": model.config.steps, "validation_loss_start": round(validation[0], 4),
+                    "validation_loss_end": round(validation[-1], 4), "model": "denoise/model"})
+    return denoise_halves(halves["even"], halves["odd"], model, tile=p.tile, depth=p.overlap) if needed else None
+
+
+def _loss_png(history: list, target: IO[bytes]) -> None:
+    """PNG of the training and held-out loss against the step (history as N2NModel.history)."""
+    from cryocloud.plotting import subplots
+    from cryocloud.preprocess.figures import save_png
+
+    fig, ax = subplots(figsize=(4.5, 3.0))
+    for column, label in ((1, "training"), (2, "held-out")):
+        points = [(h[0], h[column]) for h in history if h[column] is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", ms=3, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE (normalised)")
+    ax.legend(fontsize=8)
+    save_png(fig, target)

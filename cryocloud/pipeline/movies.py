@@ -65,18 +65,62 @@ def shifts_table(shifts: xr.DataArray) -> str:
 
 
 def write_motion(root, mdoc: Mdoc, corrected: list[tuple[np.ndarray, np.ndarray]], params: MotionParams) -> TiltSeries:
-    """Persist motion-corrected movies (mdoc section order) under `root` (a Location): `motion/shifts.csv`,
-    `motion/drift.png`, then `motion/tilt_series.zarr` last (the stage is complete when it reads back)."""
+    """Persist motion-corrected movies (mdoc section order) under `root` (a Location), see `persist_motion`."""
+    shifts = shifts_array([s for _, s in corrected], mdoc.tilt_angle)
+    return persist_motion(root, series_from_sums(mdoc, [total for total, _ in corrected], params), shifts, params)
+
+
+def persist_motion(root, ts: TiltSeries, shifts: xr.DataArray, params: MotionParams,
+                   halves: dict[str, TiltSeries] | None = None) -> TiltSeries:
+    """Write `motion/shifts.csv`, `motion/drift.png`, the even/odd frame sums (`motion/even.zarr`,
+    `motion/odd.zarr`) when given, then `motion/tilt_series.zarr` last (the stage is complete when it
+    reads back). Returns the stored (lazy) tilt series."""
     from cryocloud.preprocess.figures import drift_figure, save_png
     from cryocloud.store import open_url, read_tilt_series, write_tilt_series
     from cryocloud.store.textfiles import write_text
 
     so = root.storage_options
-    shifts = shifts_array([s for _, s in corrected], mdoc.tilt_angle)
     write_text(root.child("motion", "shifts.csv").url, shifts_table(shifts), overwrite=True, storage_options=so)
     with open_url(root.child("motion", "drift.png").url, "wb", storage_options=so) as fh:
         save_png(drift_figure(shifts), fh)
-    ts = series_from_sums(mdoc, [total for total, _ in corrected], params)
+    meta = {"stage": "motion", "parameters": params.model_dump()}
+    for half, series in (halves or {}).items():
+        write_tilt_series(series, root.child("motion", f"{half}.zarr").url, overwrite=True, storage_options=so, metadata={**meta, "half": half})
     url = root.child("motion", "tilt_series.zarr").url
-    write_tilt_series(ts, url, overwrite=True, storage_options=so, metadata={"stage": "motion", "parameters": params.model_dump()})
+    write_tilt_series(ts, url, overwrite=True, storage_options=so, metadata=meta)
     return read_tilt_series(url, storage_options=so)
+
+def simulated_frames(url: str, summed: TiltSeries, storage_options: dict | None = None) -> TiltSeries:
+    """The digital twin's movies (`<simulation>/frames.zarr`, (tilt, frame, y, x), see
+    `cryocloud.simulate.output`) as a lazy frames TiltSeries with the per-tilt metadata of its summed
+    tilt series `summed` (the same tilts in the same order)."""
+    import dask.array as da
+
+    from cryocloud.errors import StoreError
+    from cryocloud.store import resolve
+    from cryocloud.store.ngff import open_image
+
+    image = open_image(resolve(url, storage_options))
+    array = image.zarr_array(0)
+    if array.ndim != 4 or array.shape[0] != summed.n_tilts or array.shape[2:] != summed.data.shape[1:]:
+        raise StoreError(url, f"holds {array.shape}; expected (tilt, frame, y, x) movies of the {summed.data.shape} tilt series")
+    frames = da.from_zarr(array).rechunk((1, -1, -1, -1))
+    coords = {k: v for k, v in summed.data.coords.items() if v.dims == ("tilt",)}
+    data = xr.DataArray(frames, dims=("tilt", "frame", "y", "x"), coords=coords, attrs=dict(summed.data.attrs), name="frames")
+    return TiltSeries(data, summed.microscope, summed.tilt_axis_angle)
+
+
+def drift_error(measured_a: np.ndarray, true_drift_a: np.ndarray) -> dict:
+    """Measured frame shifts (tilt, frame, xy) in A against the simulated drift (same layout, frame 0
+    at the origin): both are compared with their per-tilt mean removed (the shifts' zero-mean
+    convention). Returns the RMS error and the RMS true drift (A) over all frames."""
+    measured = np.asarray(measured_a, dtype=np.float64)
+    truth = np.asarray(true_drift_a, dtype=np.float64)
+    truth = truth - truth.mean(axis=1, keepdims=True)
+    measured = measured - measured.mean(axis=1, keepdims=True)
+    return {"drift_rms_error_a": round(_rms(measured - truth), 3), "true_drift_rms_a": round(_rms(truth), 3)}
+
+
+def _rms(vectors: np.ndarray) -> float:
+    """Root mean square length of vectors (..., 2)."""
+    return float(np.sqrt(np.mean(np.sum(vectors**2, axis=-1))))

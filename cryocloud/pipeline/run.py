@@ -44,9 +44,17 @@ def source_stage(config: PipelineConfig) -> str:
 
 
 def stage_order(config: PipelineConfig) -> list[str]:
-    """The stages to run, in order: the source first, then the configured (or default) stages."""
+    """The stages to run, in order: the source first (simulate then motion when the simulation writes
+    movies: their motion-corrected sums replace its summed tilt series), then the configured (or
+    default) stages."""
     rest = [n for n in (DEFAULT_STAGES if config.stages is None else config.stages) if n not in SOURCES]
-    return [source_stage(config)] + sorted(rest, key=STAGE_NAMES.index)
+    sources = [source_stage(config)]
+    if sources == ["simulate"]:
+        if config.simulate.frames_per_tilt() >= 2:
+            sources.append("motion")
+        elif "motion" in (config.stages or ()):
+            raise CryocloudError("stages: 'motion' of a simulation needs movies; set simulate.overrides.frames_per_tilt to 2 or more")
+    return sources + sorted(rest, key=STAGE_NAMES.index)
 
 
 def run_series(config: PipelineConfig, *, rerun_from: str | None = None, label: str = "") -> dict:

@@ -83,6 +83,8 @@ def stage_align(ctx: RunContext, overwrite: bool) -> None:
         write_alignment(ts, result, url, parameters=p.model_dump(), overwrite=True, storage_options=so, title="alignment")
         stored = read_tilt_series(url, storage_options=so)
     ctx.results["tilt_series"] = apply_alignment(stored)
+    if ctx.results.get("halves"):
+        ctx.results["halves"] = {h: apply_alignment(aligned_like(stored, half)) for h, half in ctx.results["halves"].items()}
     figures: dict[str, Any] = {"tilt_axis_angle_deg": round(stored.tilt_axis_angle, 3)}
     truth = ctx.results.get("truth")
     if truth is not None:
@@ -90,6 +92,16 @@ def stage_align(ctx: RunContext, overwrite: bool) -> None:
         ctx.results["volume_offset_a"] = np.array(figures["volume_offset_xyz_a"])
     ctx.summary["align"] = figures
     ctx.figure("align", "alignment residuals and shifts per tilt", "align", "tilt_series_residuals.png")
+
+
+def aligned_like(aligned: Any, half: Any) -> Any:
+    """The even- or odd-frame sum `half` (tilt, y, x) with the alignment (axis, shifts) and CTF of the
+    full sum `aligned`: the halves are reconstructed on exactly the full tomogram's grid."""
+    from cryocloud.errors import ModelError
+
+    if half.data.shape != aligned.data.shape or not np.allclose(half.tilt_angles, aligned.tilt_angles):
+        raise ModelError("halves", f"the {half.data.name} sums {half.data.shape} do not match the aligned tilt series {aligned.data.shape}")
+    return aligned.with_data(half.data.data)
 
 
 def alignment_errors(aligned: Any, truth: dict) -> dict:
@@ -113,31 +125,45 @@ def alignment_errors(aligned: Any, truth: dict) -> dict:
 
 
 def stage_reconstruct(ctx: RunContext, overwrite: bool) -> None:
-    from cryocloud.reconstruct import reconstruct
+    """Reconstruct `reconstruct/tomogram.zarr` and, when the motion stage kept even/odd frame sums,
+    `reconstruct/even.zarr` and `reconstruct/odd.zarr` (for ctx.results["tomogram_halves"])."""
     from cryocloud.report import save_slices_png
-    from cryocloud.store import read_tomogram, write_tomogram
 
     p = ctx.config.reconstruct
-    url = ctx.url("reconstruct", "tomogram.zarr")
-    so = ctx.storage_options
-    tomo = None if overwrite else complete(lambda: read_tomogram(url, storage_options=so))
-    built = tomo is None
-    if built:
-        ts = ctx.results["tilt_series"]
-        truth = ctx.results.get("truth_volume")
-        thickness = p.thickness_px or (truth.shape[0] // p.binning if truth is not None else None)
-        volume = reconstruct(ts, thickness_px=thickness, binning=p.binning, filter=p.filter, sirt_iterations=p.sirt_iterations)
-        write_tomogram(volume, url, overwrite=overwrite, storage_options=so, metadata={"stage": "reconstruct", "parameters": p.model_dump()})
-        tomo = read_tomogram(url, storage_options=so)
+    truth = ctx.results.get("truth_volume")
+    thickness = p.thickness_px or (truth.shape[0] // p.binning if truth is not None else None)
+    halves = ctx.results.get("halves") or {}
+    ctx.results["tomogram_halves"] = {h: _reconstructed(ctx, f"{h}.zarr", ts, thickness, overwrite, half=h)[0]
+                                      for h, ts in halves.items()} or None
+    tomo, built = _reconstructed(ctx, "tomogram.zarr", ctx.results["tilt_series"], thickness, overwrite)
     ctx.results["tomogram"] = tomo
     figures: dict[str, Any] = {"shape_zyx": list(tomo.shape), "voxel_size_a": tomo.pixel_size}
-    truth = ctx.results.get("truth_volume")
+    if halves:
+        figures["halves"] = sorted(halves)
     if truth is not None and truth.shape == tomo.shape:
         offset = ctx.results.get("volume_offset_a", np.zeros(3))
         figures["correlation_with_truth"] = round(correlation_with_truth(tomo, truth, offset), 4)
     ctx.summary["reconstruct"] = figures
     ctx.figure("reconstruct", "tomogram: central XY and XZ slices", "reconstruct", "slices.png",
                draw=partial(save_slices_png, tomo.data, title="tomogram"), overwrite=built)
+
+
+def _reconstructed(ctx: RunContext, name: str, ts: Any, thickness: int | None, overwrite: bool,
+                   half: str | None = None) -> tuple[Any, bool]:
+    """(the stored tomogram `reconstruct/<name>`, whether it was computed now): read back when complete."""
+    from cryocloud.reconstruct import reconstruct
+    from cryocloud.store import read_tomogram, write_tomogram
+
+    p = ctx.config.reconstruct
+    url = ctx.url("reconstruct", name)
+    so = ctx.storage_options
+    tomo = None if overwrite else complete(lambda: read_tomogram(url, storage_options=so))
+    if tomo is not None:
+        return tomo, False
+    volume = reconstruct(ts, thickness_px=thickness, binning=p.binning, filter=p.filter, sirt_iterations=p.sirt_iterations, halves=half)
+    write_tomogram(volume, url, overwrite=overwrite, storage_options=so,
+                   metadata={"stage": "reconstruct", "parameters": p.model_dump(), "half": half})
+    return read_tomogram(url, storage_options=so), True
 
 
 def correlation_with_truth(tomo: Any, truth: Any, offset_xyz_a: np.ndarray, crop: int = 128) -> float:
