@@ -6,7 +6,7 @@ from recon_phantom import blob_projections, blob_volume, fully_seen, random_blob
 
 from cryocloud.cli import main
 from cryocloud.model import TiltSeries
-from cryocloud.store import image_info, read_tomogram, write_tilt_series
+from cryocloud.store import image_info, read_tilt_series, read_tomogram, write_tilt_series
 
 ANGLES = np.arange(-60.0, 61.0, 3.0)
 
@@ -47,3 +47,17 @@ def test_cli_reconstruct_bad_filter_is_a_user_error(stored_tilt_series, tmp_path
     in_url, _, _ = stored_tilt_series
     assert main(["reconstruct", in_url, str(tmp_path / "t.zarr"), "--filter", "ramp"]) == 2
     assert not (tmp_path / "t.zarr").exists()
+
+
+def test_cli_reconstruct_records_the_defocus_that_deconv_then_uses(stored_tilt_series, tmp_path):
+    in_url, _, _ = stored_tilt_series
+    with_defocus = str(tmp_path / "ts_df.zarr")
+    ts = read_tilt_series(in_url)
+    defocus = np.linspace(29000.0, 31000.0, ts.n_tilts)
+    write_tilt_series(ts.with_per_tilt(defocus_u=defocus + 500, defocus_v=defocus - 500), with_defocus, levels=1)
+    out, plain = str(tmp_path / "tomo.zarr"), str(tmp_path / "plain.zarr")
+    assert main(["reconstruct", with_defocus, out, "--thickness", "32", "--levels", "1"]) == 0
+    assert image_info(out)["cryocloud"]["metadata"]["defocus_a"] == pytest.approx(defocus.mean())
+    assert main(["denoise", "deconv", out, str(tmp_path / "deconv.zarr"), "--tile", "32", "--overlap", "8"]) == 0
+    assert main(["reconstruct", in_url, plain, "--thickness", "32", "--levels", "1"]) == 0
+    assert main(["denoise", "deconv", plain, str(tmp_path / "deconv2.zarr")]) == 2  # no defocus known: asks for --defocus

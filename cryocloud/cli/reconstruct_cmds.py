@@ -66,7 +66,8 @@ def reconstruct(
         write_tomogram(
             tomo, out_url, ngff_version=ngff_version, chunks=(64, rows, 64), levels=levels, overwrite=overwrite,
             storage_options=write_options,
-            metadata={"stage": "reconstruct", "parameters": tomo.data.attrs["reconstruction"]},
+            metadata={"stage": "reconstruct", "parameters": tomo.data.attrs["reconstruction"],
+                      **({"defocus_a": tomo.data.attrs["defocus_a"]} if "defocus_a" in tomo.data.attrs else {})},
         )
     stored = read_tomogram(out_url, storage_options=write_options)
     png = figure_url(out_url)
