@@ -163,15 +163,36 @@ def _in_distributed_worker() -> bool:
     return True
 
 
-def _slab(block, lo, y0, y1, binning, angles, shift_x, shift_y, thickness, spec) -> np.ndarray:
+class _Rows:
+    """The raw rows (tilt, y, x) one slab needs, still lazy: handed to the slab task unevaluated so
+    that the task reads them itself (one task per slab instead of one per tilt chunk plus the slab).
+    A plain class on purpose: Dask unpacks the dask arrays held by tuples, lists and dataclasses."""
+
+    __slots__ = ("block",)
+
+    def __init__(self, block: da.Array) -> None:
+        self.block = block
+
+    def __dask_tokenize__(self) -> str:
+        return self.block.name
+
+    def load(self) -> np.ndarray:
+        """The rows in memory, read in the calling process (synchronous scheduler: inside a worker)."""
+        return np.asarray(self.block.compute(scheduler="synchronous"))
+
+
+def _slab(rows_in: _Rows, lo, y0, y1, binning, angles, shift_x, shift_y, thickness, spec) -> np.ndarray:
     """One task: rows [y0, y1) (binned) of the tomogram from the raw rows [lo * b, ...) of all tilts.
 
-    In a distributed worker the kernel runs on one numba thread (thread-local setting): cryocloud's
-    clusters run one single-threaded worker per core, so Dask supplies the parallelism.
+    The task reads its rows itself, so the graph holds one task per slab whatever the number of tilts
+    and input chunks (with one task per tilt chunk the scheduler handled ~120 tasks per slab and
+    spread the reads over the workers). In a distributed worker the kernel runs on one numba thread
+    (thread-local setting): cryocloud's clusters run one single-threaded worker per core, so Dask
+    supplies the parallelism.
     """
     if _in_distributed_worker():
         numba.set_num_threads(1)
-    rows = _shift_rows(_bin(np.asarray(block), binning), lo, y0, y1, shift_y)
+    rows = _shift_rows(_bin(rows_in.load(), binning), lo, y0, y1, shift_y)
     return reconstruct_rows(rows, angles, thickness, spec, shift_u=shift_x)
 
 
@@ -244,8 +265,8 @@ def reconstruct(
     rows = default_slab_rows(ny, nx, nz, input_rows) if slab_rows is None else int(slab_rows)
     if rows < 1:
         raise ModelError("slab_rows", f"expected a positive number of rows, got {slab_rows}")
-    if not isinstance(data, da.Array):
-        data = da.from_array(np.asarray(data), chunks=(-1, rows * binning, -1))
+    if not isinstance(data, da.Array):  # in memory: each task gets only its own rows, not the whole array
+        data = np.asarray(data)
 
     pixel = ts.pixel_size * binning
     angles = ts.tilt_angles
@@ -258,7 +279,8 @@ def reconstruct(
         lo = max(0, y0 + int(np.floor(shift_y.min())))
         hi = min(ny, y1 + int(np.ceil(shift_y.max())) + 1) if shift_y.any() else y1
         block = data[:, lo * binning : hi * binning, : nx * binning]
-        task = dask.delayed(_slab, pure=True)(block, lo, y0, y1, binning, angles, shift_x, shift_y, nz, spec)
+        block = block if isinstance(block, da.Array) else da.from_array(block, chunks=-1)
+        task = dask.delayed(_slab, pure=True)(_Rows(block), lo, y0, y1, binning, angles, shift_x, shift_y, nz, spec)
         pieces.append(da.from_delayed(task, shape=(nz, y1 - y0, nx), dtype=np.float32))
     volume = da.concatenate(pieces, axis=1)
 

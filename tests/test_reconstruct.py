@@ -1,5 +1,6 @@
 """Weighted back-projection: geometry, accuracy against ground truth, SIRT-like filter, slab graph."""
 
+import pickle
 import threading
 
 import dask
@@ -168,10 +169,21 @@ def test_one_task_per_slab_reads_only_its_rows():
     lazy = da.from_array(images, chunks=(ANGLES.size, 4, 32)).map_blocks(load, dtype=np.float32)
     tomo = reconstruct(_ts(lazy), thickness_px=16, slab_rows=8)
     assert tomo.data.data.chunks == ((16,), (8,) * 5, (32,))
+    graph = dict(tomo.data.data.__dask_graph__())
+    assert sum(str(k).startswith("_slab-") for k in graph) == 5
+    assert len(graph) <= 3 * 5  # slab, its block, its concatenation: no task per input chunk (was 13 per slab)
     with dask.config.set(scheduler="threads"):
         slab = tomo.data[:, 16:24, :].values
     assert sorted(set(loaded)) == [(16, 20), (20, 24)]
     np.testing.assert_allclose(slab, reconstruct_rows(images[:, 16:24], ANGLES, 16), rtol=1e-5, atol=1e-6)
+
+
+def test_in_memory_input_gives_each_task_only_its_rows():
+    images = np.random.default_rng(8).random((ANGLES.size, 64, 32), dtype=np.float32)
+    graph = dict(reconstruct(_ts(images), thickness_px=16, slab_rows=8).data.data.__dask_graph__())
+    assert sum(str(k).startswith("_slab-") for k in graph) == 8
+    sizes = [len(pickle.dumps(task)) for task in graph.values()]
+    assert max(sizes) < images.nbytes / 4  # no task holds more than its 1/8 of the rows (plus small arguments)
 
 
 def test_halves_and_metadata():
