@@ -84,7 +84,7 @@ def _motion_of_simulation(ctx: RunContext, overwrite: bool) -> None:
     import pandas as pd
 
     from cryocloud.errors import ModelError
-    from cryocloud.pipeline.movies import drift_error, persist_motion, simulated_frames
+    from cryocloud.pipeline.movies import drift_error, persist_motion, shifts_at_mean_frame, simulated_frames
     from cryocloud.preprocess.motion import motion_correct
     from cryocloud.progress import compute
     from cryocloud.store import open_url, read_tilt_series
@@ -111,6 +111,7 @@ def _motion_of_simulation(ctx: RunContext, overwrite: bool) -> None:
     measured = table[["shift_x_a", "shift_y_a"]].to_numpy().reshape(stored.n_tilts, n_frames, 2)
     figures = {"source": "simulation/frames.zarr", "n_tilts": stored.n_tilts, "frames_per_tilt": n_frames, "halves": ["even", "odd"]}
     figures.update(drift_error(measured, np.asarray(ctx.results["truth"]["drift_xy_a"])))
+    ctx.results["truth"] = shifts_at_mean_frame(ctx.results["truth"])  # the align stage scores against this
     ctx.summary["motion"] = figures
     ctx.figure("motion", "frame drift per tilt", "motion", "drift.png")
     _montage(ctx, "motion", overwrite)

@@ -124,3 +124,11 @@ def drift_error(measured_a: np.ndarray, true_drift_a: np.ndarray) -> dict:
 def _rms(vectors: np.ndarray) -> float:
     """Root mean square length of vectors (..., 2)."""
     return float(np.sqrt(np.mean(np.sum(vectors**2, axis=-1))))
+
+
+def shifts_at_mean_frame(truth: dict) -> dict:
+    """The simulation's truth for motion-corrected sums: each sum sits at its tilt's mean frame
+    position (the shifts' zero-mean convention) while the simulated image shifts refer to the
+    drift-free image, so the true image shift (x, y in A) of tilt t becomes shifts_xy_a[t] + mean drift[t]."""
+    drift = np.asarray(truth["drift_xy_a"], dtype=np.float64)
+    return {**truth, "shifts_xy_a": (np.asarray(truth["shifts_xy_a"], dtype=np.float64) + drift.mean(axis=1)).tolist()}
