@@ -6,5 +6,6 @@
 - `gallery.write_gallery`: PNG pages of minislabs labelled with index and score;
 - `decisions`: the accept/reject file written with a gallery and read back;
 - `rank`: order by score, or by agreement with the average of the best picks;
+- `auto`: automatic accept/reject from that agreement (two-class split, top fraction or minimum);
 - `export.export_stack`: MRC stack + RELION STAR.
 """
