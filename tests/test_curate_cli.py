@@ -53,21 +53,14 @@ def test_auto_curation_accepts_particles_and_rejects_decoys(tmp_path, capsys):
     (random orientations, scores among the true ones'): the two-class split of the agreement with
     the average of the 4 best-scoring picks accepts every particle and rejects every decoy;
     `curate apply` reads the decisions back."""
+    from curate_twin import twin_with_decoys
+
     from cryocloud.geometry import random_rotations
     from cryocloud.model import Particles
-    from cryocloud.reconstruct import reconstruct
-    from cryocloud.simulate import SimulationConfig, simulate
 
-    px = 16.0
-    sim = simulate(SimulationConfig(shape_zyx=(48, 128, 128), pixel_size_a=px, n_particles=10, seed=4))
-    write_tomogram(reconstruct(sim.tilt_series, thickness_px=48), str(tmp_path / "tomo.zarr"), levels=1)
-    truth = sim.particles
     rng = np.random.default_rng(1)
-    decoys = []
-    while len(decoys) < 6:
-        candidate = rng.uniform([20, 20, 14], [108, 108, 34]) * px
-        if np.min(np.linalg.norm(truth.positions - candidate, axis=1)) > 250 and all(np.linalg.norm(candidate - d) > 150 for d in decoys):
-            decoys.append(candidate)
+    tomo, truth, decoys = twin_with_decoys(10, 6, rng)
+    write_tomogram(tomo, str(tmp_path / "tomo.zarr"), levels=1)
     scores = np.concatenate([np.linspace(1.0, 0.3, 10), rng.uniform(0.3, 0.8, 6)])
     picks = Particles.create(np.vstack([truth.positions, decoys]), np.concatenate([truth.rotations, random_rotations(6, rng)]), scores, "tomo")
     write_particles_csv(picks, str(tmp_path / "picks.csv"))

@@ -7,6 +7,7 @@ import mrcfile
 import numpy as np
 import pytest
 import starfile
+from curate_twin import twin_with_decoys
 
 from cryocloud.curate.auto import acceptance_threshold, split_threshold
 from cryocloud.curate.decisions import apply_decisions, decisions_csv, parse_decisions
@@ -78,19 +79,8 @@ def test_agreement_ranks_true_particles_above_decoys():
     """Digital twin (16 A, WBP): 16 ribosomes with their true orientations, 10 decoys in empty ice
     with random orientations. The average of the 5 best-scored true particles correlates better with
     every other true particle than with any decoy, although decoys' scores lie among the true ones."""
-    from cryocloud.reconstruct import reconstruct
-    from cryocloud.simulate import SimulationConfig, simulate
-
-    px = 16.0
-    sim = simulate(SimulationConfig(shape_zyx=(48, 128, 128), pixel_size_a=px, n_particles=16, seed=4))
-    tomo = reconstruct(sim.tilt_series, thickness_px=48)
-    truth = sim.particles
     rng = np.random.default_rng(1)
-    decoys = []
-    while len(decoys) < 10:
-        candidate = rng.uniform([20, 20, 14], [108, 108, 34]) * px
-        if np.min(np.linalg.norm(truth.positions - candidate, axis=1)) > 250 and all(np.linalg.norm(candidate - d) > 150 for d in decoys):
-            decoys.append(candidate)
+    tomo, truth, decoys = twin_with_decoys(16, 10, rng)
     n = len(truth)
     scores = np.concatenate([np.linspace(1.0, 0.1, n), rng.uniform(0.1, 0.8, 10)])
     scores[:5] += 1.0  # the first five true particles lead the score ranking
