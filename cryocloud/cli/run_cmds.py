@@ -17,8 +17,9 @@ def run(
     rerun_from: str = typer.Option(None, "--from", help="recompute this stage and every stage after it"),
     workers: int = typer.Option(None, "--workers", help="local Dask workers (default: one per core)"),
 ) -> None:
-    """Run the pipeline: simulate (or read the input, or motion-correct a .mdoc's movies) -> ... -> average; one
-    report.html per tilt series; several inputs run as a batch. Resumes completed stages."""
+    """Run the pipeline: simulate and motion-correct the simulated movies (or read the input, or motion-correct
+    a .mdoc's movies) -> ... -> average; one report.html per tilt series; several inputs run as a batch.
+    Resumes completed stages."""
     from cryocloud.cluster import describe, session
     from cryocloud.pipeline import load_config, run_pipeline
 

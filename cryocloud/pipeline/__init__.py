@@ -2,8 +2,10 @@
 
 Layout under `output` (one tilt series):
   simulation/            the digital twin's data and ground truth (when no input is given)
-  motion/                motion-corrected tilt series, frame shifts, drift figure (input: a .mdoc)
-  ctf/ align/ reconstruct/ match/ peaks/ average/   each stage's results and figures
+  motion/                motion-corrected tilt series, frame shifts, drift figure (input: a .mdoc, or the
+                         simulation's movies: then also the even/odd frame sums even.zarr, odd.zarr)
+  ctf/ align/ reconstruct/ denoise/ segment/ match/ peaks/ average/   each stage's results and figures
+                         (reconstruct/even.zarr, odd.zarr: half tomograms; denoise/model/: noise2noise)
   summary.json           key figures of every stage, written after the stages
   report.html            the self-contained report (figures embedded)
 A batch (several inputs) puts each series under output/<name>/ and writes output/batch_summary.json.

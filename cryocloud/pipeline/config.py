@@ -25,8 +25,9 @@ class SimulateParams(_Section):
 
     preset: Literal["toy", "small", "realistic"] = "small"
     overrides: dict[str, Any] = pydantic.Field(
-        default_factory=lambda: {"tilt_axis_angle_deg": 85.0, "shift_sigma_a": 40.0},
-        description="SimulationConfig fields; the default misaligns the images as a microscope does",
+        default_factory=lambda: {"tilt_axis_angle_deg": 85.0, "shift_sigma_a": 40.0, "frames_per_tilt": 4},
+        description="SimulationConfig fields; the default misaligns the images as a microscope does and writes "
+                    "4-frame movies (motion-corrected by the motion stage)",
     )
 
     def frames_per_tilt(self) -> int:
