@@ -8,6 +8,7 @@ import torch
 
 from cryocloud.errors import CryocloudError
 from cryocloud.pipeline import PipelineConfig, run_pipeline
+from cryocloud.pipeline.run import stage_order
 from cryocloud.store import read_tilt_series, read_tomogram
 
 CONFIG = dict(
@@ -62,7 +63,18 @@ def test_movies_motion_halves_and_noise2noise_persist_score_and_resume(tmp_path)
 
 
 def test_motion_of_a_simulation_without_movies_names_the_key(tmp_path):
-    cfg = PipelineConfig(output=str(tmp_path / "o"), simulate={"preset": "toy"}, stages=["motion", "reconstruct"])
+    cfg = PipelineConfig(output=str(tmp_path / "o"), simulate={"preset": "toy", "overrides": {"n_particles": 2}},
+                         stages=["motion", "reconstruct"])
     with pytest.raises(CryocloudError, match="frames_per_tilt"):
         run_pipeline(cfg)
     assert not (tmp_path / "o").exists()
+    # the default run simulates movies, so its source is simulate then motion
+    assert stage_order(PipelineConfig())[:3] == ["simulate", "motion", "ctf"]
+
+
+def test_noise2noise_without_half_reconstructions_names_the_key(tmp_path):
+    cfg = PipelineConfig(output=str(tmp_path / "o"), simulate={"preset": "toy", "overrides": {"n_particles": 2}},
+                         stages=["reconstruct", "denoise"], denoise={"method": "noise2noise"})
+    with pytest.raises(CryocloudError, match="denoise.method.*frames_per_tilt"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "o" / "denoise" / "model").exists()
