@@ -93,8 +93,9 @@ def _motion_of_simulation(ctx: RunContext, overwrite: bool) -> None:
     so = ctx.storage_options
     if not ctx.exists("simulation", "frames.zarr"):
         raise ModelError("simulate.overrides.frames_per_tilt", "the motion stage needs simulated movies: set it to 2 or more")
-    if p.pixel_size_a or p.exposure:
-        raise ModelError("motion.pixel_size_a", "applies to .mdoc input only; the simulation records its pixel size and exposure")
+    for key in ("pixel_size_a", "exposure"):
+        if getattr(p, key) is not None:
+            raise ModelError(f"motion.{key}", "applies to .mdoc input only; the simulation records its pixel size and exposure")
     stored = None if overwrite else complete(lambda: read_tilt_series(ctx.url("motion", "tilt_series.zarr"), storage_options=so))
     if stored is None:
         frames = simulated_frames(ctx.url("simulation", "frames.zarr"), ctx.results["tilt_series"], so)
