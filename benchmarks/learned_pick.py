@@ -92,11 +92,10 @@ def learned_picks(tomo: Tomogram, picker, radius_a: float, tile: int = 128):
 
 
 def membrane_labels(tomo: Tomogram) -> Tomogram:
-    """The tomogram's segmented membranes (cryocloud.segment) as a label volume, 1 = membrane."""
+    """The tomogram's segmented membranes (cryocloud.segment): labels 1..count, one per membrane."""
     from cryocloud.segment import segment_membranes
 
-    mask = segment_membranes(tomo, quiet=True).mask
-    return Tomogram.from_array(mask.data.astype(np.uint8), pixel_size=tomo.pixel_size)
+    return Tomogram(segment_membranes(tomo, quiet=True).labels)
 
 
 def curated_training(training: list, radius_a: float, *, box: int = 24, top_n: int = 10, increment_deg: float = 30.0) -> tuple[list, dict]:
@@ -140,7 +139,7 @@ def curated_training(training: list, radius_a: float, *, box: int = 24, top_n: i
     return accepted, figures
 
 
-def _train(tomograms, picks, membranes, radius_a: float, settings, membrane_label: int):
+def _train(tomograms, picks, membranes, radius_a: float, settings, membrane_label: int | None):
     from cryocloud.learn.train import train
 
     t0 = time.perf_counter()
@@ -162,7 +161,7 @@ def run(quick: bool = False) -> dict:
     t0 = time.perf_counter()
     segmented = [membrane_labels(t) for t in tomograms]
     time_segment = time.perf_counter() - t0
-    picker, time_train = _train(tomograms, curated, segmented, radius, settings, membrane_label=1)
+    picker, time_train = _train(tomograms, curated, segmented, radius, settings, membrane_label=None)
     truth_picker, time_train_truth = _train(tomograms, [t[2] for t in training], [t[3] for t in training], radius, settings, membrane_label=2)
     print(f"trained in {time_train:.1f} s (tm-curated), {time_train_truth:.1f} s (truth)", file=sys.stderr)
 

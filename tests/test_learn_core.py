@@ -13,7 +13,7 @@ from cryocloud.learn.picks import picks_from_probability
 from cryocloud.learn.predict import class_map, predict
 from cryocloud.learn.targets import MEMBRANE, PARTICLE, render_targets
 from cryocloud.learn.unet import UNetConfig, build_unet
-from cryocloud.model import Tomogram
+from cryocloud.model import Particles, Tomogram
 
 torch.set_num_threads(1)
 
@@ -134,3 +134,22 @@ def test_missing_torch_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # what an environment without torch sees
     with pytest.raises(LearnExtraMissing, match=r'pip install "cryocloud\[learn\]"'):
         import_torch()
+
+
+def test_sample_patches_membranes_from_segmentation_labels():
+    """A segmentation's labels (one per membrane, here 1 and 3): membrane_label=None takes every
+    non-zero label as membrane; membrane_label=3 only that membrane."""
+    from cryocloud.learn.train import TrainSettings, sample_patches
+
+    px = 10.0
+    rng = np.random.default_rng(0)
+    tomo = Tomogram.from_array(rng.normal(size=(16, 16, 16)).astype(np.float32), pixel_size=px)
+    labels = np.zeros((16, 16, 16), np.uint32)
+    labels[:, :, 2], labels[:, :, 12] = 1, 3
+    segmentation = Tomogram.from_array(labels, pixel_size=px)
+    settings = TrainSettings(patch=16, patches_per_tomogram=1, particle_fraction=0.0)
+    picks = Particles.create(np.zeros((0, 3)))
+    _, every = sample_patches([tomo], [picks], 20.0, settings, [segmentation], membrane_label=None)
+    _, only_3 = sample_patches([tomo], [picks], 20.0, settings, [segmentation], membrane_label=3)
+    assert np.array_equal(every[0] == MEMBRANE, labels > 0)
+    assert np.array_equal(only_3[0] == MEMBRANE, labels == 3)

@@ -21,7 +21,7 @@ def train_picker(
     inputs: List[str] = typer.Argument(..., help="TOMO... PICKS... MODEL_DIR: tomograms (OME-Zarr / MRC), one pick list each (same order), the output folder."),
     radius: float = typer.Option(..., "--radius", help="Particle radius (A): targets are balls of this radius."),
     membranes: Optional[List[str]] = typer.Option(None, "--membranes", help="Label volume per tomogram (same order) whose value --membrane-label marks membranes."),
-    membrane_label: int = typer.Option(2, "--membrane-label", help="Label value of membranes (the digital twin's labels.zarr: 2)."),
+    membrane_label: int = typer.Option(2, "--membrane-label", help="Label value of membranes (the digital twin's labels.zarr: 2); 0: every non-zero label (`cryocloud segment membranes` output)."),
     steps: int = typer.Option(300, "--steps", help="Training steps."),
     patch: int = typer.Option(32, "--patch", help="Training box edge (voxels, a multiple of 4)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Boxes per step."),
@@ -51,7 +51,7 @@ def train_picker(
             raise ModelError("membranes", f"expected one label volume per tomogram ({n}), got {len(membranes)}")
         labels = [read_volume(u, storage_options=read_options) for u in membranes]
     settings = TrainSettings(steps=steps, patch=patch, batch_size=batch_size, patches_per_tomogram=patches_per_tomogram, device=device, seed=seed)
-    picker = train(tomograms, picks, radius_a=radius, settings=settings, membranes=labels, membrane_label=membrane_label, names=tomo_urls)
+    picker = train(tomograms, picks, radius_a=radius, settings=settings, membranes=labels, membrane_label=membrane_label or None, names=tomo_urls)
     save_picker(picker, model_dir, overwrite=overwrite, storage_options=write_options)
     with open_url(model_dir.rstrip("/") + "/training_curve.png", "wb", storage_options=write_options) as f:
         f.write(training_curve_png(picker.losses, title=f"{sum(len(p) for p in picks)} picks in {n} tomograms"))

@@ -68,9 +68,10 @@ def sample_patches(
     radius_a: float,
     settings: TrainSettings,
     membranes: Sequence[Tomogram | None] | None = None,
-    membrane_label: int = 2,
+    membrane_label: int | None = 2,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Standardised boxes (P, b, b, b) float32 and their targets (P, b, b, b) uint8 (see module docstring)."""
+    """Standardised boxes (P, b, b, b) float32 and their targets (P, b, b, b) uint8 (see module
+    docstring); membranes where a label volume equals `membrane_label` (None: any non-zero label)."""
     rng = np.random.default_rng(settings.seed)
     images, labels = [], []
     for i, (tomo, particles) in enumerate(zip(tomograms, picks)):
@@ -81,7 +82,8 @@ def sample_patches(
         b = settings.patch
         boxes = [tomo.data.data[z : z + b, y : y + b, x : x + b] for z, y, x in corners]
         mem = membranes[i] if membranes is not None else None
-        masks = [mem.data.data[z : z + b, y : y + b, x : x + b] == membrane_label for z, y, x in corners] if mem is not None else []
+        boxes_of = [mem.data.data[z : z + b, y : y + b, x : x + b] for z, y, x in corners] if mem is not None else []
+        masks = [m != 0 if membrane_label is None else m == membrane_label for m in boxes_of]
         mean, std = intensity_stats(tomo)
         boxes, masks = dask.compute(boxes, masks)
         for j, corner in enumerate(corners):
@@ -129,12 +131,13 @@ def train(
     radius_a: float,
     settings: TrainSettings = TrainSettings(),
     membranes: Sequence[Tomogram | None] | None = None,
-    membrane_label: int = 2,
+    membrane_label: int | None = 2,
     names: Sequence[str] = (),
     log: Callable[[str], None] | None = _stderr,
 ) -> Picker:
     """Train a picker on tomograms with their picks (positions in A) and optional label volumes
-    whose value `membrane_label` marks membranes (one per tomogram)."""
+    whose value `membrane_label` marks membranes (one per tomogram; None: every non-zero label, as
+    in `cryocloud.segment.segment_membranes`' labels, one per membrane)."""
     torch = import_torch()
     px = _check_inputs(tomograms, picks, membranes, settings)
     classes = ["background", "particle"] + (["membrane"] if membranes is not None else [])
