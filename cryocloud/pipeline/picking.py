@@ -15,6 +15,7 @@ from cryocloud.pipeline.context import RunContext
 def stage_match(ctx: RunContext, overwrite: bool) -> None:
     from cryocloud.pick import MatchSettings, TiltWeighting, map_from_model, prepare_template, read_map, uniform_rotations
     from cryocloud.pick.results import run_match
+    from cryocloud.pick.template import check_fits
     from cryocloud.simulate.atomic import BUNDLED_STRUCTURE
     from cryocloud.store import read_tomogram
 
@@ -28,6 +29,7 @@ def stage_match(ctx: RunContext, overwrite: bool) -> None:
         volume, template_px = read_map(path, voxel_size=p.template_voxel_size_a)
     else:
         volume, template_px = map_from_model(path, px), px
+    check_fits(volume.shape, template_px, tomo.shape, px, source=path)  # before resampling allocates it
     template = prepare_template(volume, template_px, px)
     rotations = uniform_rotations(p.angular_increment_deg, p.symmetry)
     tilts = TiltWeighting.from_tilt_series(ctx.results["tilt_series"])
