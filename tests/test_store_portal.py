@@ -227,3 +227,5 @@ def test_portal_info_cli(portal, capsys):
     assert [lv["shape"] for lv in summary["levels"]] == [[5, 32, 32], [5, 16, 16], [5, 8, 8]]
     assert main(["portal", "info", f"portal://{DS}/{RUN}/vs/3.0", "--endpoint-url", opts["endpoint_url"]]) == 2
     assert "no tomogram matches" in capsys.readouterr().err
+    assert main(["info", f"portal://{DS}/{RUN}/tiltseries", "--json", "--endpoint-url", opts["endpoint_url"]]) == 0
+    assert json.loads(capsys.readouterr().out) == summary  # `cryocloud info` takes portal addresses too

@@ -17,6 +17,7 @@ from cryocloud.store import (
     image_info, is_mrc, mrc_info, read_mrc, read_tilt_series, read_tilt_series_mrc, read_tomogram, write_mrc, write_tilt_series,
     write_tlt, write_tomogram,
 )
+from cryocloud.store.portal import is_portal_url
 
 console = Console(highlight=False)
 
@@ -38,6 +39,10 @@ def info(
     endpoint_url: Optional[str] = ENDPOINT,
 ) -> None:
     """Show shape, voxel size, dtype, chunks, pyramid levels, tilt angles and metadata of an image."""
+    if is_portal_url(url):  # the portal's own summary: resolved key, portal metadata, tilt angles
+        from cryocloud.cli.portal_cmds import info as portal_info
+
+        return portal_info(url, as_json=as_json, endpoint_url=endpoint_url)
     options = storage_options(endpoint_url, anon=anon)
     summary = mrc_info(url, storage_options=options) if is_mrc(url) else image_info(url, storage_options=options)
     if as_json:
