@@ -116,7 +116,7 @@ def _scaling(ts: TiltSeries, thickness: int, slab_rows: int | None) -> dict:
         for n in (1, 2):
             with LocalCluster(n_workers=n, threads_per_worker=1, processes=True) as cluster, Client(cluster) as client:
                 best = (np.inf, np.nan)
-                for _ in range(3):  # the first run also loads numba's cache in the workers
+                for _ in range(7):  # best of 7: the first run also loads numba's cache in the workers
                     vol = reconstruct(stored, thickness_px=thickness, slab_rows=slab_rows).data.data
                     cpu, start = _worker_cpu_s(client), time.perf_counter()
                     done = client.persist(vol)
