@@ -39,17 +39,8 @@ import numpy as np
 from cryocloud.average.wedge import wedge_at, wedge_grid
 from cryocloud.errors import ModelError
 from cryocloud.pick.angles import local_rotations, symmetry_operators, uniform_rotations
-from cryocloud.pick.score import (
-    BandGrid,
-    TemplateSpectrum,
-    _fill_rotated,
-    _gridding_spectrum,
-    band_grid,
-    half_shape,
-    irfftn,
-    rfftn,
-    template_spectrum,
-)
+from cryocloud.pick.fourier_rotation import TemplateSpectrum, _fill_rotated, _gridding_spectrum, template_spectrum
+from cryocloud.pick.score import BandGrid, band_grid, half_shape, irfftn, rfftn
 from cryocloud.pick.template import spherical_mask
 from cryocloud.pick.weighting import lowpass
 
