@@ -30,7 +30,7 @@ import numpy as np
 from cryocloud.errors import CryocloudError, StoreError
 from cryocloud.pipeline.batch import series_name
 from cryocloud.pipeline.config import PipelineConfig
-from cryocloud.pipeline.movies import correct_movie, mdoc_pixel_size, write_motion
+from cryocloud.pipeline.movies import CorrectedMovie, correct_movie, mdoc_pixel_size, write_motion
 from cryocloud.preprocess.movies import MOVIE_SUFFIXES, movie_url
 from cryocloud.store import Location, open_url, parse_mdoc, resolve, write_mrc
 from cryocloud.store.mdoc import Mdoc
@@ -66,7 +66,7 @@ class _Series:
     mdoc: Mdoc | None = None
     mdoc_size: int = -1
     changed_at: float = 0.0
-    corrected: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # movie URL -> (sum, shifts)
+    corrected: dict[str, CorrectedMovie] = field(default_factory=dict)  # movie URL -> its sums and shifts
     tilt_times: dict[str, float] = field(default_factory=dict)
     state: str = "collecting"  # collecting -> processing -> done | failed
     result: Future | None = None
@@ -134,14 +134,14 @@ class Watcher:
                 continue
             del self.pending[url]
             try:
-                total, shifts = future.result()
+                movie = future.result()
             except Exception as exc:  # an unreadable movie fails its series, not the watch
                 s.state, s.error, s.finished_at = "failed", f"{posixpath.basename(url)}: {type(exc).__name__}: {exc}", round(self.elapsed(), 3)
                 log.error("%s: %s", s.name, s.error)
                 continue
-            write_mrc(total[None], self._movie_path(s, url).url, pixel_size=mdoc_pixel_size(s.mdoc, self.config.motion),
+            write_mrc(movie.total[None], self._movie_path(s, url).url, pixel_size=mdoc_pixel_size(s.mdoc, self.config.motion),
                       overwrite=True, storage_options=self.output.storage_options)
-            s.corrected[url] = (total, shifts)
+            s.corrected[url] = movie
             s.tilt_times[posixpath.basename(url)] = round(self.elapsed(), 3)
             log.info("%s: corrected %s (%d of %d)", s.name, posixpath.basename(url), len(s.corrected), s.mdoc.n_tilts)
 

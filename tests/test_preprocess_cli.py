@@ -79,6 +79,7 @@ def test_assemble_sorts_by_angle_and_drops_dark_and_empty_tilts(caplog):
     assert "dropping tilt 1" in caplog.text
     out = result.tilt_series
     np.testing.assert_array_equal(out.tilt_angles, [-6, -3, 0])
+    assert result.kept == (4, 2, 0)  # input positions in the new order (for the even/odd companions)
     np.testing.assert_array_equal(out.per_tilt("acquisition_order"), [2, 1, 0])
     np.testing.assert_allclose(out.per_tilt("pre_exposure"), [12.0, 6.0, 0.0])
     with pytest.raises(ModelError, match="movie shape"):

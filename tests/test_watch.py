@@ -16,7 +16,7 @@ import yaml
 from cryocloud.cli import main
 from cryocloud.pipeline import PipelineConfig, correlation_with_truth, run_pipeline
 from cryocloud.simulate import preset, simulate
-from cryocloud.store import read_tomogram
+from cryocloud.store import read_tilt_series, read_tomogram
 from cryocloud.watch import WatchSettings
 
 DRIFT_A = 20.0
@@ -87,6 +87,7 @@ def test_watch_corrects_tilts_as_they_arrive_and_reconstructs(tmp_path, acquisit
     assert code == 0
     summary = json.loads((out / "watch_summary.json").read_text())["series"]["ts01"]
     assert summary["state"] == "done" and summary["n_tilts"] == summary["n_corrected"] == 21
+    assert (out / "ts01" / "reconstruct" / "even.zarr").exists() and (out / "ts01" / "reconstruct" / "odd.zarr").exists()
     # each tilt was motion-corrected while the microscope was still collecting
     last_movie_time = written[-1][1]  # file times and time.time() share the clock here
     per_tilt = sorted((out / "ts01" / "motion" / "tilts").glob("*.mrc"))
@@ -109,6 +110,14 @@ def test_pipeline_motion_stage_from_mdoc(tmp_path, acquisition):
     summary = run_pipeline(cfg)
     assert summary["stages"] == ["motion", "align", "reconstruct"]
     assert summary["motion"]["n_tilts"] == 21 and summary["motion"]["pixel_size_a"] == 10.0
+    # the even/odd-frame sums are kept (same tilts, same order, half the dose each) and reconstructed
+    assert summary["motion"]["halves"] == summary["reconstruct"]["halves"] == ["even", "odd"]
+    total, even, odd = (read_tilt_series(str(tmp_path / "out" / "motion" / f"{n}.zarr")) for n in ("tilt_series", "even", "odd"))
+    np.testing.assert_allclose(np.asarray(even.data) + np.asarray(odd.data), np.asarray(total.data), rtol=1e-4, atol=1e-3 * float(np.abs(total.data).max()))
+    np.testing.assert_array_equal(even.tilt_angles, total.tilt_angles)
+    np.testing.assert_allclose(even.per_tilt("exposure") + odd.per_tilt("exposure"), total.per_tilt("exposure"))
+    assert np.all(even.per_tilt("exposure") == odd.per_tilt("exposure"))  # 4 frames: 2 + 2
+    assert (tmp_path / "out" / "reconstruct" / "even.zarr").exists() and (tmp_path / "out" / "reconstruct" / "odd.zarr").exists()
     assert _drift_error_px(tmp_path / "out" / "motion" / "shifts.csv", acquisition) < 0.3
     tomo = read_tomogram(str(tmp_path / "out" / "reconstruct" / "tomogram.zarr"))
     assert correlation_with_truth(tomo, acquisition.volume, np.zeros(3)) < -0.1

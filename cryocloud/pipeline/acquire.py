@@ -72,9 +72,21 @@ def stage_motion(ctx: RunContext, overwrite: bool) -> None:
         tasks = [dask.delayed(correct_movie, pure=True)(movie_url(folder, name), px, p, so) for name in mdoc.sub_frame_path]
         stored = write_motion(ctx.root, mdoc, list(compute(*tasks, description=f"motion correction of {len(tasks)} movies")), p)
     ctx.results["tilt_series"] = stored
-    ctx.summary["motion"] = {"mdoc": mdoc.source, "n_movies": mdoc.n_tilts, "n_tilts": stored.n_tilts, "pixel_size_a": stored.pixel_size}
+    ctx.results["halves"] = _stored_halves(ctx)
+    ctx.summary["motion"] = {"mdoc": mdoc.source, "n_movies": mdoc.n_tilts, "n_tilts": stored.n_tilts, "pixel_size_a": stored.pixel_size,
+                             "halves": sorted(ctx.results["halves"])}
     ctx.figure("motion", "frame drift per tilt", "motion", "drift.png")
     _montage(ctx, "motion", overwrite)
+
+
+def _stored_halves(ctx: RunContext) -> dict:
+    """The even/odd-frame tilt series the motion stage wrote (`motion/even.zarr`, `motion/odd.zarr`),
+    or {} when it wrote none (single-frame movies)."""
+    from cryocloud.store import read_tilt_series
+
+    if not (ctx.exists("motion", "even.zarr") and ctx.exists("motion", "odd.zarr")):
+        return {}
+    return {h: read_tilt_series(ctx.url("motion", f"{h}.zarr"), storage_options=ctx.storage_options) for h in ("even", "odd")}
 
 
 def _motion_of_simulation(ctx: RunContext, overwrite: bool) -> None:
@@ -105,7 +117,7 @@ def _motion_of_simulation(ctx: RunContext, overwrite: bool) -> None:
         halves = {"even": result.even.with_data(even), "odd": result.odd.with_data(odd)}
         stored = persist_motion(ctx.root, result.sum.with_data(total), result.shifts.copy(data=shifts), p, halves)
     ctx.results["tilt_series"] = stored
-    ctx.results["halves"] = {h: read_tilt_series(ctx.url("motion", f"{h}.zarr"), storage_options=so) for h in ("even", "odd")}
+    ctx.results["halves"] = _stored_halves(ctx)
     with open_url(ctx.url("motion", "shifts.csv"), "r", storage_options=so) as fh:
         table = pd.read_csv(fh)
     n_frames = int(table["frame"].max()) + 1

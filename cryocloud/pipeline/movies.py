@@ -8,6 +8,8 @@ tilts dropped (`cryocloud.preprocess.assemble`).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -17,17 +19,27 @@ from cryocloud.pipeline.config import MotionParams
 from cryocloud.store.mdoc import Mdoc
 
 
-def correct_movie(url: str, pixel_size_a: float, params: MotionParams, storage_options: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Motion-correct one movie: (aligned sum (y, x) float32, frame shifts (frame, 2) as x, y in A).
+class CorrectedMovie(NamedTuple):
+    """One motion-corrected movie: the aligned sum and its even- and odd-frame sums (y, x) float32,
+    and the frame shifts (frame, 2) as x, y in A."""
+
+    total: np.ndarray
+    even: np.ndarray
+    odd: np.ndarray
+    shifts_a: np.ndarray
+
+
+def correct_movie(url: str, pixel_size_a: float, params: MotionParams, storage_options: dict | None = None) -> CorrectedMovie:
+    """Motion-correct one movie (its frames aligned once; the even/odd sums use the same shifts).
 
     Runs inside one task: the movie is read in full (a few frames of one tilt)."""
     from cryocloud.preprocess.motion import correct_tilt
     from cryocloud.preprocess.movies import read_movie
 
     frames = np.asarray(read_movie(url, pixel_size=pixel_size_a, storage_options=storage_options).compute(scheduler="sync"))
-    total, _, _, shifts_px = correct_tilt(frames, pixel_size_a, bfactor_a2=params.bfactor_a2, iterations=params.iterations,
-                                          max_shift_a=params.max_shift_a)
-    return total, shifts_px * pixel_size_a
+    total, even, odd, shifts_px = correct_tilt(frames, pixel_size_a, bfactor_a2=params.bfactor_a2, iterations=params.iterations,
+                                               max_shift_a=params.max_shift_a)
+    return CorrectedMovie(total, even, odd, shifts_px * pixel_size_a)
 
 
 def mdoc_pixel_size(mdoc: Mdoc, params: MotionParams) -> float:
@@ -40,13 +52,23 @@ def mdoc_pixel_size(mdoc: Mdoc, params: MotionParams) -> float:
     return float(px)
 
 
-def series_from_sums(mdoc: Mdoc, sums: list[np.ndarray], params: MotionParams) -> TiltSeries:
-    """The tilt series of the motion-corrected sums (mdoc section order in), sorted by angle,
-    dark or empty tilts dropped with a logged reason."""
+def series_from_sums(mdoc: Mdoc, movies: list[CorrectedMovie], params: MotionParams) -> tuple[TiltSeries, dict[str, TiltSeries]]:
+    """The tilt series of the motion-corrected sums (mdoc section order in), sorted by angle, dark or
+    empty tilts dropped with a logged reason; with the even/odd-frame series of the same tilts, each
+    tilt's exposure scaled by its share of the frames (none when a movie has a single frame)."""
     from cryocloud.preprocess.assemble import assemble
 
-    ts = mdoc.to_tilt_series(np.stack(sums).astype(np.float32), pixel_size=mdoc_pixel_size(mdoc, params), exposure=params.exposure)
-    return assemble(ts).tilt_series
+    totals = np.stack([m.total for m in movies]).astype(np.float32)
+    assembly = assemble(mdoc.to_tilt_series(totals, pixel_size=mdoc_pixel_size(mdoc, params), exposure=params.exposure))
+    ts, kept = assembly.tilt_series, list(assembly.kept)
+    n_frames = np.array([movies[i].shifts_a.shape[0] for i in kept])
+    if n_frames.min() < 2:
+        return ts, {}
+    exposure = np.asarray(ts.data.coords["exposure"].values)
+    share = {"even": np.ceil(n_frames / 2) / n_frames, "odd": np.floor(n_frames / 2) / n_frames}
+    halves = {h: ts.with_data(np.stack([getattr(movies[i], h) for i in kept]).astype(np.float32)).with_per_tilt(exposure=exposure * share[h])
+              for h in ("even", "odd")}
+    return ts, halves
 
 
 def shifts_array(shifts_a: list[np.ndarray], tilt_angles: np.ndarray) -> xr.DataArray:
@@ -64,10 +86,12 @@ def shifts_table(shifts: xr.DataArray) -> str:
     return pd.DataFrame(rows, columns=["tilt", "tilt_angle", "frame", "shift_x_a", "shift_y_a"]).to_csv(index=False)
 
 
-def write_motion(root, mdoc: Mdoc, corrected: list[tuple[np.ndarray, np.ndarray]], params: MotionParams) -> TiltSeries:
-    """Persist motion-corrected movies (mdoc section order) under `root` (a Location), see `persist_motion`."""
-    shifts = shifts_array([s for _, s in corrected], mdoc.tilt_angle)
-    return persist_motion(root, series_from_sums(mdoc, [total for total, _ in corrected], params), shifts, params)
+def write_motion(root, mdoc: Mdoc, corrected: list[CorrectedMovie], params: MotionParams) -> TiltSeries:
+    """Persist motion-corrected movies (mdoc section order) under `root` (a Location), with their
+    even/odd-frame sums when the movies have two frames or more, see `persist_motion`."""
+    shifts = shifts_array([m.shifts_a for m in corrected], mdoc.tilt_angle)
+    ts, halves = series_from_sums(mdoc, corrected, params)
+    return persist_motion(root, ts, shifts, params, halves)
 
 
 def persist_motion(root, ts: TiltSeries, shifts: xr.DataArray, params: MotionParams,

@@ -36,10 +36,12 @@ class DroppedTilt:
 
 @dataclass(frozen=True)
 class Assembly:
-    """The assembled series (sorted by angle) and the tilts that were dropped."""
+    """The assembled series (sorted by angle), the tilts that were dropped, and the input positions
+    of the kept tilts in their new order (apply them to companion series, e.g. even/odd sums)."""
 
     tilt_series: TiltSeries
     dropped: list[DroppedTilt]
+    kept: tuple[int, ...]
 
 
 def stack_movies(
@@ -117,4 +119,4 @@ def assemble(ts: TiltSeries, *, dark_fraction: float = 0.3) -> Assembly:
     keep = [i for i in np.argsort(angles, kind="stable") if i not in reasons]
     if not keep:
         raise ModelError("tilts", "every tilt is dark or empty; nothing to assemble")
-    return Assembly(ts.select_tilts(np.asarray(keep)), dropped)
+    return Assembly(ts.select_tilts(np.asarray(keep)), dropped, tuple(int(i) for i in keep))
