@@ -96,8 +96,9 @@ def _motion_of_simulation(ctx: RunContext, overwrite: bool) -> None:
     import pandas as pd
 
     from cryocloud.errors import ModelError
-    from cryocloud.pipeline.movies import drift_error, persist_motion, shifts_at_mean_frame, simulated_frames
+    from cryocloud.pipeline.movies import drift_error, persist_motion, shifts_at_mean_frame
     from cryocloud.preprocess.motion import motion_correct
+    from cryocloud.simulate.output import read_simulated_frames
     from cryocloud.progress import compute
     from cryocloud.store import open_url, read_tilt_series
 
@@ -110,7 +111,7 @@ def _motion_of_simulation(ctx: RunContext, overwrite: bool) -> None:
             raise ModelError(f"motion.{key}", "applies to .mdoc input only; the simulation records its pixel size and exposure")
     stored = None if overwrite else complete(lambda: read_tilt_series(ctx.url("motion", "tilt_series.zarr"), storage_options=so))
     if stored is None:
-        frames = simulated_frames(ctx.url("simulation", "frames.zarr"), ctx.results["tilt_series"], so)
+        frames = read_simulated_frames(ctx.url("simulation", "frames.zarr"), ctx.results["tilt_series"], so)
         result = motion_correct(frames, bfactor_a2=p.bfactor_a2, iterations=p.iterations, max_shift_a=p.max_shift_a)
         total, even, odd, shifts = compute(result.sum.data.data, result.even.data.data, result.odd.data.data, result.shifts.data,
                                            description=f"motion correction of {frames.n_tilts} movies")

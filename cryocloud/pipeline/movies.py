@@ -114,26 +114,6 @@ def persist_motion(root, ts: TiltSeries, shifts: xr.DataArray, params: MotionPar
     write_tilt_series(ts, url, overwrite=True, storage_options=so, metadata=meta)
     return read_tilt_series(url, storage_options=so)
 
-def simulated_frames(url: str, summed: TiltSeries, storage_options: dict | None = None) -> TiltSeries:
-    """The digital twin's movies (`<simulation>/frames.zarr`, (tilt, frame, y, x), see
-    `cryocloud.simulate.output`) as a lazy frames TiltSeries with the per-tilt metadata of its summed
-    tilt series `summed` (the same tilts in the same order)."""
-    import dask.array as da
-
-    from cryocloud.errors import StoreError
-    from cryocloud.store import resolve
-    from cryocloud.store.ngff import open_image
-
-    image = open_image(resolve(url, storage_options))
-    array = image.zarr_array(0)
-    if array.ndim != 4 or array.shape[0] != summed.n_tilts or array.shape[2:] != summed.data.shape[1:]:
-        raise StoreError(url, f"holds {array.shape}; expected (tilt, frame, y, x) movies of the {summed.data.shape} tilt series")
-    frames = da.from_zarr(array).rechunk((1, -1, -1, -1))
-    coords = {k: v for k, v in summed.data.coords.items() if v.dims == ("tilt",)}
-    data = xr.DataArray(frames, dims=("tilt", "frame", "y", "x"), coords=coords, attrs=dict(summed.data.attrs), name="frames")
-    return TiltSeries(data, summed.microscope, summed.tilt_axis_angle)
-
-
 def drift_error(measured_a: np.ndarray, true_drift_a: np.ndarray) -> dict:
     """Measured frame shifts (tilt, frame, xy) in A against the simulated drift (same layout, frame 0
     at the origin): both are compared with their per-tilt mean removed (the shifts' zero-mean

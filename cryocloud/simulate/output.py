@@ -1,4 +1,4 @@
-"""`write_simulation`: a simulation's outputs and ground truth as OME-Zarr plus tables, via `cryocloud.store`.
+"""`write_simulation` (and `read_simulated_frames`): a simulation's outputs and ground truth as OME-Zarr plus tables, via `cryocloud.store`.
 
 Layout under `url`:
 - ``tilt_series.zarr``: raw tilt series (tilt, y, x), counts, with the acquisition metadata;
@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import json
 
+import dask.array as da
 import numpy as np
+import xarray as xr
 
+from cryocloud.errors import StoreError
+from cryocloud.model import TiltSeries
 from cryocloud.simulate.twin import SimulationResult
 from cryocloud.store import resolve, write_tilt_series, write_tomogram
-from cryocloud.store.ngff import write_multiscale
+from cryocloud.store.ngff import open_image, write_multiscale
 from cryocloud.store.particles_csv import write_particles_csv
 from cryocloud.store.textfiles import write_text
 
@@ -67,3 +71,17 @@ def write_simulation(result: SimulationResult, url: str, *, overwrite: bool = Fa
     write_particles_csv(result.particles, truth_dir.child("particles.csv").url, **common)
     truth = {"config": cfg.model_dump(mode="json"), **result.truth.to_json()}
     write_text(truth_dir.child("truth.json").url, json.dumps(truth, indent=1), **common)
+
+
+def read_simulated_frames(url: str, summed: TiltSeries, storage_options: dict | None = None) -> TiltSeries:
+    """The digital twin's movies (`<simulation>/frames.zarr`, (tilt, frame, y, x), as
+    `write_simulation` wrote them) as a lazy frames TiltSeries with the per-tilt metadata of its summed
+    tilt series `summed` (the same tilts in the same order)."""
+    image = open_image(resolve(url, storage_options))
+    array = image.zarr_array(0)
+    if array.ndim != 4 or array.shape[0] != summed.n_tilts or array.shape[2:] != summed.data.shape[1:]:
+        raise StoreError(url, f"holds {array.shape}; expected (tilt, frame, y, x) movies of the {summed.data.shape} tilt series")
+    frames = da.from_zarr(array).rechunk((1, -1, -1, -1))
+    coords = {k: v for k, v in summed.data.coords.items() if v.dims == ("tilt",)}
+    data = xr.DataArray(frames, dims=("tilt", "frame", "y", "x"), coords=coords, attrs=dict(summed.data.attrs), name="frames")
+    return TiltSeries(data, summed.microscope, summed.tilt_axis_angle)
