@@ -134,6 +134,36 @@ def annotation(opts: dict, ann_dir: str, name: str, records: list[dict], shape: 
     })
 
 
+def publish_tilt_series(opts: dict, ts, truth: dict, dataset: str, run: str) -> str:
+    """Publish a raw tilt series (tilt, y, x) as the run's TiltSeries/1 (portal OME-Zarr, .rawtlt,
+    tiltseries_metadata.json with per-section order and the true defocus of `truth`: GroundTruth.to_json()
+    keys defocus_u_a, defocus_v_a, astigmatism_angle_deg); returns the folder's key."""
+    ts_dir = f"{dataset}/{run}/TiltSeries/1"
+    write_portal_zarr(opts, f"{PORTAL_BUCKET}/{ts_dir}/{run}.zarr", np.asarray(ts.data.values, dtype=np.float32), ts.pixel_size, (1, 2), (1, 1024, 1024))
+    order = ts.data.acquisition_order.values
+    exposure = float(np.sum(ts.data.exposure.values))
+    put(opts, f"{PORTAL_BUCKET}/{ts_dir}/tiltseries_metadata.json", tiltseries_metadata(
+        ts_dir, run, ts.pixel_size, ts.tilt_angles, order, truth["defocus_u_a"], truth["defocus_v_a"], [truth["astigmatism_angle_deg"]] * ts.n_tilts,
+        axis=ts.tilt_axis_angle, flux=exposure, shape=ts.data.shape))
+    put(opts, f"{PORTAL_BUCKET}/{ts_dir}/{run}.rawtlt", "".join(f"{a:.2f}\n" for a in ts.tilt_angles))
+    return ts_dir
+
+
+def publish_particles(opts: dict, particles, voxel_spacing: float, dataset: str, run: str) -> None:
+    """Publish particles (positions in A) as the run's ribosome orientedPoint annotation (Annotations/1 at `voxel_spacing`)."""
+    records = [{"type": "orientedPoint", "location": dict(zip("xyz", (float(v) for v in p / voxel_spacing))), "xyz_rotation_matrix": r.tolist()}
+               for p, r in zip(particles.positions, particles.rotations)]
+    folder = f"{PORTAL_BUCKET}/{dataset}/{run}/Reconstructions/VoxelSpacing{voxel_spacing:.3f}/Annotations/1"
+    annotation(opts, folder, "ribosome", records, "OrientedPoint")
+
+
+def portal_run_from_simulation(opts: dict, result, dataset: str, run: str) -> None:
+    """Publish a `cryocloud.simulate` result as a portal run: its raw tilt series (TiltSeries/1) and the
+    true particles as the ribosome annotation at the tilt series' pixel size (no tomogram)."""
+    publish_tilt_series(opts, result.tilt_series, result.truth.to_json(), dataset, run)
+    publish_particles(opts, result.particles, result.tilt_series.pixel_size, dataset, run)
+
+
 def portal_run_from_pipeline(opts: dict, run_dir: str, dataset: str, run: str) -> dict:
     """Publish a `cryocloud run` output (simulation -> align -> reconstruct) as a portal run in the bucket:
     the raw tilt series (TiltSeries/1, with .rawtlt and per-section order and defocus), its alignment
@@ -146,14 +176,7 @@ def portal_run_from_pipeline(opts: dict, run_dir: str, dataset: str, run: str) -
     prefix = f"{PORTAL_BUCKET}/{dataset}/{run}"
     ts = read_tilt_series(f"{run_dir}/simulation/tilt_series.zarr")
     truth = json.loads(open(f"{run_dir}/simulation/ground_truth/truth.json").read())
-    ts_dir = f"{dataset}/{run}/TiltSeries/1"
-    write_portal_zarr(opts, f"{PORTAL_BUCKET}/{ts_dir}/{run}.zarr", ts.data.values.astype(np.float32), ts.pixel_size, (1, 2), (1, 1024, 1024))
-    order = ts.data.acquisition_order.values
-    exposure = float(np.sum(ts.data.exposure.values))
-    put(opts, f"{PORTAL_BUCKET}/{ts_dir}/tiltseries_metadata.json", tiltseries_metadata(
-        ts_dir, run, ts.pixel_size, ts.tilt_angles, order, truth["defocus_u_a"], truth["defocus_v_a"], [truth["astigmatism_angle_deg"]] * ts.n_tilts,
-        axis=ts.tilt_axis_angle, flux=exposure, shape=ts.data.shape))
-    put(opts, f"{PORTAL_BUCKET}/{ts_dir}/{run}.rawtlt", "".join(f"{a:.2f}\n" for a in ts.tilt_angles))
+    publish_tilt_series(opts, ts, truth, dataset, run)
     axis, shifts = alignments_from_xf(read_xf(f"{run_dir}/align/tilt_series.xf"))
     put_alignment(opts, f"{prefix}/Alignments/1", run, axis, shifts, read_tlt(f"{run_dir}/align/tilt_series.tlt"))
     tomo = read_tomogram(f"{run_dir}/reconstruct/tomogram.zarr")
@@ -166,7 +189,5 @@ def portal_run_from_pipeline(opts: dict, run_dir: str, dataset: str, run: str) -
         "size": {"z": nz, "y": ny, "x": nx}, "omezarr_dir": f"{tomo_dir}/{run}.zarr",
     })
     particles = read_particles_csv(f"{run_dir}/simulation/ground_truth/particles.csv")
-    records = [{"type": "orientedPoint", "location": dict(zip("xyz", (float(v) for v in p / vs))), "xyz_rotation_matrix": r.tolist()}
-               for p, r in zip(particles.positions, particles.rotations)]
-    annotation(opts, f"{prefix}/Reconstructions/VoxelSpacing{vs:.3f}/Annotations/1", "ribosome", records, "OrientedPoint")
+    publish_particles(opts, particles, vs, dataset, run)
     return {"positions": particles.positions, "voxel_spacing": vs, "shape": tomo.data.shape}

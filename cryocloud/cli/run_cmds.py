@@ -19,7 +19,8 @@ def run(
 ) -> None:
     """Run the pipeline: simulate and motion-correct the simulated movies (or read the input, or motion-correct
     a .mdoc's movies) -> ... -> average; one report.html per tilt series; several inputs run as a batch.
-    Resumes completed stages."""
+    A CryoET Data Portal input (portal://DATASET/RUN or a key in its bucket) also gets a copick overlay
+    of the results in the output (copick_config.json). Resumes completed stages."""
     from cryocloud.cluster import describe, session
     from cryocloud.pipeline import load_config, run_pipeline
 
@@ -35,3 +36,5 @@ def run(
         typer.echo(f"batch summary: {where}/batch_summary.json; a report.html per tilt series under {where}/<name>/", err=True)
     elif cfg.report:
         typer.echo(f"report: {where}/report.html", err=True)
+    if "copick" in summary:  # a portal input: the output is also a copick overlay over the portal dataset
+        typer.echo(f"copick overlay: {summary['copick']['config']}", err=True)

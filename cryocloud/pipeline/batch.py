@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from cryocloud.errors import CryocloudError
 from cryocloud.pipeline.config import PipelineConfig
 from cryocloud.store import open_url, resolve
+from cryocloud.store.portal import is_portal_url
 
 SERIES_SUFFIXES = (".zarr", ".mdoc")
 
@@ -38,8 +39,8 @@ def batch_inputs(config: PipelineConfig) -> list[str] | None:
     """The input URLs of a batch run, or None for a single tilt series."""
     if config.inputs:
         return list(config.inputs)
-    if not config.input or config.input.lower().endswith(".mdoc"):
-        return None
+    if not config.input or config.input.lower().endswith(".mdoc") or is_portal_url(config.input):
+        return None  # a portal address names one run's tilt series
     loc = resolve(config.input, config.storage_options)
     if _is_image(loc):
         return None

@@ -12,6 +12,7 @@ from cryocloud.pipeline.acquire import stage_input, stage_motion, stage_simulate
 from cryocloud.pipeline.average import stage_average
 from cryocloud.pipeline.config import STAGE_NAMES, PipelineConfig
 from cryocloud.pipeline.context import RunContext
+from cryocloud.pipeline.copick_overlay import portal_source, write_overlay
 from cryocloud.pipeline.denoise import stage_denoise
 from cryocloud.pipeline.picking import stage_match, stage_peaks
 from cryocloud.pipeline.segment import stage_segment
@@ -59,13 +60,15 @@ def stage_order(config: PipelineConfig) -> list[str]:
 
 def run_series(config: PipelineConfig, *, rerun_from: str | None = None, label: str = "") -> dict:
     """Run the stages of one tilt series; returns the summary (also `output/summary.json`, then
-    `output/report.html` unless `config.report` is False)."""
+    `output/report.html` unless `config.report` is False). A CryoET Data Portal input also gets the
+    copick overlay of the results in the output (`copick_overlay`; summary["copick"] says where)."""
     from cryocloud.report_html import write_report
     from cryocloud.store import open_url, resolve
 
     names = stage_order(config)
     if rerun_from is not None and rerun_from not in names:
         raise CryocloudError(f"--from {rerun_from!r}: expected one of the configured stages {names}")
+    portal = portal_source(config)
     ctx = RunContext(config, resolve(config.output, config.storage_options))
     ctx.summary["software"] = {"cryocloud": __version__}
     overwrite = False
@@ -77,6 +80,9 @@ def run_series(config: PipelineConfig, *, rerun_from: str | None = None, label: 
         STAGES[name](ctx, overwrite)
         ctx.summary.setdefault(name, {})["seconds"] = round(time.perf_counter() - start, 2)
     ctx.summary["stages"] = names
+    if portal is not None:
+        ctx.summary["copick"] = write_overlay(ctx, portal, set(names[names.index(rerun_from):]) if rerun_from else set())
+        print(f"{prefix}copick overlay of portal://{portal.dataset}/{portal.run}: {ctx.summary['copick']['config']}")
     with open_url(ctx.url("summary.json"), "w", storage_options=config.storage_options) as fh:
         json.dump(ctx.summary, fh, indent=2)
     if config.report:

@@ -25,14 +25,15 @@ equal), the tomogram and the segmentation written here, and `CopickConfigCDP` pa
 from __future__ import annotations
 
 import json
+import posixpath
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from cryocloud.errors import ModelError, StoreError
+from cryocloud.errors import ModelError, OutputExistsError, StoreError
 from cryocloud.model import Particles, Tomogram
 from cryocloud.store.images import write_tomogram
-from cryocloud.store.location import Location, resolve
+from cryocloud.store.location import Location, os_errors_as_store_errors, resolve
 from cryocloud.store.textfiles import write_text
 
 def to_copick(particles: Particles, *, object_name: str, user_id: str = "cryocloud", session_id: str = "0", run_name: str = "",
@@ -155,6 +156,20 @@ class CopickOverlay:
         write_tomogram(labels, url, levels=1, overwrite=overwrite, storage_options=self.storage_options, metadata=metadata)
         return url
 
+    def copy_tomogram(self, source: str, run: str, voxel_spacing: float, tomo_type: str, *, overwrite: bool = False) -> str:
+        """Copy a stored tomogram (NGFF 0.4, zarr format 2, as cryocloud writes it) at `voxel_spacing` (A)
+        into the overlay object by object (server-side on S3: nothing is decoded); returns its URL."""
+        url = self.tomogram_url(run, voxel_spacing, tomo_type)
+        copy_image(resolve(source, self.storage_options), resolve(url, self.storage_options), overwrite=overwrite)
+        return url
+
+    def copy_segmentation(self, source: str, run: str, voxel_spacing: float, name: str, *, user_id: str = "cryocloud",
+                          session_id: str = "0", multilabel: bool = False, overwrite: bool = False) -> str:
+        """Copy a stored label image (NGFF 0.4, zarr format 2) into the overlay as a segmentation; returns its URL."""
+        url = self.segmentation_url(run, voxel_spacing, name, user_id=user_id, session_id=session_id, multilabel=multilabel)
+        copy_image(resolve(source, self.storage_options), resolve(url, self.storage_options), overwrite=overwrite)
+        return url
+
     def write_config(
         self,
         pickable_objects: list[dict],
@@ -190,3 +205,36 @@ class CopickOverlay:
         url = self.location.child(filename).url
         write_text(url, json.dumps(config, indent=1), overwrite=overwrite, storage_options=self.storage_options)
         return url
+
+
+ZARR2_METADATA = (".zarray", ".zattrs", ".zgroup")
+
+
+def copy_image(source: Location, target: Location, *, overwrite: bool = False) -> None:
+    """Copy a zarr format 2 image (copick reads zarr 2) from `source` to `target` on the same
+    filesystem: chunks first, then the arrays' metadata, the group's `.zattrs` / `.zgroup` last (an
+    interrupted copy does not read as an image). OutputExistsError when `target` holds an image and
+    not `overwrite` (then it is removed first)."""
+    target.require_writable()
+    if source.protocol != target.protocol:
+        raise StoreError(target.url, f"a copy stays on one filesystem; the source is {source.url}", field="url")
+    fs = source.filesystem()
+    with os_errors_as_store_errors(source.url, "listed"):
+        files = sorted(fs.find(source.path))
+    if source.path + "/.zgroup" not in files:
+        raise StoreError(source.url, "is not a zarr format 2 image (no .zgroup); copick reads zarr format 2 (NGFF 0.4)", field="zarr_format")
+    with os_errors_as_store_errors(target.url, "written"):
+        if fs.exists(target.path):
+            if not overwrite and fs.exists(target.path + "/.zattrs"):
+                raise OutputExistsError(f"{target.url}: exists; pass overwrite=True to replace it")
+            fs.rm(target.path, recursive=True)
+        chunks = [f for f in files if posixpath.basename(f) not in ZARR2_METADATA]
+        root = [source.path + "/.zgroup", source.path + "/.zattrs"]
+        arrays = [f for f in files if f not in chunks and f not in root]
+        for batch in (chunks, arrays, [f for f in root if f in files]):
+            targets = [target.path + f[len(source.path):] for f in batch]
+            if target.is_local:
+                for folder in sorted({posixpath.dirname(t) for t in targets}):
+                    fs.makedirs(folder, exist_ok=True)
+            if batch:
+                fs.copy(batch, targets)

@@ -1,0 +1,96 @@
+"""Results of a run on CryoET Data Portal data, laid out as a copick overlay in the output itself.
+
+When the input is a portal location (``portal://DATASET/RUN[...]``, a key in the portal bucket or a
+portal client object), the output root is also a copick overlay root over the portal dataset
+(`cryocloud.store.portal.copick.CopickOverlay` writes the layout):
+
+- ``ExperimentRuns/{run}/Picks/cryocloud_0_{object}.json``: the peaks stage's picks (positions in A in
+  the tomogram frame, voxel (0, 0, 0) at 0 A; rotation reference -> particle);
+- ``ExperimentRuns/{run}/VoxelSpacing{vs:.3f}/cryocloud-{wbp|sirt|bp}.zarr`` (reconstruct) and
+  ``.../cryocloud-{deconv|noise2noise}.zarr`` (denoise): the tomograms, at their voxel spacing (A);
+- ``ExperimentRuns/{run}/Segmentations/{vs:.3f}_cryocloud_0_membrane.zarr``: the segment stage's labels
+  (non-zero = membrane; the value numbers the membrane);
+- ``copick_config.json`` (written last): the portal dataset as the static layer, the output as the overlay.
+
+Images are copied object by object from the stages' outputs (server-side on S3, nothing decoded).
+
+Each file is written when it is missing or when its stage was recomputed in this run (`--from`);
+otherwise a resumed run leaves it as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryocloud.errors import StoreError
+from cryocloud.pipeline.config import PipelineConfig
+from cryocloud.pipeline.context import RunContext
+
+USER_ID, SESSION_ID = "cryocloud", "0"
+MEMBRANE = "membrane"
+#: copick tomogram type of the reconstruction, by reconstruct.filter
+RECONSTRUCTION_TYPES = {"radial": "wbp", "sirt": "sirt", "none": "bp"}
+
+
+def portal_source(config: PipelineConfig) -> Any | None:
+    """The portal address (`cryocloud.store.portal.PortalRef`) of the run's input, None when the input is
+    not on the portal. StoreError when its dataset id is not a number (copick names portal datasets by id)."""
+    from cryocloud.store.portal import is_portal_url, parse_portal_url, portal_address
+
+    if not config.input or not is_portal_url(config.input):
+        return None
+    ref = parse_portal_url(portal_address(config.input))
+    if not ref.dataset.isdigit():
+        raise StoreError(config.input, f"the portal dataset id must be a number (copick's dataset_ids), got {ref.dataset!r}", field="input")
+    return ref
+
+
+def write_overlay(ctx: RunContext, ref: Any, recomputed: set[str]) -> dict:
+    """Write the copick overlay of this run's results (see the module docstring) under the output root;
+    returns what was written (URLs) for the summary. `recomputed`: the stages forced to recompute."""
+    from cryocloud.store import read_labels
+    from cryocloud.store.portal.copick import CopickOverlay
+
+    overlay = CopickOverlay(ctx.root.url, ctx.storage_options)
+    record: dict[str, Any] = {"overlay_root": ctx.root.url, "run": ref.run, "dataset_id": int(ref.dataset)}
+    objects: list[dict] = []
+    particles = ctx.results.get("particles")
+    if particles is not None:
+        name = str(particles.class_name[0]) if len(particles) else "particle"
+        objects.append({"name": name, "is_particle": True, "radius": round(float(ctx.results["template_radius_a"]), 1)})
+        tomo = ctx.results.get("tomogram")
+        record["picks"] = overlay.write_picks(particles, ref.run, name, user_id=USER_ID, session_id=SESSION_ID,
+                                              voxel_spacing=None if tomo is None else tomo.pixel_size, overwrite=True)
+        record["n_picks"] = len(particles)
+    tomograms = {}
+    for stage, key, tomo_type in (("reconstruct", "tomogram", RECONSTRUCTION_TYPES[ctx.config.reconstruct.filter]),
+                                  ("denoise", "denoised", ctx.config.denoise.method)):
+        if ctx.results.get(key) is not None:
+            name = f"cryocloud-{tomo_type}"
+            url = overlay.tomogram_url(ref.run, ctx.results[key].pixel_size, name)
+            if _wanted(ctx, url, stage in recomputed):
+                overlay.copy_tomogram(ctx.url(stage, "tomogram.zarr"), ref.run, ctx.results[key].pixel_size, name, overwrite=True)
+            tomograms[name] = url
+    if tomograms:
+        record["tomograms"] = tomograms
+    segment = ctx.summary.get("segment", {})
+    if "n_membranes" in segment:
+        objects.append({"name": MEMBRANE, "is_particle": False})
+        vs = read_labels(ctx.url("segment", "membranes.zarr"), storage_options=ctx.storage_options).attrs["pixel_size"]
+        url = overlay.segmentation_url(ref.run, vs, MEMBRANE, user_id=USER_ID, session_id=SESSION_ID)
+        if _wanted(ctx, url, "segment" in recomputed):
+            overlay.copy_segmentation(ctx.url("segment", "membranes.zarr"), ref.run, vs, MEMBRANE, user_id=USER_ID, session_id=SESSION_ID,
+                                      overwrite=True)
+        record["segmentations"] = {MEMBRANE: url}
+    endpoint = {k: v for k, v in (ctx.storage_options or {}).items() if k == "endpoint_url"}
+    record["config"] = overlay.write_config(objects, dataset_ids=[int(ref.dataset)], overlay_fs_args=endpoint, overwrite=True,
+                                            description=f"cryocloud results for portal://{ref.dataset}/{ref.run}")
+    return record
+
+
+def _wanted(ctx: RunContext, url: str, recomputed: bool) -> bool:
+    """Whether an overlay image must be (re)written: its stage was recomputed, or it is missing or
+    incomplete (the copy writes the group's metadata last)."""
+    from cryocloud.store import resolve
+
+    return recomputed or not resolve(url, ctx.storage_options).child(".zattrs").exists()
