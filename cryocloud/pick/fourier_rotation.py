@@ -3,29 +3,43 @@
 All arrays are indexed (z, y, x); rotations act on (x, y, z) column vectors (cryocloud.geometry).
 
 The masked template's FFT is computed once on a box padded `OVERSAMPLING` times (or more, to a
-power of two so that the periodic wrap is a bit mask), with the trilinear-interpolation
+power of two P so that the periodic wrap is a bit mask), with the trilinear-interpolation
 apodisation (sinc^2 per axis) divided out beforehand (gridding). The spectrum of the template
-rotated by R is then T_R(k) = T(R^T k), sampled trilinearly by a numba kernel at the frequencies
-k (cycles per voxel) that a search or an alignment uses.
+rotated by R is then T_R(k) = T(R^T k), sampled trilinearly at the frequencies k (cycles per
+voxel) that a search or an alignment uses.
+
+Speed: the sampling costs as much as an inverse FFT of the searched box unless it is lean, so
+- the spectrum is stored as an interpolation table of x-neighbour pairs, entry [z, y, x] =
+  (T[z, y, x], T[z, y, x + 1]) as (re, im, re, im) float32, with one extra z and y plane (the
+  periodic wrap written out): a sample is four 16-byte loads at fixed offsets from one index;
+- the frequencies are walked in runs along x (consecutive outputs, one (ky, kz), even kx steps:
+  the lines of a band), so R^T k advances by a constant step and the floors, fractions and table
+  indices of a whole run are computed in one vectorisable loop;
+- the trilinear blend of the four pairs is written as 8-, 4- and 2-wide vector operations
+  (`_trilinear`, an LLVM intrinsic: numba leaves the scalar form unvectorised).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 OVERSAMPLING = 2
 
 
 @dataclass(frozen=True)
 class TemplateSpectrum:
-    """FFT of a masked template on a box padded at least `OVERSAMPLING` times (to a power of two),
-    origin at the template centre.
+    """FFT of a masked template on a box padded at least `OVERSAMPLING` times (to a power of two
+    P), origin at the template centre, as an interpolation table (`pair_table`).
 
-    `values` (P, P, P) complex64 full FFT; `box` the template's edge (voxels); `mask_values` the same
-    for a non-spherical mask (None for a spherical one, which needs no rotation).
+    `values` (P + 1, P + 1, P, 4) float32 table; `box` the template's edge (voxels); `mask_values`
+    the same for a non-spherical mask (None for a spherical one, which needs no rotation).
     """
 
     values: np.ndarray
@@ -34,11 +48,25 @@ class TemplateSpectrum:
 
     @property
     def padded(self) -> int:
-        return self.values.shape[0]
+        return self.values.shape[2]
+
+
+def pair_table(spectrum: np.ndarray) -> np.ndarray:
+    """Interpolation table of a periodic (P, P, P) complex spectrum (z, y, x): (P + 1, P + 1, P, 4)
+    float32, entry [z, y, x] = (re, im) of spectrum[z, y, x] then of spectrum[z, y, x + 1], all
+    indices modulo P."""
+    p = spectrum.shape[0]
+    wrap = np.arange(p + 1) % p
+    v = spectrum[np.ix_(wrap, wrap, wrap)]
+    table = np.empty((p + 1, p + 1, p, 4), dtype=np.float32)
+    table[..., 0], table[..., 1] = v[:, :, :p].real, v[:, :, :p].imag
+    table[..., 2], table[..., 3] = v[:, :, 1:].real, v[:, :, 1:].imag
+    return table
 
 
 def _gridding_spectrum(volume: np.ndarray) -> np.ndarray:
-    """Padded, origin-centred FFT of a cubic volume, pre-divided by trilinear apodisation."""
+    """Padded, origin-centred FFT of a cubic volume, pre-divided by trilinear apodisation, as a
+    `pair_table`."""
     b = volume.shape[0]
     p = 1 << int(np.ceil(np.log2(OVERSAMPLING * b)))  # a power of two: periodic wrap by bit mask
     padded = np.zeros((p, p, p), dtype=np.float64)
@@ -47,7 +75,7 @@ def _gridding_spectrum(volume: np.ndarray) -> np.ndarray:
     padded = np.roll(padded, (-c, -c, -c), axis=(0, 1, 2))  # template centre at index 0
     apod = np.sinc(np.fft.fftfreq(p)) ** 2  # argument: distance from the origin / padded box
     padded /= apod[:, None, None] * apod[None, :, None] * apod[None, None, :]
-    return np.fft.fftn(padded).astype(np.complex64)
+    return pair_table(np.fft.fftn(padded))
 
 
 def template_spectrum(template: np.ndarray, mask: np.ndarray, *, spherical: bool) -> TemplateSpectrum:
@@ -68,37 +96,157 @@ def template_spectrum(template: np.ndarray, mask: np.ndarray, *, spherical: bool
     return TemplateSpectrum(_gridding_spectrum(masked), t.shape[0], None if spherical else _gridding_spectrum(m))
 
 
-@numba.njit(cache=True, fastmath=True, nogil=True)
-def _sample(spec, m, qx, qy, qz):
-    """Trilinear sample of a periodic (p, p, p) complex grid, p a power of two and m = p - 1, at
-    (x, y, z) in grid units."""
-    fx, fy, fz = np.floor(qx), np.floor(qy), np.floor(qz)
-    dx, dy, dz = qx - fx, qy - fy, qz - fz
-    ix, iy, iz = int(fx), int(fy), int(fz)
-    x0, y0, z0 = ix & m, iy & m, iz & m
-    x1, y1, z1 = (ix + 1) & m, (iy + 1) & m, (iz + 1) & m
-    c00 = spec[z0, y0, x0] + (spec[z0, y0, x1] - spec[z0, y0, x0]) * dx
-    c01 = spec[z0, y1, x0] + (spec[z0, y1, x1] - spec[z0, y1, x0]) * dx
-    c10 = spec[z1, y0, x0] + (spec[z1, y0, x1] - spec[z1, y0, x0]) * dx
-    c11 = spec[z1, y1, x0] + (spec[z1, y1, x1] - spec[z1, y1, x0]) * dx
-    c0 = c00 + (c01 - c00) * dy
-    c1 = c10 + (c11 - c10) * dy
-    return c0 + (c1 - c0) * dz
+def _vector(n: int) -> ir.VectorType:
+    return ir.VectorType(ir.FloatType(), n)
+
+
+def _lanes(*index: int) -> ir.Constant:
+    return ir.Constant(ir.VectorType(ir.IntType(32), len(index)), list(index))
+
+
+def _lerp(builder, v, n: int, t):
+    """lo + (hi - lo) * t on the two halves (n lanes each) of vector v, t a scalar."""
+    lo = builder.shuffle_vector(v, v, _lanes(*range(n)))
+    hi = builder.shuffle_vector(v, v, _lanes(*range(n, 2 * n)))
+    splat = builder.shuffle_vector(builder.insert_element(ir.Constant(_vector(n), ir.Undefined), t, ir.Constant(ir.IntType(32), 0)), ir.Constant(_vector(n), ir.Undefined), _lanes(*[0] * n))
+    return builder.fadd(lo, builder.fmul(builder.fsub(hi, lo, flags=("fast",)), splat, flags=("fast",)), flags=("fast",))
+
+
+@intrinsic
+def _trilinear(typingctx, table, index, dy_offset, dz_offset, dx, dy, dz):
+    """(re, im) trilinear blend of the 4 pairs of a flat `pair_table` at element offsets index,
+    index + dy_offset, index + dz_offset, index + dy_offset + dz_offset with fractions dx, dy, dz."""
+    sig = types.UniTuple(types.float32, 2)(table, index, dy_offset, dz_offset, dx, dy, dz)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        index, dy_offset, dz_offset = args[1:4]
+        offsets = (index, builder.add(index, dy_offset), builder.add(index, dz_offset), builder.add(builder.add(index, dy_offset), dz_offset))
+        pairs = [builder.load(builder.bitcast(builder.gep(data, [o]), _vector(4).as_pointer()), align=4) for o in offsets]
+        z0 = builder.shuffle_vector(pairs[0], pairs[1], _lanes(*range(8)))  # (y0: re im re im, y1: ...)
+        z1 = builder.shuffle_vector(pairs[2], pairs[3], _lanes(*range(8)))
+        v = builder.shuffle_vector(z0, z1, _lanes(*range(16)))
+        v = _lerp(builder, v, 8, args[6])
+        v = _lerp(builder, v, 4, args[5])
+        v = _lerp(builder, v, 2, args[4])
+        parts = [builder.extract_element(v, ir.Constant(ir.IntType(32), i)) for i in (0, 1)]
+        return context.make_tuple(builder, signature.return_type, parts)
+
+    return sig, codegen
+
+
+@dataclass(frozen=True)
+class BandRuns:
+    """A list of frequencies (K, 3) cut into runs along x: run r covers list entries start[r] ..
+    start[r] + length[r] - 1 with frequencies k0[r] + i (dk[r], 0, 0) (x, y, z, cycles/voxel),
+    written to out[flat[r] + i], all with the Parseval multiplicity mult[r]."""
+
+    start: np.ndarray
+    length: np.ndarray
+    flat: np.ndarray
+    k0: np.ndarray
+    dk: np.ndarray
+    mult: np.ndarray
+
+
+def band_runs(kxyz: np.ndarray, flat: np.ndarray, mult: np.ndarray) -> BandRuns:
+    """Runs of `kxyz` (K, 3) float32 (x, y, z) with consecutive output indices `flat` (K,), one
+    (ky, kz), one multiplicity `mult` (K,) and even kx steps (1e-6 cycles/voxel)."""
+    kxyz = np.asarray(kxyz, dtype=np.float32)
+    flat = np.asarray(flat, dtype=np.int64)
+    mult = np.asarray(mult, dtype=np.float32)
+    if kxyz.ndim != 2 or kxyz.shape[1] != 3 or flat.shape != (kxyz.shape[0],) or mult.shape != flat.shape:
+        raise ValueError(f"expected kxyz (K, 3), flat (K,), mult (K,), got {kxyz.shape}, {flat.shape}, {mult.shape}")
+    kx = kxyz[:, 0].astype(np.float64)
+    step = np.diff(kx)
+    joined = (np.diff(flat) == 1) & (kxyz[1:, 1] == kxyz[:-1, 1]) & (kxyz[1:, 2] == kxyz[:-1, 2]) & (mult[1:] == mult[:-1]) & (step > 0)
+    joined[1:] &= ~joined[:-1] | (np.abs(step[1:] - step[:-1]) < 1e-6)  # a run's step is its first
+    start = np.flatnonzero(np.r_[True, ~joined])
+    length = np.diff(np.r_[start, flat.size])
+    last = start + length - 1
+    dk = ((kx[last] - kx[start]) / np.maximum(length - 1, 1)).astype(np.float32)
+    return BandRuns(start, length, flat[start], kxyz[start], dk, mult[start].astype(np.float64))
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
-def _fill_rotated(rot, spec, kxyz, weight, mult, vhat, flat, out):
-    """out[flat] = conj(W T(R^T k)) * vhat for the band; returns sum mult |W T|^2 (Parseval)."""
-    p = np.float32(spec.shape[0])
-    m = spec.shape[0] - 1
-    r = rot.astype(np.float32)
+def fill_rotated(rotation, table, runs_start, runs_length, runs_flat, runs_k0, runs_dk, runs_mult, weight, vhat, out):
+    """out[f] = conj(W T(R^T k)) vhat for every frequency k of the runs (`BandRuns` fields), f its
+    output index; returns sum mult |W T|^2 (Parseval).
+
+    `rotation` (3, 3) R; `table` a `pair_table`; `weight` (K,) W and `vhat` (K,) complex64 per
+    list entry; `out` complex64, flat.
+    """
+    p = table.shape[2]
+    m = p - 1
+    dy_offset = 4 * p
+    dz_offset = 4 * p * (p + 1)
+    flat_table = table.reshape(-1)
+    pf = np.float32(p)
+    r = rotation.astype(np.float32)
+    vf = vhat.view(np.float32)
+    of = out.view(np.float32)
+    longest = 0
+    for i in range(runs_length.size):
+        longest = max(longest, runs_length[i])
+    index = np.empty(longest, dtype=np.int64)
+    fraction = np.empty((3, longest), dtype=np.float32)
+    fx, fy, fz = fraction[0], fraction[1], fraction[2]
     norm = 0.0
-    for j in range(flat.size):
-        kx, ky, kz = kxyz[j, 0] * p, kxyz[j, 1] * p, kxyz[j, 2] * p
-        qx = r[0, 0] * kx + r[1, 0] * ky + r[2, 0] * kz
-        qy = r[0, 1] * kx + r[1, 1] * ky + r[2, 1] * kz
-        qz = r[0, 2] * kx + r[1, 2] * ky + r[2, 2] * kz
-        t = _sample(spec, m, qx, qy, qz) * weight[j]
-        norm += mult[j] * (t.real * t.real + t.imag * t.imag)
-        out[flat[j]] = np.conj(t) * vhat[j]
+    for run in range(runs_start.size):
+        kx, ky, kz = runs_k0[run, 0] * pf, runs_k0[run, 1] * pf, runs_k0[run, 2] * pf
+        ax = r[0, 0] * kx + r[1, 0] * ky + r[2, 0] * kz
+        ay = r[0, 1] * kx + r[1, 1] * ky + r[2, 1] * kz
+        az = r[0, 2] * kx + r[1, 2] * ky + r[2, 2] * kz
+        dk = runs_dk[run] * pf
+        bx, by, bz = r[0, 0] * dk, r[0, 1] * dk, r[0, 2] * dk
+        n = runs_length[run]
+        for i in range(n):  # vectorised: floors, fractions and table indices of the run
+            qx = ax + np.float32(i) * bx
+            qy = ay + np.float32(i) * by
+            qz = az + np.float32(i) * bz
+            gx, gy, gz = np.floor(qx), np.floor(qy), np.floor(qz)
+            fx[i] = qx - gx
+            fy[i] = qy - gy
+            fz[i] = qz - gz
+            index[i] = (np.int32(gz) & m) * dz_offset + (np.int32(gy) & m) * dy_offset + (np.int32(gx) & m) * 4
+        j0 = runs_start[run]
+        f0 = runs_flat[run]
+        total = np.float32(0.0)
+        for i in range(n):
+            tr, ti = _trilinear(flat_table, index[i], dy_offset, dz_offset, fx[i], fy[i], fz[i])
+            j = j0 + i
+            w = weight[j]
+            tr *= w
+            ti *= w
+            total += tr * tr + ti * ti
+            vr, vi = vf[2 * j], vf[2 * j + 1]
+            f = 2 * (f0 + i)
+            of[f] = tr * vr + ti * vi
+            of[f + 1] = tr * vi - ti * vr
+        norm += runs_mult[run] * total
     return norm
+
+
+_RUNS: dict[tuple[int, int, int], tuple[weakref.ref, weakref.ref, weakref.ref, BandRuns]] = {}
+
+
+def _runs_of(kxyz: np.ndarray, flat: np.ndarray, mult: np.ndarray) -> BandRuns:
+    """`band_runs`, kept while the three arrays live (keyed by identity: they must not change)."""
+    key = (id(kxyz), id(flat), id(mult))
+    hit = _RUNS.get(key)
+    if hit is not None and hit[0]() is kxyz and hit[1]() is flat and hit[2]() is mult:
+        return hit[3]
+    runs = band_runs(kxyz, flat, mult)
+    drop = lambda _ref, key=key: _RUNS.pop(key, None)  # noqa: E731
+    _RUNS[key] = (weakref.ref(kxyz, drop), weakref.ref(flat, drop), weakref.ref(mult, drop), runs)
+    return runs
+
+
+def _fill_rotated(rot, spec, kxyz, weight, mult, vhat, flat, out):
+    """out[flat] = conj(W T(R^T k)) * vhat for the frequencies `kxyz` (K, 3) (x, y, z, cycles per
+    voxel) of a list; returns sum mult |W T|^2 (Parseval). `spec` a `pair_table`; the list's runs
+    (`band_runs`) are cut once per (kxyz, flat, mult) arrays."""
+    runs = _runs_of(kxyz, flat, mult)
+    return fill_rotated(
+        np.asarray(rot, dtype=np.float64), spec, runs.start, runs.length, runs.flat, runs.k0, runs.dk, runs.mult, weight, vhat, out
+    )

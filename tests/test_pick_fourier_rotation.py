@@ -1,0 +1,117 @@
+"""Fourier-space template rotation: the fast band fill against direct trilinear sampling and exact rotations."""
+
+import numpy as np
+
+from cryocloud.geometry import random_rotations
+from cryocloud.pick import fourier_rotation as fr
+from cryocloud.pick.score import band_grid, half_shape
+from cryocloud.pick.template import spherical_mask
+
+B, S = 16, 24
+
+
+def _template() -> np.ndarray:
+    z, y, x = np.mgrid[:B, :B, :B] - B // 2
+    blob = np.exp(-((x - 2) ** 2 / 4 + (y + 1) ** 2 / 9 + z**2 / 2)) + 0.5 * np.exp(-((x + 3) ** 2 + y**2 + (z - 2) ** 2) / 3)
+    return blob.astype(np.float32)
+
+
+def _spectrum_of(table: np.ndarray) -> np.ndarray:
+    """The (P, P, P) complex spectrum held in a pair table."""
+    p = table.shape[2]
+    return table[:p, :p, :, 0].astype(np.float64) + 1j * table[:p, :p, :, 1]
+
+
+def _direct_trilinear(spectrum: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Trilinear samples (float64) of a periodic (P, P, P) spectrum at q (N, 3) (x, y, z) grid units."""
+    p = spectrum.shape[0]
+    base = np.floor(q)
+    frac = q - base
+    base = base.astype(np.int64)
+    out = np.zeros(q.shape[0], dtype=np.complex128)
+    for corner in np.ndindex(2, 2, 2):  # (dx, dy, dz)
+        w = np.prod(np.where(np.array(corner), frac, 1 - frac), axis=1)
+        x, y, z = ((base + np.array(corner)) % p).T
+        out += w * spectrum[z, y, x]
+    return out
+
+
+def _wedge_weight(shape) -> np.ndarray:
+    """A search weight with holes: a missing wedge around kz (|kz| > 1.2 |kx|) and a ramp."""
+    kz = np.fft.fftfreq(shape[0])[:, None, None]
+    ky = np.fft.fftfreq(shape[1])[None, :, None]
+    kx = np.fft.rfftfreq(shape[2])[None, None, :]
+    weight = (np.abs(kz) <= 1.2 * np.abs(kx)) * (1.0 + 3.0 * ky * ky + kx)
+    return np.broadcast_to(weight, half_shape(shape)).astype(np.float32)
+
+
+def test_pair_table_holds_the_spectrum_with_its_wrap():
+    spectrum = np.random.default_rng(0).normal(size=(8, 8, 8)) + 1j * np.random.default_rng(1).normal(size=(8, 8, 8))
+    table = fr.pair_table(spectrum)
+    assert table.shape == (9, 9, 8, 4) and table.dtype == np.float32
+    z, y, x = 8, 3, 7  # z wraps to 0, x + 1 wraps to 0
+    assert np.allclose(table[z, y, x], [spectrum[0, 3, 7].real, spectrum[0, 3, 7].imag, spectrum[0, 3, 0].real, spectrum[0, 3, 0].imag], atol=1e-6)
+
+
+def test_band_runs_cover_every_frequency_once():
+    grid = band_grid((S, S, S), _wedge_weight((S, S, S)))
+    runs = fr.band_runs(grid.kxyz, grid.compact_flat, grid.multiplicity)
+    assert runs.length.sum() == grid.flat.size
+    assert np.array_equal(runs.start, np.r_[0, np.cumsum(runs.length)[:-1]])
+    rebuilt = np.concatenate([runs.k0[r] + np.arange(n)[:, None] * np.array([runs.dk[r], 0, 0]) for r, n in enumerate(runs.length)])
+    assert np.abs(rebuilt - grid.kxyz).max() < 1e-6
+    assert np.array_equal(np.concatenate([runs.flat[r] + np.arange(n) for r, n in enumerate(runs.length)]), grid.compact_flat)
+    assert np.array_equal(np.repeat(runs.mult, runs.length), grid.multiplicity)
+    # the wedge cuts lines: fewer points per run than a full line, but runs are lines, not points
+    assert 2 < runs.length.mean() < S // 2 + 1
+
+
+def test_fill_equals_direct_trilinear_sampling():
+    mask = spherical_mask(B, 6.0, soft_edge=0.0)
+    spectrum = fr.template_spectrum(_template(), mask, spherical=True)
+    direct = _spectrum_of(spectrum.values)
+    p = spectrum.padded
+    rng = np.random.default_rng(2)
+    for shape in ((S, S, S), (20, 24, 18)):  # cubic and not, even and odd x
+        grid = band_grid(shape, _wedge_weight(shape))
+        vhat = (rng.normal(size=grid.flat.size) + 1j * rng.normal(size=grid.flat.size)).astype(np.complex64)
+        for rotation in random_rotations(3, rng):
+            out = np.full(int(np.prod(grid.compact_shape)), 7 + 7j, dtype=np.complex64)  # sentinel off the band
+            norm2 = fr._fill_rotated(rotation, spectrum.values, grid.kxyz, grid.weight, grid.multiplicity, vhat, grid.compact_flat, out)
+            t = grid.weight * _direct_trilinear(direct, grid.kxyz.astype(np.float64) @ rotation * p)  # rows: R^T k
+            expected = np.conj(t) * vhat
+            assert np.abs(out[grid.compact_flat] - expected).max() < 1e-5 * np.abs(expected).max()
+            assert abs(norm2 / np.sum(grid.multiplicity * np.abs(t) ** 2) - 1) < 1e-5
+            off = np.ones(out.size, dtype=bool)
+            off[grid.compact_flat] = False
+            assert np.all(out[off] == 7 + 7j)
+
+
+def test_quarter_turn_permutes_the_spectrum_exactly():
+    """On the table's own lattice a 90 degree turn about z samples grid points only: T_R(k) = T(R^T k)
+    with R^T (kx, ky, kz) = (ky, -kx, kz), no interpolation."""
+    spectrum = fr.template_spectrum(_template(), spherical_mask(B, 6.0, soft_edge=0.0), spherical=True)
+    p = spectrum.padded
+    direct = _spectrum_of(spectrum.values)
+    grid = band_grid((p, p, p), np.ones(half_shape((p, p, p)), np.float32), k_max=np.inf)
+    turn = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # x -> y
+    out = np.zeros(grid.flat.size, dtype=np.complex64)
+    ones = np.ones(grid.flat.size, dtype=np.complex64)
+    fr._fill_rotated(turn, spectrum.values, grid.kxyz, grid.weight, grid.multiplicity, ones, np.arange(grid.flat.size), out)
+    i = np.rint(grid.kxyz * p).astype(np.int64)  # (x, y, z) indices
+    expected = np.conj(direct[i[:, 2] % p, -i[:, 0] % p, i[:, 1] % p])
+    assert np.abs(out - expected).max() < 1e-6 * np.abs(expected).max()
+
+
+def test_new_arrays_get_their_own_runs():
+    """Runs are cut once per (kxyz, flat, mult) arrays: arrays of the same shape but other values
+    (here the frequencies of a rotated grid written into a new array) are not served stale runs."""
+    spectrum = fr.template_spectrum(_template(), spherical_mask(B, 6.0, soft_edge=0.0), spherical=True)
+    direct = _spectrum_of(spectrum.values)
+    grid = band_grid((S, S, S), _wedge_weight((S, S, S)))
+    ones = np.ones(grid.flat.size, dtype=np.complex64)
+    for kxyz in (grid.kxyz, np.ascontiguousarray(grid.kxyz[:, [0, 2, 1]])):
+        out = np.zeros(int(np.prod(grid.compact_shape)), dtype=np.complex64)
+        fr._fill_rotated(np.eye(3), spectrum.values, kxyz, grid.weight, grid.multiplicity, ones, grid.compact_flat, out)
+        expected = np.conj(grid.weight * _direct_trilinear(direct, kxyz.astype(np.float64) * spectrum.padded))
+        assert np.abs(out[grid.compact_flat] - expected).max() < 1e-5 * np.abs(expected).max()
