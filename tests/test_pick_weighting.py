@@ -88,23 +88,28 @@ def test_whitening_flattens_the_radial_power_spectrum():
     """A tomogram with a steep (1/k^3) power spectrum: the whitening filter the search builds from the
     sub-volumes' mean radial power makes each sub-volume's spectrum flat across the shells."""
     from cryocloud.optics import frequency_grid
-    from cryocloud.pick.match import _block_power, _clipped, _mean_power, _read_box, plan_blocks
-    from cryocloud.pick.weighting import radial_power, whitening
+    from cryocloud.pick.match import _block_power, _clipped, _read_box, _tomogram_spectrum, plan_blocks
+    from cryocloud.pick.spectrum import chunk_power, shell_grid
+    from cryocloud.pick.weighting import whitening
 
-    shape, box = (48, 80, 80), 32
+    shape, box, px = (48, 80, 80), 32, 5.0
     kz, ky, kx = frequency_grid(shape, 1.0, rfft=True)
     k = np.sqrt(kz * kz + ky * ky + kx * kx)
     white = np.random.default_rng(4).normal(size=shape)
-    coloured = np.fft.irfftn(np.fft.rfftn(white) / (k + 0.02) ** 1.5, s=shape).astype(np.float32)
+    coloured = np.fft.irfftn(np.fft.rfftn(white) / (k + 0.02) ** 1.5, s=shape, axes=(0, 1, 2)).astype(np.float32)
     blocks = plan_blocks(shape, box, 4)
-    power = _mean_power(*(_block_power(coloured[_clipped(b, box, shape)], b, box) for b in blocks))
-    weight = whitening((box,) * 3, power)
+    step, n_shells = shell_grid(box, px)
+    spectrum = _tomogram_spectrum(step, *(_block_power(coloured[_clipped(b, box, shape)], b, box, px) for b in blocks))
+    weight = whitening((box,) * 3, px, spectrum)
     assert weight.max() == pytest.approx(1.0)
     shells = slice(1, box // 2)  # inside Nyquist, without the DC
     for block in blocks[:: max(1, len(blocks) // 4)]:
-        spectrum = sc.rfftn(_read_box(coloured[_clipped(block, box, shape)], block, box))
-        before = radial_power(spectrum, (box,) * 3)[shells]
-        after = radial_power(spectrum * weight, (box,) * 3)[shells]
+        volume = _read_box(coloured[_clipped(block, box, shape)], block, box)
+        sums, counts = chunk_power(volume, px, step, n_shells)
+        before = (sums / counts)[shells]
+        filtered = np.fft.irfftn(np.fft.rfftn(volume) * weight, s=volume.shape, axes=(0, 1, 2))
+        sums, counts = chunk_power(filtered, px, step, n_shells)
+        after = (sums / counts)[shells]
         assert before.max() / before.min() > 100
         assert after.max() / after.min() < 2.0  # shell 1 holds ~30 frequencies: +-20 % sampling noise
         assert np.std(np.log(after)) < 0.15 < 1.0 < np.std(np.log(before))

@@ -32,7 +32,8 @@ from cryocloud.geometry import centre_index
 from cryocloud.model import Tomogram
 from cryocloud.pick import score as sc
 from cryocloud.pick.template import Template, phase_randomised
-from cryocloud.pick.weighting import CtfMode, TiltWeighting, lowpass, radial_power, tilt_weight, tilt_weight_at, whitening
+from cryocloud.pick.spectrum import RadialSpectrum, chunk_power, from_sums, shell_grid
+from cryocloud.pick.weighting import CtfMode, TiltWeighting, lowpass, tilt_weight, tilt_weight_at, whitening
 
 FAST_SIZES = (64, 72, 80, 96, 108, 120, 128, 144, 160, 180, 192, 216, 240, 256)
 
@@ -41,7 +42,11 @@ FAST_SIZES = (64, 72, 80, 96, 108, 120, 128, 144, 160, 180, 192, 216, 240, 256)
 class MatchSettings:
     """Search options. `resolution_a`: low-pass (A, default 3 voxels); `subvolume`: edge of the FFT
     boxes (voxels, overlap included; smaller for small tomograms); `batch_size`: rotations per
-    task; `ctf`: "signed" | "abs" | "none"; `whiten`: spectral whitening from the tomogram;
+    task; `ctf`: "signed" | "abs" | "none"; `whiten`: spectral whitening, one filter 1 / sqrt(P(|k|))
+    on both the tomogram and the template weight, P the `noise` spectrum when given (the noise of
+    the tomogram: `cryocloud.pick.spectrum.noise_spectrum` of its even/odd half tomograms) or else
+    the tomogram's own power, averaged over the sub-volumes (a poor proxy where the signal's power
+    falls with frequency from the CTF envelope and dose: dividing by it boosts the noise);
     `defocus_gradient`: each sub-volume's CTF weight uses every tilt's defocus at the sub-volume's
     centre (depth and distance from the tilt axis, `TiltWeighting.at`) instead of the tilt's
     defocus at the tomogram centre; `background`: also search with a phase-randomised template
@@ -55,6 +60,11 @@ class MatchSettings:
     whiten: bool = False
     defocus_gradient: bool = True
     background: bool = False
+    noise: RadialSpectrum | None = None
+
+    def __post_init__(self):
+        if self.noise is not None and not self.whiten:
+            raise ModelError("noise", "a noise spectrum is used for whitening only; set whiten=True (or leave noise out)")
 
 
 @dataclass(frozen=True)
@@ -136,14 +146,14 @@ class _Setup:
         return self.base * tilt
 
 
-def _setup(template: Template, box: int, tilts: TiltWeighting | None, settings: MatchSettings, power: np.ndarray | None) -> _Setup:
+def _setup(template: Template, box: int, tilts: TiltWeighting | None, settings: MatchSettings, power: RadialSpectrum | None) -> _Setup:
     shape = (box, box, box)
     px = template.voxel_size
     resolution = settings.resolution_a or 3.0 * px
     base = lowpass(shape, px, resolution)
     prefilter = None
     if power is not None:
-        prefilter = whitening(shape, power)
+        prefilter = whitening(shape, px, power)
         base = base * prefilter
     weight = base if tilts is None else base * tilt_weight(shape, px, tilts, ctf=settings.ctf)
     k_max = min(0.5, 1.1 * px / resolution + 1.0 / box)
@@ -156,12 +166,13 @@ def _setup(template: Template, box: int, tilts: TiltWeighting | None, settings: 
     return _Setup(spectrum, grid, prefilter, base.reshape(-1)[grid.flat].astype(np.float32), px, tilts if per_block else None, settings.ctf, background)
 
 
-def _block_power(data: np.ndarray, block: Block, box: int) -> np.ndarray:
-    return radial_power(sc.rfftn(_read_box(data, block, box)), (box, box, box))
+def _block_power(data: np.ndarray, block: Block, box: int, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
+    """`chunk_power` of a block's FFT box (mean-padded as searched), on the box's own shells."""
+    return chunk_power(_read_box(data, block, box), voxel_size, *shell_grid(box, voxel_size))
 
 
-def _mean_power(*powers: np.ndarray) -> np.ndarray:
-    return np.mean(np.stack(powers), axis=0)
+def _tomogram_spectrum(step: float, *parts: tuple[np.ndarray, np.ndarray]) -> RadialSpectrum:
+    return from_sums(step, list(parts))
 
 
 def _prepare(data: np.ndarray, mask_core: np.ndarray | None, block: Block, box: int, setup: _Setup, template: Template, position_a: np.ndarray) -> sc.Subvolume | None:
@@ -325,10 +336,11 @@ def match(
         mask = mask.astype(bool)
 
     template_d = dask.delayed(template, pure=True)
-    power = None
-    if settings.whiten:
-        powers = [dask.delayed(_block_power, pure=True)(data[_clipped(b, box, shape)], b, box) for b in blocks]
-        power = dask.delayed(_mean_power, pure=True)(*powers)
+    power = settings.noise
+    if settings.whiten and power is None:
+        px = tomogram.pixel_size
+        powers = [dask.delayed(_block_power, pure=True)(data[_clipped(b, box, shape)], b, box, px) for b in blocks]
+        power = dask.delayed(_tomogram_spectrum, pure=True)(shell_grid(box, px)[0], *powers)
     setup = dask.delayed(_setup, pure=True)(template_d, box, tilts, settings, power)
     batches = [(start, dask.delayed(rotations[start : start + settings.batch_size], pure=True)) for start in range(0, len(rotations), settings.batch_size)]
 

@@ -20,7 +20,8 @@ another point (depth and distance from the tilt axis, cryocloud.geometry.point_d
 each sub-volume of a search gets the CTF of its own place (`tilt_weight_at` evaluates W on the
 search band only).
 
-Also here: a raised-cosine low-pass and spectral whitening from a radial power spectrum.
+Also here: a raised-cosine low-pass and the spectral whitening filter from a radial power spectrum
+(cryocloud.pick.spectrum: the noise from even/odd half tomograms, or the tomogram's own power).
 Weights are float32 on the rfft grid (z, y, x // 2 + 1) of a volume shape (z, y, x).
 """
 
@@ -35,6 +36,7 @@ from cryocloud.errors import ModelError
 from cryocloud.geometry import point_defocus
 from cryocloud.model import Microscope, TiltSeries
 from cryocloud.optics import astigmatic_defocus, chi, ctf_from_chi, dose_weight, frequency_grid
+from cryocloud.pick.spectrum import RadialSpectrum
 
 CtfMode = Literal["signed", "abs", "none"]
 
@@ -129,21 +131,11 @@ def lowpass(shape: tuple[int, int, int], voxel_size: float, resolution_a: float,
     return (0.5 * (1 + np.cos(np.pi * t))).astype(np.float32)
 
 
-def radial_power(spectrum: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """Mean |F|^2 in shells one frequency step wide (index = shell), from a half spectrum of `shape`."""
-    kz, ky, kx = frequency_grid(shape, 1.0, rfft=True)
-    shell = np.rint(np.sqrt(kz * kz + ky * ky + kx * kx) * max(shape)).astype(np.int64).reshape(-1)
-    power = np.abs(spectrum.reshape(-1)) ** 2
-    sums = np.bincount(shell, weights=power)
-    counts = np.bincount(shell)
-    return sums / np.maximum(counts, 1)
-
-
-def whitening(shape: tuple[int, int, int], power: np.ndarray) -> np.ndarray:
-    """1 / sqrt(radial power) on the rfft grid of `shape` (shells as in `radial_power`), max 1."""
-    kz, ky, kx = frequency_grid(shape, 1.0, rfft=True)
-    shell = np.minimum(np.rint(np.sqrt(kz * kz + ky * ky + kx * kx) * max(shape)).astype(np.int64), power.size - 1)
-    amplitude = np.sqrt(np.maximum(power, 0.0))
-    inv = np.where(amplitude > 0, 1.0 / np.maximum(amplitude, 1e-30), 0.0)
-    inv /= inv[1:].max() if inv.size > 1 and inv[1:].max() > 0 else 1.0
-    return inv[shell].astype(np.float32)
+def whitening(shape: tuple[int, int, int], voxel_size: float, spectrum: RadialSpectrum) -> np.ndarray:
+    """1 / sqrt(P(|k|)) on the rfft grid of `shape` (z, y, x) at `voxel_size` (A), P from
+    `spectrum` (cryocloud.pick.spectrum), scaled to a maximum of 1; 0 where P is not positive."""
+    kz, ky, kx = frequency_grid(shape, voxel_size, rfft=True)
+    power = spectrum.at(np.sqrt(kz * kz + ky * ky + kx * kx))
+    inv = np.where(power > 0, 1.0 / np.sqrt(np.maximum(power, 1e-300)), 0.0)
+    top = inv.max()
+    return (inv / top if top > 0 else inv).astype(np.float32)
