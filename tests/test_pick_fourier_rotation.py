@@ -17,9 +17,9 @@ def _template() -> np.ndarray:
 
 
 def _spectrum_of(table: np.ndarray) -> np.ndarray:
-    """The (P, P, P) complex spectrum held in a pair table."""
-    p = table.shape[2]
-    return table[:p, :p, :, 0].astype(np.float64) + 1j * table[:p, :p, :, 1]
+    """The (P, P, P) complex spectrum held in a wrapped one."""
+    p = table.shape[0] - 1
+    return table[:p, :p, :p].astype(np.complex128)
 
 
 def _direct_trilinear(spectrum: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -45,12 +45,13 @@ def _wedge_weight(shape) -> np.ndarray:
     return np.broadcast_to(weight, half_shape(shape)).astype(np.float32)
 
 
-def test_pair_table_holds_the_spectrum_with_its_wrap():
+def test_wrapped_spectrum_writes_out_the_periodic_wrap():
     spectrum = np.random.default_rng(0).normal(size=(8, 8, 8)) + 1j * np.random.default_rng(1).normal(size=(8, 8, 8))
-    table = fr.pair_table(spectrum)
-    assert table.shape == (9, 9, 8, 4) and table.dtype == np.float32
-    z, y, x = 8, 3, 7  # z wraps to 0, x + 1 wraps to 0
-    assert np.allclose(table[z, y, x], [spectrum[0, 3, 7].real, spectrum[0, 3, 7].imag, spectrum[0, 3, 0].real, spectrum[0, 3, 0].imag], atol=1e-6)
+    table = fr.wrapped(spectrum)
+    assert table.shape == (9, 9, 9) and table.dtype == np.complex64
+    assert np.allclose(table[:8, :8, :8], spectrum, atol=1e-6)
+    assert np.allclose(table[8, 3, 8], spectrum[0, 3, 0], atol=1e-6)
+    assert np.allclose(table[2, 8, 5], spectrum[2, 0, 5], atol=1e-6)
 
 
 def test_band_runs_cover_every_frequency_once():

@@ -9,9 +9,9 @@ rotated by R is then T_R(k) = T(R^T k), sampled trilinearly at the frequencies k
 voxel) that a search or an alignment uses.
 
 Speed: the sampling costs as much as an inverse FFT of the searched box unless it is lean, so
-- the spectrum is stored as an interpolation table of x-neighbour pairs, entry [z, y, x] =
-  (T[z, y, x], T[z, y, x + 1]) as (re, im, re, im) float32, with one extra z and y plane (the
-  periodic wrap written out): a sample is four 16-byte loads at fixed offsets from one index;
+- the spectrum is stored with its periodic wrap written out, (P + 1)^3 complex64 (`wrapped`): the
+  8 corners of any cell are at fixed offsets from one index and x neighbours are adjacent, so a
+  sample is four 16-byte loads (one per (z, y) corner pair);
 - the frequencies are walked in runs along x (consecutive outputs, one (ky, kz), even kx steps:
   the lines of a band), so R^T k advances by a constant step and the floors, fractions and table
   indices of a whole run are computed in one vectorisable loop;
@@ -36,9 +36,9 @@ OVERSAMPLING = 2
 @dataclass(frozen=True)
 class TemplateSpectrum:
     """FFT of a masked template on a box padded at least `OVERSAMPLING` times (to a power of two
-    P), origin at the template centre, as an interpolation table (`pair_table`).
+    P), origin at the template centre, with its periodic wrap written out (`wrapped`).
 
-    `values` (P + 1, P + 1, P, 4) float32 table; `box` the template's edge (voxels); `mask_values`
+    `values` (P + 1, P + 1, P + 1) complex64; `box` the template's edge (voxels); `mask_values`
     the same for a non-spherical mask (None for a spherical one, which needs no rotation).
     """
 
@@ -48,25 +48,18 @@ class TemplateSpectrum:
 
     @property
     def padded(self) -> int:
-        return self.values.shape[2]
+        return self.values.shape[0] - 1
 
 
-def pair_table(spectrum: np.ndarray) -> np.ndarray:
-    """Interpolation table of a periodic (P, P, P) complex spectrum (z, y, x): (P + 1, P + 1, P, 4)
-    float32, entry [z, y, x] = (re, im) of spectrum[z, y, x] then of spectrum[z, y, x + 1], all
-    indices modulo P."""
-    p = spectrum.shape[0]
-    wrap = np.arange(p + 1) % p
-    v = spectrum[np.ix_(wrap, wrap, wrap)]
-    table = np.empty((p + 1, p + 1, p, 4), dtype=np.float32)
-    table[..., 0], table[..., 1] = v[:, :, :p].real, v[:, :, :p].imag
-    table[..., 2], table[..., 3] = v[:, :, 1:].real, v[:, :, 1:].imag
-    return table
+def wrapped(spectrum: np.ndarray) -> np.ndarray:
+    """A periodic (P, P, P) complex spectrum (z, y, x) with its wrap written out: (P + 1)^3
+    complex64, entry [z, y, x] = spectrum[z % P, y % P, x % P]."""
+    wrap = np.arange(spectrum.shape[0] + 1) % spectrum.shape[0]
+    return np.ascontiguousarray(spectrum[np.ix_(wrap, wrap, wrap)], dtype=np.complex64)
 
 
 def _gridding_spectrum(volume: np.ndarray) -> np.ndarray:
-    """Padded, origin-centred FFT of a cubic volume, pre-divided by trilinear apodisation, as a
-    `pair_table`."""
+    """Padded, origin-centred FFT of a cubic volume, pre-divided by trilinear apodisation, `wrapped`."""
     b = volume.shape[0]
     p = 1 << int(np.ceil(np.log2(OVERSAMPLING * b)))  # a power of two: periodic wrap by bit mask
     padded = np.zeros((p, p, p), dtype=np.float64)
@@ -75,7 +68,7 @@ def _gridding_spectrum(volume: np.ndarray) -> np.ndarray:
     padded = np.roll(padded, (-c, -c, -c), axis=(0, 1, 2))  # template centre at index 0
     apod = np.sinc(np.fft.fftfreq(p)) ** 2  # argument: distance from the origin / padded box
     padded /= apod[:, None, None] * apod[None, :, None] * apod[None, None, :]
-    return pair_table(np.fft.fftn(padded))
+    return wrapped(np.fft.fftn(padded))
 
 
 def template_spectrum(template: np.ndarray, mask: np.ndarray, *, spherical: bool) -> TemplateSpectrum:
@@ -114,8 +107,9 @@ def _lerp(builder, v, n: int, t):
 
 @intrinsic
 def _trilinear(typingctx, table, index, dy_offset, dz_offset, dx, dy, dz):
-    """(re, im) trilinear blend of the 4 pairs of a flat `pair_table` at element offsets index,
-    index + dy_offset, index + dz_offset, index + dy_offset + dz_offset with fractions dx, dy, dz."""
+    """(re, im) trilinear blend of a cell of a `wrapped` spectrum viewed as flat float32: its 4 x
+    pairs (re, im, re, im) start at index, index + dy_offset, index + dz_offset and
+    index + dy_offset + dz_offset; dx, dy, dz the fractions."""
     sig = types.UniTuple(types.float32, 2)(table, index, dy_offset, dz_offset, dx, dy, dz)
 
     def codegen(context, builder, signature, args):
@@ -173,14 +167,14 @@ def fill_rotated(rotation, table, runs_start, runs_length, runs_flat, runs_k0, r
     """out[f] = conj(W T(R^T k)) vhat for every frequency k of the runs (`BandRuns` fields), f its
     output index; returns sum mult |W T|^2 (Parseval).
 
-    `rotation` (3, 3) R; `table` a `pair_table`; `weight` (K,) W and `vhat` (K,) complex64 per
-    list entry; `out` complex64, flat.
+    `rotation` (3, 3) R; `table` a `wrapped` spectrum; `weight` (K,) W and `vhat` (K,) complex64
+    per list entry; `out` complex64, flat.
     """
-    p = table.shape[2]
+    p = table.shape[0] - 1
     m = p - 1
-    dy_offset = 4 * p
-    dz_offset = 4 * p * (p + 1)
-    flat_table = table.reshape(-1)
+    dy_offset = 2 * (p + 1)
+    dz_offset = 2 * (p + 1) * (p + 1)
+    flat_table = table.reshape(-1).view(np.float32)
     pf = np.float32(p)
     r = rotation.astype(np.float32)
     vf = vhat.view(np.float32)
@@ -208,7 +202,7 @@ def fill_rotated(rotation, table, runs_start, runs_length, runs_flat, runs_k0, r
             fx[i] = qx - gx
             fy[i] = qy - gy
             fz[i] = qz - gz
-            index[i] = (np.int32(gz) & m) * dz_offset + (np.int32(gy) & m) * dy_offset + (np.int32(gx) & m) * 4
+            index[i] = (np.int32(gz) & m) * dz_offset + (np.int32(gy) & m) * dy_offset + (np.int32(gx) & m) * 2
         j0 = runs_start[run]
         f0 = runs_flat[run]
         total = np.float32(0.0)
@@ -244,7 +238,7 @@ def _runs_of(kxyz: np.ndarray, flat: np.ndarray, mult: np.ndarray) -> BandRuns:
 
 def _fill_rotated(rot, spec, kxyz, weight, mult, vhat, flat, out):
     """out[flat] = conj(W T(R^T k)) * vhat for the frequencies `kxyz` (K, 3) (x, y, z, cycles per
-    voxel) of a list; returns sum mult |W T|^2 (Parseval). `spec` a `pair_table`; the list's runs
+    voxel) of a list; returns sum mult |W T|^2 (Parseval). `spec` a `wrapped` spectrum; the list's runs
     (`band_runs`) are cut once per (kxyz, flat, mult) arrays."""
     runs = _runs_of(kxyz, flat, mult)
     return fill_rotated(
