@@ -19,7 +19,11 @@ interpolate, so ours is faster there than here. Both on one core, side by side:
   +-60 deg every 3 deg, dose, signed CTF at 3 um defocus: no frequencies to interpolate in the
   missing wedge); floor_ratio_lowpass_only for the side-by-side search above. The machine may be
   shared, so each of `PAIRS` timings of a search is paired with an irfftn timed just before it and
-  the ratio is the median of the pairs' ratios (`floor_ratio_spread`: their quartiles).
+  the ratio is the median of the pairs' ratios (`floor_ratio_spread`: their quartiles);
+- full band: the same two searches without the low-pass (resolution at Nyquist, 2 voxels: every
+  frequency up to |k| = 0.5 is interpolated, 2.5x the default's), `floor_ratio_full_band` (weighted)
+  and `floor_ratio_full_band_lowpass_only` (no weight at all: the most interpolation there is).
+  `load_average` (1, 5, 15 min) is recorded at the end.
 
 `max_abs_score_diff` compares the two maps of the best score per voxel, on the part of the core
 where the peer's template does not reach past the volume's edge (fftconvolve pads with zeros).
@@ -27,6 +31,7 @@ where the peer's template does not reach past the volume's edge (fftconvolve pad
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -70,6 +75,26 @@ def _paired_floor_ratios(search, n_rot: int, floor) -> np.ndarray:
     return np.asarray(ratios)
 
 
+def _peer(volume: np.ndarray, setup, rotations: np.ndarray, lo, core, scale: np.ndarray, half: int):
+    """The straightforward search as a function returning the best score per core voxel:
+    fftconvolve with each of our effective templates (cropped to 2 half + 1, flipped), divided by
+    the same local standard deviation (`scale`), np.maximum update."""
+    templates = []
+    for r in rotations:
+        t = np.roll(sc.effective_template(setup.spectrum, setup.grid, r), (half,) * 3, axis=(0, 1, 2))[: 2 * half + 1, : 2 * half + 1, : 2 * half + 1]
+        templates.append((np.ascontiguousarray(t[::-1, ::-1, ::-1]), 1.0 / np.linalg.norm(t)))
+    inner = tuple(slice(a, a + c) for a, c in zip(lo, core))
+
+    def search() -> np.ndarray:
+        best = np.full(core, -np.inf, np.float32)
+        for flipped, inv_norm in templates:
+            corr = fftconvolve(volume, flipped, mode="same")[inner]
+            np.maximum(best, corr * scale * inv_norm, out=best)
+        return best
+
+    return search
+
+
 def run(quick: bool = False) -> dict:
     size, n_rot = (64, 10) if quick else (128, 24)
     px = 21.0
@@ -109,24 +134,25 @@ def run(quick: bool = False) -> dict:
     floor_s = min(_best_time(floor, 20), _best_time(lambda: scipy.fft.irfftn(spectrum, s=volume.shape, workers=1), 20))
     weighted_ratios = _paired_floor_ratios(lambda: sc.search_orientations(weighted_sub, weighted.spectrum, weighted.grid, rotations), n_rot, floor)
     lowpass_ratios = _paired_floor_ratios(ours, n_rot, floor)
+    full_band, searches = {}, {}
+    for name, weighting in (("full_band", tilts), ("full_band_lowpass_only", None)):
+        full = _setup(template, size, weighting, MatchSettings(resolution_a=2 * px), None)
+        full_sub = sc.prepare_subvolume(volume, full.grid, template.mask, lo, core, spherical=True)
+        searches[name] = (full, full_sub)
+        full_band[name] = (_paired_floor_ratios(lambda: sc.search_orientations(full_sub, full.spectrum, full.grid, rotations), n_rot, floor), int(full.grid.flat.size))
 
-    # peer: real-space templates (ours, cropped), fftconvolve per orientation
+    # peer: real-space templates (ours, cropped), fftconvolve per orientation; the full band side
+    # by side too (unweighted: the template stays in the peer's box)
     half = b // 2 + 4
-    templates = []
-    for r in rotations:
-        t = np.roll(sc.effective_template(setup.spectrum, setup.grid, r), (half,) * 3, axis=(0, 1, 2))[: 2 * half + 1, : 2 * half + 1, : 2 * half + 1]
-        templates.append((np.ascontiguousarray(t[::-1, ::-1, ::-1]), 1.0 / np.linalg.norm(t)))
-    inner = tuple(slice(a, a + c) for a, c in zip(lo, core))
-    scale = sub.scale
+    full, full_sub = searches["full_band_lowpass_only"]
+    full_best = sc.search_orientations(full_sub, full.spectrum, full.grid, rotations)[0]
+    full_peer_best = _peer(volume, full, rotations, lo, core, full_sub.scale, half)()
+    peer_search = _peer(volume, setup, rotations, lo, core, sub.scale, half)
     peer_best = None
 
     def peer():
         nonlocal peer_best
-        best = np.full(core, -np.inf, np.float32)
-        for flipped, inv_norm in templates:
-            corr = fftconvolve(volume, flipped, mode="same")[inner]
-            np.maximum(best, corr * scale * inv_norm, out=best)
-        peer_best = best
+        peer_best = peer_search()
 
     peer_s = _best_time(peer, 2)
     # compare where the peer's cropped template stays inside the volume (fftconvolve zero-pads,
@@ -142,6 +168,8 @@ def run(quick: bool = False) -> dict:
         "floor_ratio": float(np.median(weighted_ratios)),
         "floor_ratio_spread": [float(q) for q in np.percentile(weighted_ratios, [25, 75])],
         "floor_ratio_lowpass_only": float(np.median(lowpass_ratios)),
+        **{f"floor_ratio_{name}": float(np.median(ratios)) for name, (ratios, _) in full_band.items()},
+        **{f"floor_ratio_{name}_spread": [float(q) for q in np.percentile(ratios, [25, 75])] for name, (ratios, _) in full_band.items()},
         "irfftn_s": floor_s,
         "ours_per_orientation_s": ours_s / n_rot,
         "peer_per_orientation_s": peer_s / n_rot,
@@ -150,6 +178,9 @@ def run(quick: bool = False) -> dict:
         "orientations": n_rot,
         "band_points": int(setup.grid.flat.size),
         "band_points_weighted": int(weighted.grid.flat.size),
+        **{f"band_points_{name}": points for name, (_, points) in full_band.items()},
         "max_abs_score_diff": float(np.abs(ours_best - peer_best)[valid].max()),
+        "max_abs_score_diff_full_band": float(np.abs(full_best - full_peer_best)[valid].max()),
         "max_score": float(ours_best.max()),
+        "load_average": list(os.getloadavg()),
     }
