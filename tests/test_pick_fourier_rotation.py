@@ -65,6 +65,10 @@ def test_band_runs_cover_every_frequency_once():
     assert np.array_equal(np.repeat(runs.mult, runs.length), grid.multiplicity)
     # the wedge cuts lines: fewer points per run than a full line, but runs are lines, not points
     assert 2 < runs.length.mean() < S // 2 + 1
+    empty = fr.band_runs(np.zeros((0, 3), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    assert empty.start.size == 0
+    out = np.zeros(4, np.complex64)
+    assert fr._fill_rotated(np.eye(3), fr.wrapped(np.ones((8, 8, 8))), np.zeros((0, 3), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32), out[:0], np.zeros(0, np.int64), out) == 0.0
 
 
 def test_fill_equals_direct_trilinear_sampling():

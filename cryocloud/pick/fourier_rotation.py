@@ -155,7 +155,7 @@ def band_runs(kxyz: np.ndarray, flat: np.ndarray, mult: np.ndarray) -> BandRuns:
     step = np.diff(kx)
     joined = (np.diff(flat) == 1) & (kxyz[1:, 1] == kxyz[:-1, 1]) & (kxyz[1:, 2] == kxyz[:-1, 2]) & (mult[1:] == mult[:-1]) & (step > 0)
     joined[1:] &= ~joined[:-1] | (np.abs(step[1:] - step[:-1]) < 1e-6)  # a run's step is its first
-    start = np.flatnonzero(np.r_[True, ~joined])
+    start = np.flatnonzero(np.r_[True, ~joined]) if flat.size else np.zeros(0, dtype=np.int64)
     length = np.diff(np.r_[start, flat.size])
     last = start + length - 1
     dk = ((kx[last] - kx[start]) / np.maximum(length - 1, 1)).astype(np.float32)
