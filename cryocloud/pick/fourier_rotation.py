@@ -16,7 +16,10 @@ Speed: the sampling costs as much as an inverse FFT of the searched box unless i
   the lines of a band), so R^T k advances by a constant step and the floors, fractions and table
   indices of a whole run are computed in one vectorisable loop;
 - the trilinear blend of the four pairs is written as 8-, 4- and 2-wide vector operations
-  (`_trilinear`, an LLVM intrinsic: numba leaves the scalar form unvectorised).
+  (`_trilinear`, an LLVM intrinsic: numba leaves the scalar form unvectorised);
+- a band is walked plane by plane in kz, so each sample prefetches the table where the sample
+  `PREFETCH_PLANES` planes on will be (R^T k moved along R^T e_z): the table's lines arrive before
+  the sweep needs them (~15 % of the fill in a search, where the inverse FFT evicts the table).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from numba import types
 from numba.extending import intrinsic
 
 OVERSAMPLING = 2
+PREFETCH_PLANES = 8  # how far ahead (in kz planes of the band) samples prefetch the table
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,22 @@ def _trilinear(typingctx, table, index, dy_offset, dz_offset, dx, dy, dz):
     return sig, codegen
 
 
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """Prefetch (read, into all cache levels) element `index` of a flat array."""
+    sig = types.void(array, index)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        byte = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = builder.module.declare_intrinsic("llvm.prefetch", (byte,), ir.FunctionType(ir.VoidType(), [byte, i32, i32, i32]))
+        builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]), byte), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @dataclass(frozen=True)
 class BandRuns:
     """A list of frequencies (K, 3) cut into runs along x: run r covers list entries start[r] ..
@@ -154,7 +174,7 @@ def band_runs(kxyz: np.ndarray, flat: np.ndarray, mult: np.ndarray) -> BandRuns:
     kx = kxyz[:, 0].astype(np.float64)
     step = np.diff(kx)
     joined = (np.diff(flat) == 1) & (kxyz[1:, 1] == kxyz[:-1, 1]) & (kxyz[1:, 2] == kxyz[:-1, 2]) & (mult[1:] == mult[:-1]) & (step > 0)
-    joined[1:] &= ~joined[:-1] | (np.abs(step[1:] - step[:-1]) < 1e-6)  # a run's step is its first
+    joined[1:] &= ~joined[:-1] | (np.abs(step[1:] - step[:-1]) < 1e-6)  # a run keeps one kx step
     start = np.flatnonzero(np.r_[True, ~joined]) if flat.size else np.zeros(0, dtype=np.int64)
     length = np.diff(np.r_[start, flat.size])
     last = start + length - 1
@@ -183,6 +203,7 @@ def fill_rotated(rotation, table, runs_start, runs_length, runs_flat, runs_k0, r
     for i in range(runs_length.size):
         longest = max(longest, runs_length[i])
     index = np.empty(longest, dtype=np.int64)
+    ahead = np.empty(longest, dtype=np.int64)
     fraction = np.empty((3, longest), dtype=np.float32)
     fx, fy, fz = fraction[0], fraction[1], fraction[2]
     norm = 0.0
@@ -193,6 +214,8 @@ def fill_rotated(rotation, table, runs_start, runs_length, runs_flat, runs_k0, r
         az = r[0, 2] * kx + r[1, 2] * ky + r[2, 2] * kz
         dk = runs_dk[run] * pf
         bx, by, bz = r[0, 0] * dk, r[0, 1] * dk, r[0, 2] * dk
+        lead = dk * np.float32(PREFETCH_PLANES)  # planes are as far apart as x steps (cubic boxes)
+        ex, ey, ez = r[2, 0] * lead, r[2, 1] * lead, r[2, 2] * lead
         n = runs_length[run]
         for i in range(n):  # vectorised: floors, fractions and table indices of the run
             qx = ax + np.float32(i) * bx
@@ -203,10 +226,12 @@ def fill_rotated(rotation, table, runs_start, runs_length, runs_flat, runs_k0, r
             fy[i] = qy - gy
             fz[i] = qz - gz
             index[i] = (np.int32(gz) & m) * dz_offset + (np.int32(gy) & m) * dy_offset + (np.int32(gx) & m) * 2
+            ahead[i] = (np.int32(np.floor(qz + ez)) & m) * dz_offset + (np.int32(np.floor(qy + ey)) & m) * dy_offset + (np.int32(np.floor(qx + ex)) & m) * 2
         j0 = runs_start[run]
         f0 = runs_flat[run]
         total = np.float32(0.0)
         for i in range(n):
+            _prefetch(flat_table, ahead[i])
             tr, ti = _trilinear(flat_table, index[i], dy_offset, dz_offset, fx[i], fy[i], fz[i])
             j = j0 + i
             w = weight[j]
