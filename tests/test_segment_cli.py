@@ -59,6 +59,7 @@ def test_labels_inside_image_with_mrc_mask_and_overlay(twin_tomogram, tmp_path):
     np.testing.assert_array_equal(mask.data.values.astype(bool), labels.values > 0)
     assert mask.pixel_size == pytest.approx(10.0)
     scores = evaluate_membranes(labels, truth, 10.0)
+    print(scores)
     assert scores["dice_resolvable"] >= 0.75
     assert resolve(url[: -len(".zarr")] + "_membranes_overlay.png").exists()
 
@@ -80,13 +81,18 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
 
 
 def test_standalone_labels_on_s3(twin_tomogram, s3_bucket):
-    url, _ = twin_tomogram
+    """Standalone labels on S3, with --complete-vesicles (tilt angles from the tomogram's metadata):
+    both vesicles closed across the missing wedge."""
+    url, truth = twin_tomogram
     bucket, options = s3_bucket
     out = f"{bucket}/seg/membranes.zarr"
     endpoint = ["--endpoint-url", options["endpoint_url"]]
-    assert main(["segment", "membranes", url, out, "--chunk", "48", *endpoint]) == 0
+    assert main(["segment", "membranes", url, out, "--chunk", "48", "--complete-vesicles", *endpoint]) == 0
     labels = read_labels(out, storage_options=options)
     assert labels.shape == read_tomogram(url).shape and (labels.values > 0).any()
+    scores = evaluate_membranes(labels, truth, 10.0)
+    print(scores)
+    assert scores["dice"] >= 0.85 and scores["recall"] >= 0.9
     assert "source" not in open_image(resolve(out, options)).attrs["image-label"]
     assert resolve(f"{bucket}/seg/membranes_overlay.png", options).exists()
 
@@ -107,3 +113,4 @@ def test_write_labels_pyramid_keeps_thin_labels_and_checks_shape(tmp_path):
         write_labels(labels.astype(np.float32), f"{image_url}/labels/float")
     with pytest.raises(StoreError, match="image-label"):
         read_labels(image_url)
+

@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from cryocloud.model import Tomogram
 from cryocloud.reconstruct import reconstruct
-from cryocloud.segment import evaluate_membranes, segment_membranes
+from cryocloud.segment import evaluate_membranes, recall_by_normal_angle, segment_membranes
 from cryocloud.simulate import MembraneConfig, SimulationConfig, simulate
 
 SHAPE = (64, 128, 128)
@@ -40,11 +40,15 @@ def test_vesicles_dice_against_truth(seed):
     result = segment_membranes(tomo, quiet=True)
     truth = sim.truth.labels.data.values == 2
     scores = evaluate_membranes(result.labels, truth, tomo.pixel_size, (min(tomo.tilt_angles), max(tomo.tilt_angles)))
-    print(seed, result.count, scores)
-    assert scores["dice_resolvable"] >= 0.8
-    assert scores["precision_resolvable"] >= 0.75 and scores["recall_resolvable"] >= 0.8
-    assert scores["dice"] >= 0.65  # whole volume, missing-wedge caps included (about a third of the truth)
+    by_angle = recall_by_normal_angle(result.labels, truth, tomo.pixel_size)
+    print(seed, result.count, scores, by_angle)
+    assert scores["dice_resolvable"] >= 0.84
+    assert scores["precision_resolvable"] >= 0.78 and scores["recall_resolvable"] >= 0.9
+    assert scores["dice"] >= 0.74  # whole volume, missing-wedge caps included (about a third of the truth)
     assert 0.2 <= scores["excluded_truth_fraction"] <= 0.45
+    # oblique membranes (normal 30-60 deg from z), weakened by the wedge, are found (0.18 / 0.58 before
+    # the orientation-dependent noise normalisation); edge-on ones nearly all
+    assert by_angle["30-45"] >= 0.4 and by_angle["45-60"] >= 0.7 and by_angle["60-90"] >= 0.9
     # one label per connected membrane: every label sits on the truth (no stray components)
     labels = result.labels.values
     near = ndimage.binary_dilation(truth, iterations=2)
@@ -64,7 +68,7 @@ def test_no_membranes_in_noise_or_particles():
     flagged = result.mask.values
     particles = sim.truth.labels.data.values == 1
     print("particle twin: flagged fraction", flagged.mean(), "particle fraction", particles.mean(), "components", result.count)
-    assert flagged.mean() < 0.015  # dense, textured ribosomes are the false positives left (see report)
+    assert flagged.mean() < 0.003  # dense, textured ribosomes would be the false positives (none at the defaults)
     near = ndimage.binary_dilation(particles, iterations=4)
     labels = result.labels.values
     for k in range(1, result.count + 1):  # every false membrane is on a particle, none in the ice alone

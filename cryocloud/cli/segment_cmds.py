@@ -41,10 +41,16 @@ def membranes(
     scale_a: Optional[float] = typer.Option(None, "--scale-a", help="Hessian scale, Gaussian s.d. in A (default max(10 A, 1 voxel))."),
     integration_a: Optional[float] = typer.Option(None, "--integration-a", help="Orientation averaging s.d. in A (default 3 x scale)."),
     polarity: str = typer.Option("either", "--polarity", help="dark | bright | either: membrane contrast in the tomogram."),
-    low: float = typer.Option(3.0, "--low", help="Hysteresis low threshold, noise s.d. of the response above its median."),
-    high: float = typer.Option(10.0, "--high", help="Hysteresis high threshold, noise units; each membrane must reach it."),
-    min_size: float = typer.Option(30000.0, "--min-size", help="Smallest membrane area kept (A^2 of mid-surface)."),
+    low: float = typer.Option(5.0, "--low", help="Hysteresis low threshold, noise s.d. of the response above its median."),
+    high: float = typer.Option(30.0, "--high", help="Hysteresis high threshold, noise units; each membrane must reach it."),
+    min_size: float = typer.Option(100000.0, "--min-size", help="Smallest membrane area kept (A^2 of mid-surface)."),
     thickness_a: float = typer.Option(50.0, "--thickness-a", help="Output membrane thickness (A)."),
+    wedge_normalise: bool = typer.Option(
+        True, "--wedge-normalise/--no-wedge-normalise", help="Judge each plate against the noise in its own orientation (missing wedge)."
+    ),
+    complete_vesicles: bool = typer.Option(
+        False, "--complete-vesicles", help="Close membranes that fit a sphere across the missing wedge (needs the tilt angles)."
+    ),
     chunk: int = typer.Option(96, "--chunk", help="Edge of the processing cubes (voxels)."),
     mrc: Optional[str] = typer.Option(None, "--mrc", help="Also write the membrane mask (int8, 1 = membrane) as MRC here."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
@@ -57,6 +63,7 @@ def membranes(
     settings = MembraneSettings(
         scale_a=scale_a, integration_a=integration_a, polarity=polarity, low=low, high=high,
         min_size_a2=min_size, thickness_a=thickness_a, chunk_voxels=chunk,
+        wedge_normalise=wedge_normalise, complete_vesicles=complete_vesicles,
     )
     tomo = read_volume(in_url, storage_options=read_options)
     if not overwrite:
@@ -71,6 +78,10 @@ def membranes(
         t = result.thresholds
         console.print(f"{result.count} membranes; thresholds low {t.low:.4g} / high {t.high:.4g} "
                       f"(response median {t.median:.4g}, noise s.d. {t.spread:.4g})")
+        if complete_vesicles:
+            closed = [f for f in result.vesicles if f.completed]
+            console.print(f"{len(closed)} of {len(result.vesicles)} membranes closed as vesicles across the missing wedge: "
+                          + ", ".join(f"{f.label} (r {f.radius * tomo.pixel_size:.0f} A)" for f in closed))
         write_labels(
             result.labels, out_url, overwrite=overwrite, storage_options=write_options,
             metadata={"stage": "segment membranes", "input": in_url, "parameters": result.labels.attrs["segmentation"]},

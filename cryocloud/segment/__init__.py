@@ -10,6 +10,6 @@ Modules: `hessian` (the filter on one block), `threshold` (automatic thresholds)
 """
 
 from cryocloud.segment.chunked import MembraneSegmentation, MembraneSettings, segment_membranes
-from cryocloud.segment.evaluate import dice, evaluate_membranes, resolvable_region
+from cryocloud.segment.evaluate import dice, evaluate_membranes, recall_by_normal_angle, resolvable_region
 
-__all__ = ["MembraneSegmentation", "MembraneSettings", "dice", "evaluate_membranes", "resolvable_region", "segment_membranes"]
+__all__ = ["MembraneSegmentation", "MembraneSettings", "dice", "evaluate_membranes", "recall_by_normal_angle", "resolvable_region", "segment_membranes"]

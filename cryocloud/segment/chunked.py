@@ -2,17 +2,20 @@
 
 Graph, all arrays (z, y, x):
 1. the volume, float32, in near-equal cubes of at most max(`chunk_voxels`, 2 x overlap depth);
-2. the ridge response per cube with `dask.array.map_overlap`, depth = `hessian.overlap_depth`
+2. the noise whitener of the missing wedge (`anisotropy`, computed on a few fixed cubes), then
+   the ridge response per cube with `dask.array.map_overlap`, depth = `hessian.overlap_depth`
    (Hessian and integration supports + 1 voxel for the ridge test), so every cube's interior is
    what the whole volume would give; the volume's own faces are reflected;
 3. thresholds from the response's noise statistics (`threshold`), computed on a bounded sample;
 4. global hysteresis + connected components with a minimum area (`components`): two passes over
    the cubes, the component tables merged on the client; one label per connected membrane;
 5. the mid-surfaces thickened to `thickness_a` (each voxel within thickness / 2 of a surface
-   takes that surface's label; `map_overlap` with depth thickness / 2 + 1).
+   takes that surface's label; `map_overlap` with depth thickness / 2 + 1);
+6. only with `complete_vesicles`: membranes that fit a sphere closely and cover most of its
+   measured directions get their missing-wedge caps drawn along the sphere (`complete`).
 
 Memory per task is bounded by one cube plus its overlap (about 40 float32 values per voxel during
-step 2), whatever the tomogram size. Only steps 3 and 4 compute (small summaries); the labels
+step 2), whatever the tomogram size. Only the whitener and steps 3 and 4 compute (small summaries); the labels
 are returned lazy, for `cryocloud.store` to write.
 """
 
@@ -30,6 +33,8 @@ from scipy import ndimage
 
 from cryocloud.errors import ModelError
 from cryocloud.model import Tomogram
+from cryocloud.segment.anisotropy import estimate_whitener
+from cryocloud.segment.complete import SphereFit, draw_caps, fit_vesicles, gather_points
 from cryocloud.segment.components import hysteresis_components
 from cryocloud.segment.hessian import membrane_ridge, overlap_depth
 from cryocloud.segment.threshold import Thresholds, automatic_thresholds
@@ -51,12 +56,18 @@ class MembraneSettings(pydantic.BaseModel):
     polarity: Literal["dark", "bright", "either"] = pydantic.Field(
         "either", description="membrane contrast: dark (density, cryocloud's tomograms), bright (inverted), either"
     )
-    low: float = pydantic.Field(3.0, ge=0, description="hysteresis low threshold: median + low x noise s.d. of the ridge response")
-    high: float = pydantic.Field(10.0, ge=0, description="hysteresis high threshold (noise units); a membrane must reach it")
+    low: float = pydantic.Field(5.0, ge=0, description="hysteresis low threshold: median + low x noise s.d. of the ridge response")
+    high: float = pydantic.Field(30.0, ge=0, description="hysteresis high threshold (noise units); a membrane must reach it")
     min_size_a2: float = pydantic.Field(
-        30000.0, ge=0, description="smallest membrane area kept (A^2 of mid-surface; a 150 A vesicle has ~2.8e5 A^2)"
+        100000.0, ge=0, description="smallest membrane area kept (A^2 of mid-surface; a 150 A vesicle has ~2.8e5 A^2, ~2e5 outside the wedge)"
     )
     thickness_a: float = pydantic.Field(50.0, ge=0, description="output membrane thickness (A): a bilayer with head groups")
+    wedge_normalise: bool = pydantic.Field(
+        True, description="judge each plate against the noise in its own orientation (missing-wedge anisotropy; see segment.anisotropy)"
+    )
+    complete_vesicles: bool = pydantic.Field(
+        False, description="close membranes that fit a sphere across the missing wedge (model-based; see segment.complete)"
+    )
     chunk_voxels: int = pydantic.Field(96, ge=8, description="edge of the processing cubes (voxels)")
 
     @pydantic.model_validator(mode="after")
@@ -84,6 +95,7 @@ class MembraneSegmentation:
     thresholds: Thresholds
     count: int
     settings: MembraneSettings
+    vesicles: tuple[SphereFit, ...] = ()
 
     @property
     def mask(self) -> xr.DataArray:
@@ -117,16 +129,18 @@ def axis_depths(chunks: tuple[tuple[int, ...], ...], depth: int) -> dict[int, in
     return {a: min(depth, min(c)) for a, c in enumerate(chunks)}
 
 
-def ridge_response(volume: da.Array, pixel_size_a: float, settings: MembraneSettings) -> da.Array:
-    """Lazy ridge response (float32, z, y, x) of a volume, chunked with overlap (graph steps 1-2)."""
+def ridge_response(volume: da.Array, pixel_size_a: float, settings: MembraneSettings, *, quiet: bool = True) -> da.Array:
+    """Lazy ridge response (float32, z, y, x) of a volume, chunked with overlap (graph steps 1-2); the
+    noise whitener (`anisotropy`) is computed here when `settings.wedge_normalise`."""
     scale, integration = settings.scales_vox(pixel_size_a)
     depth = overlap_depth(scale, integration)
     if min(volume.shape) < 2:
         raise ModelError("data", f"a volume of shape {volume.shape} is too thin for a 3D membrane filter")
+    whitener = estimate_whitener(volume, scale, settings.polarity, quiet=quiet) if settings.wedge_normalise else None
     cubes = volume.astype(np.float32).rechunk(balanced_chunks(volume.shape, max(settings.chunk_voxels, 2 * depth)))
     return cubes.map_overlap(
         membrane_ridge, depth=axis_depths(cubes.chunks, depth), boundary="reflect", dtype=np.float32,
-        scale_vox=scale, integration_vox=integration, polarity=settings.polarity,
+        scale_vox=scale, integration_vox=integration, polarity=settings.polarity, whitener=whitener,
     )
 
 
@@ -144,10 +158,13 @@ def segment_membranes(
     if not isinstance(tomogram, Tomogram):
         raise ModelError("tomogram", f"expected a cryocloud Tomogram or an xarray.DataArray (z, y, x), got {type(tomogram).__name__}")
     settings = settings or MembraneSettings()
+    if settings.complete_vesicles and not tomogram.tilt_angles:
+        raise ModelError("tilt_angles", "complete_vesicles needs the tilt range of the tomogram (its tilt_angles are unknown)")
+    tilt_range = (min(tomogram.tilt_angles), max(tomogram.tilt_angles)) if tomogram.tilt_angles else None
     px = tomogram.pixel_size
     data = tomogram.data.data
     volume = data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks=settings.chunk_voxels)
-    ridge = ridge_response(volume, px, settings)
+    ridge = ridge_response(volume, px, settings, quiet=quiet)
     thresholds = automatic_thresholds(ridge, settings.low, settings.high, quiet=quiet)
     min_voxels = int(math.ceil(settings.min_size_a2 / px**2))
     surfaces, count = hysteresis_components(
@@ -158,6 +175,10 @@ def segment_membranes(
     if half > 0:
         depth = axis_depths(surfaces.chunks, int(math.ceil(half)) + 1)
         labels = surfaces.map_overlap(_thicken, depth=depth, boundary="none", dtype=np.uint32, half_vox=half)
+    fits: list[SphereFit] = []
+    if settings.complete_vesicles:
+        fits = fit_vesicles(gather_points(surfaces, quiet=quiet), volume.shape, tilt_range)
+        labels = draw_caps(labels, fits, max(half, 0.5), tilt_range)
     attrs = {
         "pixel_size": px,
         "segmentation": {
@@ -167,6 +188,7 @@ def segment_membranes(
             "noise_median": thresholds.median,
             "noise_spread": thresholds.spread,
             "membranes": count,
+            **({"vesicles": [f.as_dict(px) for f in fits]} if settings.complete_vesicles else {}),
         },
     }
     coords = {d: tomogram.data.coords[d] for d in ("z", "y", "x")}
@@ -177,4 +199,5 @@ def segment_membranes(
         thresholds=thresholds,
         count=count,
         settings=settings,
+        vesicles=tuple(fits),
     )

@@ -53,31 +53,54 @@ def wedge_normals(normal: np.ndarray, tilt_range_deg: tuple[float, float]) -> np
     return (t_star < lo) | (t_star > hi)
 
 
+def truth_normals(truth: np.ndarray, pixel_size_a: float, normal_scale_a: float = 20.0) -> np.ndarray:
+    """Unit plate normals (3, z, y, x) of a truth mask, from its plate tensor at `normal_scale_a`."""
+    s = max(1.0, normal_scale_a / pixel_size_a)
+    tensor = integrate(plate_tensor(*derivatives(truth.astype(np.float32), s), "bright"), s)
+    return plateness(tensor)[1]
+
+
 def resolvable_region(
     truth: np.ndarray, pixel_size_a: float, tilt_range_deg: tuple[float, float], *, margin_a: float = 0.0, normal_scale_a: float = 20.0
 ) -> np.ndarray:
     """Boolean region (z, y, x): everywhere except within `margin_a` of truth voxels whose normal is in the missing wedge."""
-    s = max(1.0, normal_scale_a / pixel_size_a)
-    tensor = integrate(plate_tensor(*derivatives(truth.astype(np.float32), s), "bright"), s)
-    _, normal = plateness(tensor)
-    capped = truth & wedge_normals(normal, tilt_range_deg)
+    capped = truth & wedge_normals(truth_normals(truth, pixel_size_a, normal_scale_a), tilt_range_deg)
     r = int(np.ceil(margin_a / pixel_size_a))
     ball = np.sum(np.square(np.indices((2 * r + 1,) * 3) - r), axis=0) <= (margin_a / pixel_size_a) ** 2
     return ~ndimage.binary_dilation(capped, structure=ball)
 
 
+def recall_by_normal_angle(
+    prediction: Any, truth: Any, pixel_size_a: float, edges_deg: tuple[float, ...] = (0.0, 30.0, 45.0, 60.0, 90.0)
+) -> dict[str, float | None]:
+    """Recall of the truth voxels binned by the angle (degrees) between their membrane normal and z,
+    "lo-hi" -> recall (None for an empty bin). Near 0: the missing wedge's caps; 30-60: oblique
+    membranes the wedge elongates and weakens; near 90: membranes seen edge-on in every tilt."""
+    pred, true = _mask(prediction, "prediction"), _mask(truth, "truth")
+    angle = np.degrees(np.arccos(np.clip(np.abs(truth_normals(true, pixel_size_a)[0]), 0.0, 1.0)))
+    out: dict[str, float | None] = {}
+    for lo, hi in zip(edges_deg[:-1], edges_deg[1:]):
+        sel = true & (angle >= lo) & (angle < hi)
+        out[f"{lo:g}-{hi:g}"] = float(pred[sel].mean()) if sel.any() else None
+    return out
+
+
 def evaluate_membranes(
     prediction: Any, truth: Any, pixel_size_a: float, tilt_range_deg: tuple[float, float] = (-60.0, 60.0), *, margin_a: float = 0.0
 ) -> dict[str, float]:
-    """Dice (whole volume and resolvable region), precision and recall in that region, excluded fraction."""
+    """Dice, precision and recall over the whole volume and in the resolvable region, the excluded truth
+    fraction and the predicted fraction of the volume."""
     pred, true = _mask(prediction, "prediction"), _mask(truth, "truth")
     if pred.shape != true.shape:
         raise ModelError("prediction", f"shape {pred.shape} differs from the truth's {true.shape}")
     region = resolvable_region(true, pixel_size_a, tilt_range_deg, margin_a=margin_a)
     p, t = pred & region, true & region
     hits = int((p & t).sum())
+    hits_all = int((pred & true).sum())
     return {
         "dice": dice(pred, true),
+        "precision": hits_all / max(1, int(pred.sum())),
+        "recall": hits_all / max(1, int(true.sum())),
         "dice_resolvable": dice(p, t),
         "precision_resolvable": hits / max(1, int(p.sum())),
         "recall_resolvable": hits / max(1, int(t.sum())),

@@ -17,8 +17,10 @@ from Angstrom). Steps, for a block that already carries its overlap (see `overla
    same mid-surface, so the response is symmetric about it; "dark" alone puts the ridge on one
    leaflet.
 3. Orientation-coherent integration (a dense, isotropic form of tensor voting): the tensor
-   R n n^T is averaged with a Gaussian of `integration` voxels. With t2 <= t3 the two largest
-   eigenvalues of the average, the plate normal is the eigenvector of t3 and the plateness
+   R n n^T is averaged with a Gaussian of `integration` voxels, then whitened, W T W, by the
+   volume's noise whitener W (`cryocloud.segment.anisotropy`: the missing wedge makes noise plates
+   favour x-y normals; W = I for isotropic noise). With t2 <= t3 the two largest eigenvalues of
+   the whitened average, the plate normal is W^-1 times the eigenvector of t3 and the plateness
    P = (t3 - t2) C^2 with the coherence C = (t3 - t2) / t3 (0..1). Noise gives random normals that
    cancel, a membrane's agree, so P rises on membranes and falls in ice; dense, textured particles
    give strong but incoherent responses (median C ~ 0.4 at 30 A on simulated ribosomes, below the
@@ -120,14 +122,37 @@ def _plate_tensor_kernel(h: np.ndarray, g: np.ndarray, mode: int, out: np.ndarra
 
 
 @numba.njit(cache=True)
-def _plateness_kernel(t: np.ndarray, power: float, p: np.ndarray, normal: np.ndarray) -> None:
-    """t (6, N) integrated tensor -> p (N,) = (t3 - t2) C^power, C = (t3 - t2) / t3, and normal (3, N),
-    the eigenvector of t3."""
+def _plateness_kernel(t: np.ndarray, power: float, w: np.ndarray, p: np.ndarray, normal: np.ndarray) -> None:
+    """t (6, N) integrated tensor, w (3, 3) noise whitener W -> p (N,) = (t3 - t2) C^power of W T W,
+    C = (t3 - t2) / t3, and normal (3, N): W^-1 times the eigenvector of t3, normalised (a voxel-space
+    plate normal)."""
+    wi = np.linalg.inv(w)
     for k in range(t.shape[1]):
         a00, a01, a02, a11, a12, a22 = float(t[0, k]), float(t[1, k]), float(t[2, k]), float(t[3, k]), float(t[4, k]), float(t[5, k])
-        _, e2, e3 = _eigenvalues(a00, a01, a02, a11, a12, a22)
+        # c = A W (rows of A times the columns of W), then b = W c (symmetric: six entries)
+        c00 = a00 * w[0, 0] + a01 * w[1, 0] + a02 * w[2, 0]
+        c01 = a00 * w[0, 1] + a01 * w[1, 1] + a02 * w[2, 1]
+        c02 = a00 * w[0, 2] + a01 * w[1, 2] + a02 * w[2, 2]
+        c10 = a01 * w[0, 0] + a11 * w[1, 0] + a12 * w[2, 0]
+        c11 = a01 * w[0, 1] + a11 * w[1, 1] + a12 * w[2, 1]
+        c12 = a01 * w[0, 2] + a11 * w[1, 2] + a12 * w[2, 2]
+        c20 = a02 * w[0, 0] + a12 * w[1, 0] + a22 * w[2, 0]
+        c21 = a02 * w[0, 1] + a12 * w[1, 1] + a22 * w[2, 1]
+        c22 = a02 * w[0, 2] + a12 * w[1, 2] + a22 * w[2, 2]
+        b00 = w[0, 0] * c00 + w[0, 1] * c10 + w[0, 2] * c20
+        b01 = w[0, 0] * c01 + w[0, 1] * c11 + w[0, 2] * c21
+        b02 = w[0, 0] * c02 + w[0, 1] * c12 + w[0, 2] * c22
+        b11 = w[1, 0] * c01 + w[1, 1] * c11 + w[1, 2] * c21
+        b12 = w[1, 0] * c02 + w[1, 1] * c12 + w[1, 2] * c22
+        b22 = w[2, 0] * c02 + w[2, 1] * c12 + w[2, 2] * c22
+        _, e2, e3 = _eigenvalues(b00, b01, b02, b11, b12, b22)
         p[k] = (e3 - e2) * ((e3 - e2) / e3) ** power if e3 > 0.0 else 0.0
-        normal[0, k], normal[1, k], normal[2, k] = _eigenvector(a00, a01, a02, a11, a12, a22, e3)
+        n0, n1, n2 = _eigenvector(b00, b01, b02, b11, b12, b22, e3)
+        m0 = wi[0, 0] * n0 + wi[0, 1] * n1 + wi[0, 2] * n2
+        m1 = wi[1, 0] * n0 + wi[1, 1] * n1 + wi[1, 2] * n2
+        m2 = wi[2, 0] * n0 + wi[2, 1] * n1 + wi[2, 2] * n2
+        s = 1.0 / math.sqrt(m0 * m0 + m1 * m1 + m2 * m2)
+        normal[0, k], normal[1, k], normal[2, k] = m0 * s, m1 * s, m2 * s
 
 
 def derivatives(block: np.ndarray, scale_vox: float) -> tuple[np.ndarray, np.ndarray]:
@@ -167,11 +192,15 @@ def integrate(tensor: np.ndarray, integration_vox: float) -> np.ndarray:
     return tensor
 
 
-def plateness(tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(P, normal): P = (t3 - t2) C^2 of the integrated tensor (float32, ...), normal (3, ...) unit vectors."""
+def plateness(tensor: np.ndarray, whitener: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(P, normal): P = (t3 - t2) C^2 of the integrated tensor whitened by W (module step 3; W = identity
+    when None), float32 (...); normal (3, ...) unit plate normals in voxel space."""
+    w = np.eye(3) if whitener is None else np.asarray(whitener, dtype=np.float64)
+    if w.shape != (3, 3):
+        raise ValueError(f"whitener must be a 3 x 3 matrix, got shape {w.shape}")
     p = np.empty(tensor.shape[1:], dtype=np.float32)
     normal = np.empty((3,) + tensor.shape[1:], dtype=np.float32)
-    _plateness_kernel(tensor.reshape(6, -1), COHERENCE_POWER, p.reshape(-1), normal.reshape(3, -1))
+    _plateness_kernel(tensor.reshape(6, -1), COHERENCE_POWER, w, p.reshape(-1), normal.reshape(3, -1))
     return p, normal
 
 
@@ -183,8 +212,10 @@ def ridge(p: np.ndarray, normal: np.ndarray) -> np.ndarray:
     return np.where((p >= ahead) & (p >= behind), p, np.float32(0)).astype(np.float32)
 
 
-def membrane_ridge(block: np.ndarray, scale_vox: float, integration_vox: float, polarity: Polarity) -> np.ndarray:
+def membrane_ridge(
+    block: np.ndarray, scale_vox: float, integration_vox: float, polarity: Polarity, whitener: np.ndarray | None = None
+) -> np.ndarray:
     """Steps 1-4 on one block: the ridge plateness (float32, same shape; 0 off the mid-surfaces)."""
     tensor = integrate(plate_tensor(*derivatives(block, scale_vox), polarity), integration_vox)
-    p, normal = plateness(tensor)
+    p, normal = plateness(tensor, whitener)
     return ridge(p, normal)
