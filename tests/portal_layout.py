@@ -149,6 +149,18 @@ def publish_tilt_series(opts: dict, ts, truth: dict, dataset: str, run: str) -> 
     return ts_dir
 
 
+def publish_tomogram(opts: dict, tomo, dataset: str, run: str) -> None:
+    """Publish a tomogram (z, y, x) as the run's default WBP tomogram Reconstructions/VoxelSpacing{vs:.3f}/Tomograms/1."""
+    vs = tomo.pixel_size
+    tomo_dir = f"{dataset}/{run}/Reconstructions/VoxelSpacing{vs:.3f}/Tomograms/1"
+    write_portal_zarr(opts, f"{PORTAL_BUCKET}/{tomo_dir}/{run}.zarr", np.asarray(tomo.data.values, dtype=np.float32), vs, (0, 1, 2), (256, 256, 256))
+    nz, ny, nx = tomo.data.shape
+    put(opts, f"{PORTAL_BUCKET}/{tomo_dir}/tomogram_metadata.json", {
+        "voxel_spacing": vs, "reconstruction_method": "WBP", "is_visualization_default": True, "run_name": run,
+        "size": {"z": nz, "y": ny, "x": nx}, "omezarr_dir": f"{tomo_dir}/{run}.zarr",
+    })
+
+
 def publish_particles(opts: dict, particles, voxel_spacing: float, dataset: str, run: str) -> None:
     """Publish particles (positions in A) as the run's ribosome orientedPoint annotation (Annotations/1 at `voxel_spacing`)."""
     records = [{"type": "orientedPoint", "location": dict(zip("xyz", (float(v) for v in p / voxel_spacing))), "xyz_rotation_matrix": r.tolist()}
@@ -181,13 +193,7 @@ def portal_run_from_pipeline(opts: dict, run_dir: str, dataset: str, run: str) -
     put_alignment(opts, f"{prefix}/Alignments/1", run, axis, shifts, read_tlt(f"{run_dir}/align/tilt_series.tlt"))
     tomo = read_tomogram(f"{run_dir}/reconstruct/tomogram.zarr")
     vs = tomo.pixel_size
-    tomo_dir = f"{dataset}/{run}/Reconstructions/VoxelSpacing{vs:.3f}/Tomograms/1"
-    write_portal_zarr(opts, f"{PORTAL_BUCKET}/{tomo_dir}/{run}.zarr", tomo.data.values.astype(np.float32), vs, (0, 1, 2), (256, 256, 256))
-    nz, ny, nx = tomo.data.shape
-    put(opts, f"{PORTAL_BUCKET}/{tomo_dir}/tomogram_metadata.json", {
-        "voxel_spacing": vs, "reconstruction_method": "WBP", "is_visualization_default": True, "run_name": run,
-        "size": {"z": nz, "y": ny, "x": nx}, "omezarr_dir": f"{tomo_dir}/{run}.zarr",
-    })
+    publish_tomogram(opts, tomo, dataset, run)
     particles = read_particles_csv(f"{run_dir}/simulation/ground_truth/particles.csv")
     publish_particles(opts, particles, vs, dataset, run)
     return {"positions": particles.positions, "voxel_spacing": vs, "shape": tomo.data.shape}

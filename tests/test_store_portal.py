@@ -102,6 +102,10 @@ def test_read_tomogram_levels_and_centres(portal):
     opts, truth = portal
     tomo = read_portal_tomogram(f"portal://{DS}/{RUN}", storage_options=opts)
     assert tomo.pixel_size == pytest.approx(VS)
+    # the run's tilt series gives the tomogram its wedge (angles), microscope and mean defocus (A)
+    np.testing.assert_allclose(tomo.tilt_angles, TS_ANGLES)
+    assert tomo.microscope.voltage_kv == pytest.approx(300.0)
+    assert tomo.data.attrs["defocus_a"] == pytest.approx(np.mean(TS_DEFOCUS) - 200.0)
     np.testing.assert_array_equal(tomo.data.values, truth["tomo"][0])
     level2 = read_portal_tomogram(f"portal://{DS}/{RUN}/vs/{VS}/tomogram/501", level=2, storage_options=opts)
     np.testing.assert_array_equal(level2.data.values, truth["tomo"][2])
@@ -113,6 +117,7 @@ def test_read_tomogram_levels_and_centres(portal):
     np.testing.assert_array_equal(direct.data.values, truth["tomo"][0])
     old = read_portal_tomogram(f"portal://{DS}/{OLD_RUN}", level=1, storage_options=opts)
     np.testing.assert_array_equal(old.data.values, truth["old"][1])
+    assert old.tilt_angles is None and "defocus_a" not in old.data.attrs  # a run without a tilt series
     assert old.pixel_size == pytest.approx(2 * OLD_VS)
 
 

@@ -14,6 +14,7 @@ from cryocloud.cluster import describe, session
 from cryocloud.errors import ModelError, OutputExistsError
 from cryocloud.model import Tomogram
 from cryocloud.store import read_tomogram, resolve, write_tomogram
+from cryocloud.store.portal import is_portal_url
 
 console = Console(highlight=False, stderr=True)
 denoise_app = typer.Typer(help="Denoise tomograms: CTF deconvolution, learned even/odd (Noise2Noise).", no_args_is_help=True)
@@ -85,8 +86,8 @@ def deconv_command(
     _refuse_existing(out_url, overwrite, write_options)
     settings = DeconvSettings(strength, snr_falloff, highpass_nyquist, phase_flipped, phase_shift)
     tomo = read_tomogram(in_url, storage_options=read_options)
-    if defocus is None:
-        defocus = stored_defocus(in_url, read_options)
+    if defocus is None:  # a portal tomogram carries its tilt series' mean defocus (cryocloud.store.portal)
+        defocus = tomo.data.attrs.get(DEFOCUS_ATTR) if is_portal_url(in_url) else stored_defocus(in_url, read_options)
         if defocus is None:
             raise ModelError("defocus", f"is not recorded (metadata '{DEFOCUS_ATTR}'); give --defocus in Angstrom", source=in_url)
     result = deconvolve(tomo, settings, defocus_a=defocus, tile=tile, depth=depth)

@@ -30,6 +30,7 @@ from cryocloud.preprocess.motion import motion_correct, summed_like
 from cryocloud.preprocess.movies import movie_url, read_movie
 from cryocloud.store import open_url, read_tilt_series, write_tilt_series
 from cryocloud.store.mdoc import read_mdoc
+from cryocloud.store.portal import is_portal_url
 from cryocloud.store.textfiles import read_text, write_text
 
 console = Console(highlight=False, stderr=True)
@@ -160,6 +161,8 @@ def ctf(
     """Estimate defocus U/V and astigmatism per tilt; writes CTFFIND4 text and a figure (spectrum of
     the tilt nearest 0 deg with its fitted rings, defocus against tilt)."""
     read, write = read_write_options(endpoint_url, anon)
+    if out_url is None and is_portal_url(in_url):
+        raise ModelError("--output", "the input is on the CryoET Data Portal (read-only): name an output for the results and figures", source=in_url)
     ts = read_tilt_series(in_url, storage_options=read)
     search = CtfSearch(box=box, defocus_range_a=(min_defocus, max_defocus), min_resolution_a=min_res, max_resolution_a=max_res)
     result = estimate_ctf(ts, search=search, quiet=False)

@@ -35,11 +35,18 @@ RECONSTRUCTION_TYPES = {"radial": "wbp", "sirt": "sirt", "none": "bp"}
 def portal_source(config: PipelineConfig) -> Any | None:
     """The portal address (`cryocloud.store.portal.PortalRef`) of the run's input, None when the input is
     not on the portal. StoreError when its dataset id is not a number (copick names portal datasets by id)."""
-    from cryocloud.store.portal import is_portal_url, parse_portal_url, portal_address
+    from cryocloud.store.portal import PortalRef, is_portal_url, parse_portal_url, portal_address
 
     if not config.input or not is_portal_url(config.input):
         return None
-    ref = parse_portal_url(portal_address(config.input))
+    text = portal_address(config.input)
+    if text.lower().endswith(".mdoc"):  # {dataset}/{run}/Frames/*.mdoc (parse_portal_url reads image addresses)
+        parts = text[len("s3://"):].split("/")
+        if len(parts) < 4:
+            raise StoreError(config.input, "expected s3://BUCKET/DATASET/RUN/Frames/NAME.mdoc", field="input")
+        ref = PortalRef(parts[1], parts[2])
+    else:
+        ref = parse_portal_url(text)
     if not ref.dataset.isdigit():
         raise StoreError(config.input, f"the portal dataset id must be a number (copick's dataset_ids), got {ref.dataset!r}", field="input")
     return ref

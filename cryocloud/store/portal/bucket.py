@@ -38,6 +38,7 @@ options or ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (a local S3 server hol
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ from cryocloud.store.images import spatial_array
 from cryocloud.store.location import PORTAL_BUCKET, Location
 from cryocloud.store.ngff import open_image
 from cryocloud.store.portal.annotations import from_ndjson
+
+log = logging.getLogger(__name__)
 
 PORTAL_HTTPS = "https://files.cryoetdataportal.cziscience.com"
 SCHEME = "portal://"
@@ -384,23 +387,74 @@ def _image_by_key(ref: PortalRef, kind: str, storage_options: dict | None) -> Po
     return PortalImage(kind, loc.url, ident, spacing, {}, "")
 
 
-def resolve_portal(url: Any, kind: str, *, storage_options: dict | None = None) -> PortalImage:
-    """The portal tomogram or tilt series (`kind`) an address names (see the module docstring)."""
+def resolve_portal(url: Any, kind: str, *, storage_options: dict | None = None, run: PortalRun | None = None) -> PortalImage:
+    """The portal tomogram or tilt series (`kind`) an address names (see the module docstring);
+    `run`: the address's run, already listed with `kind` (saves listing it again)."""
     url = portal_address(url)
     ref = parse_portal_url(url)
     if ref.kind is not None and ref.kind != kind:
         raise StoreError(url, f"names a {ref.kind.replace('_', ' ')}, expected a {kind.replace('_', ' ')}", field="url")
     if ref.image_key is not None:
         return _image_by_key(ref, kind, storage_options)
-    run = portal_run(ref.dataset, ref.run, storage_options=storage_options, bucket=ref.bucket, kinds=(kind,))
+    run = run or portal_run(ref.dataset, ref.run, storage_options=storage_options, bucket=ref.bucket, kinds=(kind,))
     return _choose(ref, run.tomograms if kind == "tomogram" else run.tilt_series, kind, str(url))
 
 
 # -------------------------------------------------------------------------------------- reading
 def read_portal_tomogram(url: Any, *, level: int = 0, storage_options: dict | None = None, chunks: Any = None) -> Tomogram:
-    """Lazily read a portal tomogram (z, y, x); coordinates (A) at the voxel centres of `level`."""
-    found = resolve_portal(url, "tomogram", storage_options=storage_options)
-    return _read_volume(found.url, level, storage_options, chunks)
+    """Lazily read a portal tomogram (z, y, x); coordinates (A) at the voxel centres of `level`.
+
+    When the run holds one tilt series (or several with the same angles), the tomogram carries its
+    tilt angles (deg; the missing wedge for matching and averaging) and microscope, and
+    ``data.attrs["defocus_a"]`` its mean defocus (A), as a cryocloud reconstruction records them.
+    One listing of the run finds both the tomogram and its tilt series' metadata.
+    """
+    address = portal_address(url)
+    ref = parse_portal_url(address)
+    run = portal_run(ref.dataset, ref.run, storage_options=storage_options, bucket=ref.bucket, kinds=("tomogram", "tilt_series"))
+    found = resolve_portal(address, "tomogram", storage_options=storage_options, run=run)
+    tomo = _read_volume(found.url, level, storage_options, chunks)
+    try:
+        acquisition = _acquisition(run.tilt_series, storage_options)
+    except StoreError as exc:  # the tomogram itself is fine: read it without the wedge
+        log.warning("%s: read without tilt angles and defocus, its run's tilt series metadata are unusable: %s", found.url, exc)
+        return tomo
+    if acquisition is None:
+        return tomo
+    angles, microscope, defocus = acquisition
+    if defocus is not None:
+        tomo.data.attrs["defocus_a"] = defocus
+    return Tomogram(tomo.data, microscope, tuple(float(a) for a in angles))
+
+
+def _acquisition(tilt_series: list[PortalImage], storage_options: dict | None) -> tuple[np.ndarray, Microscope, float | None] | None:
+    """(tilt angles (deg), microscope, mean defocus (A) or None) of a run's tilt series, from their metadata
+    and .rawtlt only, when unambiguous: one tilt series, or several with the same angles; else None."""
+    if not tilt_series:
+        return None
+    fs = Location("s3", tilt_series[0].url[5:], portal_options(storage_options)).filesystem()
+    found = []
+    for t in tilt_series:
+        rawtlt = _rawtlt(fs, t)
+        n_tilts = len(rawtlt) if rawtlt is not None else len(t.metadata.get("per_section_parameter") or [])
+        if n_tilts == 0:
+            return None
+        found.append(tilt_coordinates(t, n_tilts, rawtlt))
+    angles = found[0]["tilt_angle"]
+    if any(c["tilt_angle"].shape != angles.shape or not np.allclose(c["tilt_angle"], angles) for c in found[1:]):
+        return None
+    coords = found[0]
+    defocus = float(np.mean(0.5 * (coords["defocus_u"] + coords["defocus_v"]))) if "defocus_u" in coords and "defocus_v" in coords else None
+    return angles, _microscope(tilt_series[0]), defocus
+
+
+def _microscope(found: PortalImage) -> Microscope:
+    """The microscope of a tilt series' metadata (acceleration_voltage in V, spherical_aberration_constant in mm)."""
+    meta = found.metadata
+    try:
+        return Microscope(voltage_kv=float(meta.get("acceleration_voltage", 300000)) / 1000.0, cs_mm=float(meta.get("spherical_aberration_constant", 2.7)))
+    except (ModelError, ValueError, TypeError) as exc:
+        raise StoreError(found.metadata_url, str(exc), field="acceleration_voltage") from exc
 
 
 def _read_volume(url: str, level: int, storage_options: dict | None, chunks: Any) -> Tomogram:
@@ -469,7 +523,10 @@ def tilt_coordinates(found: PortalImage, n_tilts: int, rawtlt: np.ndarray | None
 
 def read_portal_tilt_series(url: Any, *, level: int = 0, storage_options: dict | None = None, chunks: Any = None) -> TiltSeries:
     """Lazily read a portal tilt series (tilt, y, x) with angles, order, defocus and the microscope."""
-    found = resolve_portal(url, "tilt_series", storage_options=storage_options)
+    return _read_tilt_series(resolve_portal(url, "tilt_series", storage_options=storage_options), level, storage_options, chunks)
+
+
+def _read_tilt_series(found: PortalImage, level: int, storage_options: dict | None, chunks: Any) -> TiltSeries:
     loc = Location("s3", found.url[5:], portal_options(storage_options))
     image = open_image(loc)
     if image.axis_names[1:] != ("y", "x") or len(image.axis_names) != 3:
@@ -479,11 +536,8 @@ def read_portal_tilt_series(url: Any, *, level: int = 0, storage_options: dict |
         raise StoreError(image.url, "is a bare image key: read a tilt series by its run (portal://DATASET/RUN/tiltseries) for its angles", field="url")
     coords = tilt_coordinates(found, array.sizes["tilt"], _rawtlt(loc.filesystem(), found))
     meta = found.metadata
+    microscope = _microscope(found)
     try:
-        microscope = Microscope(
-            voltage_kv=float(meta.get("acceleration_voltage", 300000)) / 1000.0,
-            cs_mm=float(meta.get("spherical_aberration_constant", 2.7)),
-        )
         axis = 0.0 if meta.get("is_aligned") else float(meta.get("tilt_axis") or 0.0)
         pre = accumulated_pre_exposure(coords["acquisition_order"], coords["exposure"])
         array = array.assign_coords({k: ("tilt", v) for k, v in {**coords, "pre_exposure": pre}.items()})
