@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import replace
+from typing import Optional, Tuple
 
 import numpy as np
 import typer
@@ -17,6 +18,7 @@ from cryocloud.pick.formats import format_from_name, write_picks
 from cryocloud.pick.match import MatchSettings
 from cryocloud.pick.peaks import extract_peaks
 from cryocloud.pick.results import read_match, run_match
+from cryocloud.pick.spectrum import noise_spectrum
 from cryocloud.pick.template import check_fits, map_from_model, prepare_template, read_map
 from cryocloud.pick.weighting import TiltWeighting
 from cryocloud.store import open_url, read_tilt_series, read_volume
@@ -39,6 +41,15 @@ def _tilts(tilt_series: Optional[str], tilt_range: Optional[str], tomogram, opti
     return None
 
 
+def _halves(urls: tuple[str, str], tomo, options: dict) -> tuple:
+    """The even and odd half tomograms at `urls`, on the tomogram's grid (shape and voxel size)."""
+    halves = tuple(read_volume(url, storage_options=options) for url in urls)
+    for url, half in zip(urls, halves):
+        if half.shape != tomo.shape or abs(half.pixel_size - tomo.pixel_size) > 1e-3 * tomo.pixel_size:
+            raise ModelError("whiten_halves", f"{url}: shape {half.shape} at {half.pixel_size} A, expected the tomogram's {tomo.shape} at {tomo.pixel_size} A")
+    return halves
+
+
 @app.command()
 def match(
     tomogram_url: str = typer.Argument(..., help="Tomogram: OME-Zarr or MRC (local path, file:// or s3://)."),
@@ -55,7 +66,12 @@ def match(
     tilt_series: Optional[str] = typer.Option(None, "--tilt-series", help="Tilt series (OME-Zarr) for the per-tilt wedge, CTF and dose weights."),
     tilt_range: Optional[str] = typer.Option(None, "--tilt-range", help="MIN,MAX,STEP (deg): a plain wedge when no tilt series is given."),
     ctf: str = typer.Option("signed", "--ctf", help="signed (not CTF-corrected) | abs (phase-flipped) | none."),
-    whiten: bool = typer.Option(False, "--whiten", help="Spectral whitening from the tomogram's power spectrum."),
+    whiten: bool = typer.Option(False, "--whiten", help="Spectral whitening by the tomogram's own power spectrum (a poor proxy for its noise)."),
+    whiten_halves: Optional[Tuple[str, str]] = typer.Option(
+        None, "--whiten-halves", metavar="EVEN ODD",
+        help="Spectral whitening by the noise spectrum of the even/odd half tomograms (the tomogram is their sum or mean).",
+    ),
+    noise_chunk: int = typer.Option(64, "--noise-chunk", help="Cube edge (voxels) for the half tomograms' noise spectrum."),
     defocus_gradient: bool = typer.Option(
         True, "--defocus-gradient/--no-defocus-gradient", help="CTF weight at each sub-volume's own defocus (depth, distance from the tilt axis)."
     ),
@@ -83,8 +99,10 @@ def match(
     check_fits(volume.shape, template_px, tomo.shape, px, source=template_path)
     template = prepare_template(volume, template_px, px, mask_radius_a=mask_radius, non_spherical=non_spherical_mask, invert=invert)
     settings = MatchSettings(
-        resolution_a=resolution, subvolume=subvolume, batch_size=batch_size, ctf=ctf, whiten=whiten, defocus_gradient=defocus_gradient, background=background
+        resolution_a=resolution, subvolume=subvolume, batch_size=batch_size, ctf=ctf, whiten=whiten or whiten_halves is not None,
+        defocus_gradient=defocus_gradient, background=background,
     )
+    halves = None if whiten_halves is None else _halves(whiten_halves, tomo, read_options)
     if angle_list:
         with open_url(angle_list, "r", storage_options=read_options) as f:
             rotations = parse_angle_list(f.read(), source=angle_list)
@@ -96,9 +114,11 @@ def match(
     tilts = _tilts(tilt_series, tilt_range, tomo, read_options)
     with session(scheduler) as client:
         console.print(describe(client))
+        if halves is not None:
+            settings = replace(settings, noise=noise_spectrum(*halves, chunk=noise_chunk))
         summary = run_match(
-            tomo, template, rotations, out_url, tilts=tilts, settings=settings, tomogram_mask=mask, overwrite=overwrite,
-            storage_options=write_options, description={"tomogram": tomogram_url, "template": template_path, "symmetry": symmetry},
+            tomo, template, rotations, out_url, tilts=tilts, settings=settings, tomogram_mask=mask, overwrite=overwrite, storage_options=write_options,
+            description={"tomogram": tomogram_url, "template": template_path, "symmetry": symmetry, "whiten_halves": list(whiten_halves or [])},
         )
     console.print(f"{out_url}: {summary['n_orientations']:,} orientations, score std {summary['score_std']:.4f}")
 

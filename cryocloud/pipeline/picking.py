@@ -15,7 +15,9 @@ from cryocloud.pipeline.context import RunContext
 def stage_match(ctx: RunContext, overwrite: bool) -> None:
     from cryocloud.pick import MatchSettings, TiltWeighting, map_from_model, prepare_template, read_map, uniform_rotations
     from cryocloud.pick.results import run_match
+    from cryocloud.pick.spectrum import noise_spectrum
     from cryocloud.pick.template import check_fits
+    from cryocloud.reconstruct import HALVES
     from cryocloud.simulate.atomic import BUNDLED_STRUCTURE
     from cryocloud.store import read_tomogram
 
@@ -33,13 +35,19 @@ def stage_match(ctx: RunContext, overwrite: bool) -> None:
     template = prepare_template(volume, template_px, px)
     rotations = uniform_rotations(p.angular_increment_deg, p.symmetry)
     tilts = TiltWeighting.from_tilt_series(ctx.results["tilt_series"])
-    settings = MatchSettings(resolution_a=p.resolution_a or 2.5 * px, subvolume=p.subvolume)
+    settings = MatchSettings(resolution_a=p.resolution_a or 2.5 * px, subvolume=p.subvolume, whiten=p.whiten)
+    with_halves = p.whiten and all(ctx.exists("reconstruct", f"{h}.zarr") for h in HALVES)
+    whitening = "noise of the even/odd halves" if with_halves else "tomogram power" if p.whiten else "none"
     if overwrite or not ctx.exists("match", "match.json"):
+        if with_halves:
+            halves = [read_tomogram(ctx.url("reconstruct", f"{h}.zarr"), level=p.pyramid_level, storage_options=so) for h in HALVES]
+            settings = replace(settings, noise=noise_spectrum(*halves))
         run_match(tomo, template, rotations, url, tilts=tilts, settings=settings, overwrite=True, storage_options=so,
-                  description={"template": path, "symmetry": p.symmetry, "pyramid_level": p.pyramid_level})
+                  description={"template": path, "symmetry": p.symmetry, "pyramid_level": p.pyramid_level, "whitening": whitening})
     ctx.results["template_radius_a"] = template.radius * px
     ctx.results["match_origin_a"] = np.array([float(tomo.data.coords[d].values[0]) for d in "xyz"])
-    ctx.summary["match"] = {"n_orientations": int(len(rotations)), "voxel_size_a": px, "template": Path(path).name}
+    ctx.summary["match"] = {"n_orientations": int(len(rotations)), "voxel_size_a": px, "template": Path(path).name,
+                            "whitening": whitening}
 
 
 def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
