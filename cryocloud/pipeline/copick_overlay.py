@@ -14,8 +14,10 @@ portal client object), the output root is also a copick overlay root over the po
 
 Images are copied object by object from the stages' outputs (server-side on S3, nothing decoded).
 
-Each file is written when it is missing or when its stage was recomputed in this run (`--from`);
-otherwise a resumed run leaves it as it is.
+An image is copied when it is missing or when its stage was recomputed in this run (`--from`);
+otherwise a resumed run leaves it as it is. The picks and the config (small) are rewritten every run.
+Picks are in the frame of cryocloud's own tomogram (shown with it in copick / napari); they fall on the
+portal's tomograms of the run where those share its geometry (same thickness and centre).
 """
 
 from __future__ import annotations
