@@ -97,7 +97,7 @@ def test_vesicle_caps_completed_on_the_twin():
     scores = evaluate_membranes(result.labels, truth, tomo.pixel_size, (min(tomo.tilt_angles), max(tomo.tilt_angles)))
     by_angle = recall_by_normal_angle(result.labels, truth, tomo.pixel_size)
     print("completed", [f.as_dict(10.0) for f in result.vesicles], scores, by_angle)
-    assert scores["dice"] >= 0.85 and scores["precision"] >= 0.8
+    assert scores["dice"] >= 0.86 and scores["precision"] >= 0.84
     assert by_angle["0-30"] >= 0.85  # the caps, invisible in the tomogram
     spec = sim.truth.specimen
     assert len(result.vesicles) == 3 and all(f.completed for f in result.vesicles)
@@ -123,4 +123,4 @@ def test_sheet_near_the_wedge_edge_is_found():
     scores = evaluate_membranes(result.labels, truth, tomo.pixel_size, (min(tomo.tilt_angles), max(tomo.tilt_angles)))
     print("sheet", result.count, scores, result.vesicles)
     assert result.count == 1 and len(result.vesicles) == 1 and not result.vesicles[0].completed
-    assert scores["recall"] >= 0.8 and scores["precision"] >= 0.72 and scores["dice"] >= 0.78
+    assert scores["recall"] >= 0.8 and scores["precision"] >= 0.78 and scores["dice"] >= 0.8

@@ -9,8 +9,9 @@ Graph, all arrays (z, y, x):
 3. thresholds from the response's noise statistics (`threshold`), computed on a bounded sample;
 4. global hysteresis + connected components with a minimum area (`components`): two passes over
    the cubes, the component tables merged on the client; one label per connected membrane;
-5. the mid-surfaces thickened to `thickness_a` (each voxel within thickness / 2 of a surface
-   takes that surface's label; `map_overlap` with depth thickness / 2 + 1);
+5. the mid-surfaces thickened to `thickness_a` (each voxel within thickness / 2 of a surface,
+   less `SURFACE_VOXEL_OFFSET`, takes that surface's label; `map_overlap` with depth
+   thickness / 2 + 1);
 6. only with `complete_vesicles`: membranes that fit a sphere closely and cover most of its
    measured directions get their missing-wedge caps drawn along the sphere (`complete`).
 
@@ -40,6 +41,9 @@ from cryocloud.segment.hessian import membrane_ridge, overlap_depth
 from cryocloud.segment.threshold import Thresholds, automatic_thresholds
 
 DEFAULT_SCALE_A = 10.0
+# mean distance (voxels) of a digital surface's voxel centres from the surface itself (uniform in
+# +-1/2): thickening by thickness / 2 from the voxel centres would overshoot by this much
+SURFACE_VOXEL_OFFSET = 0.25
 
 
 class MembraneSettings(pydantic.BaseModel):
@@ -170,7 +174,7 @@ def segment_membranes(
     surfaces, count = hysteresis_components(
         ridge, thresholds.low, thresholds.high, min_voxels, quiet=quiet, description="membrane components"
     )
-    half = settings.thickness_a / 2 / px
+    half = max(settings.thickness_a / 2 / px - SURFACE_VOXEL_OFFSET, 0.0)
     labels = surfaces
     if half > 0:
         depth = axis_depths(surfaces.chunks, int(math.ceil(half)) + 1)
