@@ -12,7 +12,7 @@ correlation with the particle's spectrum V over all shifts is one inverse FFT,
     cc(s) = sum_k conj(W T_R(k)) V(k) e^{2 pi i k s} / (||W T_R|| ||V||)
 
 (norms over the same band). The rotation is sampled in Fourier space with the template-matching
-kernel (`cryocloud.pick.score`: a 2x-oversampled, apodisation-corrected spectrum, trilinear
+kernel (`cryocloud.pick.fourier_rotation`: a 2x-oversampled, apodisation-corrected spectrum, trilinear
 samples on the band only). The shift is the peak within `max_shift` refined to sub-voxel precision
 by a parabola through the peak and its neighbours along each axis.
 
