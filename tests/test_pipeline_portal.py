@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import dask
 import numpy as np
 import pytest
 import zarr
@@ -43,7 +44,8 @@ def portal_objects(endpoint: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def portal(s3_endpoint):
     """The portal bucket with one run published from a toy simulation (raw tilt series, a WBP tomogram, the
-    particles as the ribosome annotation); yields (endpoint, the simulation)."""
+    particles as the ribosome annotation); yields (endpoint, the simulation) with the portal endpoint configured
+    (Dask config `cryocloud.portal.endpoint_url`)."""
     import torch
 
     from cryocloud.reconstruct import reconstruct
@@ -54,7 +56,8 @@ def portal(s3_endpoint):
     result = simulate(preset("toy", **TWIN))
     portal_run_from_simulation(opts, result, DS, RUN)
     publish_tomogram(opts, reconstruct(result.tilt_series, thickness_px=64), DS, RUN)  # the portal's own tomogram of the run
-    return s3_endpoint, result
+    with dask.config.set({"cryocloud.portal.endpoint_url": s3_endpoint}):  # where the pipeline finds "the portal"
+        yield s3_endpoint, result
 
 
 def test_pipeline_on_a_portal_run_writes_the_copick_overlay_into_the_output(portal, tmp_path):
@@ -63,7 +66,7 @@ def test_pipeline_on_a_portal_run_writes_the_copick_overlay_into_the_output(port
     before = portal_objects(endpoint)
     out = tmp_path / "results"
     so = {"endpoint_url": endpoint}
-    cfg = dict(input=f"portal://{DS}/{RUN}", output=str(out), storage_options=so,
+    cfg = dict(input=f"portal://{DS}/{RUN}", output=str(out),
                stages=["align", "reconstruct", "denoise", "segment", "match", "peaks"], **STAGES)
     summary = run_pipeline(PipelineConfig(**cfg))
     assert summary["stages"][0] == "input" and summary["input"]["n_tilts"] == 21 and summary["input"]["pixel_size_a"] == 10.0
@@ -75,7 +78,7 @@ def test_pipeline_on_a_portal_run_writes_the_copick_overlay_into_the_output(port
     # copick config: the portal dataset as the static layer, the output as the overlay
     config = json.loads((out / "copick_config.json").read_text())
     assert config["config_type"] == "cryoet_data_portal" and config["dataset_ids"] == [int(DS)]
-    assert config["overlay_root"] == f"local://{out}" and config["overlay_fs_args"] == {"endpoint_url": endpoint}
+    assert config["overlay_root"] == f"local://{out}" and config["overlay_fs_args"] == {}
     objects = {o["name"]: o for o in config["pickable_objects"]}
     assert objects["ribosome"]["is_particle"] and objects["ribosome"]["radius"] > 0 and not objects["membrane"]["is_particle"]
 
@@ -141,9 +144,20 @@ def test_a_tilt_series_key_runs_into_the_users_bucket(portal, tmp_path, capsys):
     with open_url(f"{out}/copick_config.json", "r", storage_options=so) as fh:
         config = json.load(fh)
     assert config["overlay_root"] == out and config["dataset_ids"] == [int(DS)] and config["pickable_objects"] == []
+    assert config["overlay_fs_args"] == so
     with open_url(f"{out}/report.html", "r", storage_options=so) as fh:
         assert f"{out}/copick_config.json" in fh.read()  # the report says where the overlay is
     assert portal_objects(endpoint) == before
+
+
+def test_the_outputs_storage_options_never_reach_the_portal(portal, tmp_path):
+    endpoint, _ = portal
+    dead = "http://127.0.0.1:9"  # nothing listens: a portal read sent there would fail
+    summary = run_pipeline(PipelineConfig(input=f"portal://{DS}/{RUN}/tiltseries", output=str(tmp_path / "o"), stages=["reconstruct"],
+                                          reconstruct={"binning": 2}, report=False, storage_options={"endpoint_url": dead}))
+    assert summary["input"]["n_tilts"] == 21
+    config = json.loads((tmp_path / "o" / "copick_config.json").read_text())
+    assert config["overlay_fs_args"] == {}  # a local overlay needs no endpoint
 
 
 def test_stage_commands_read_portal_addresses(portal, tmp_path, monkeypatch, capsys):

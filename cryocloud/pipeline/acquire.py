@@ -40,9 +40,15 @@ def stage_simulate(ctx: RunContext, overwrite: bool) -> None:
 
 
 def stage_input(ctx: RunContext, overwrite: bool) -> None:
+    """Read the input tilt series. A CryoET Data Portal input is read anonymously and never with the
+    output's storage options (an output on another S3 endpoint must not redirect the portal); its
+    endpoint comes from the Dask config `cryocloud.portal.endpoint_url` or AWS_ENDPOINT_URL_S3 /
+    AWS_ENDPOINT_URL (`cryocloud.store.portal.portal_options`)."""
     from cryocloud.store import read_tilt_series
+    from cryocloud.store.portal import is_portal_url
 
-    ts = read_tilt_series(ctx.config.input, storage_options=ctx.storage_options)
+    options = None if is_portal_url(ctx.config.input) else ctx.storage_options
+    ts = read_tilt_series(ctx.config.input, storage_options=options)
     ctx.results["tilt_series"] = ts
     ctx.summary["input"] = {"url": ctx.config.input, "n_tilts": ts.n_tilts, "pixel_size_a": ts.pixel_size}
     _montage(ctx, "input", overwrite)

@@ -91,7 +91,7 @@ def write_overlay(ctx: RunContext, ref: Any, recomputed: set[str]) -> dict:
             overlay.copy_segmentation(ctx.url("segment", "membranes.zarr"), ref.run, vs, MEMBRANE, user_id=USER_ID, session_id=SESSION_ID,
                                       overwrite=True)
         record["segmentations"] = {MEMBRANE: url}
-    endpoint = {k: v for k, v in (ctx.storage_options or {}).items() if k == "endpoint_url"}
+    endpoint = {k: v for k, v in (ctx.storage_options or {}).items() if k == "endpoint_url" and ctx.root.protocol == "s3"}
     record["config"] = overlay.write_config(objects, dataset_ids=[int(ref.dataset)], overlay_fs_args=endpoint, overwrite=True,
                                             description=f"cryocloud results for portal://{ref.dataset}/{ref.run}")
     return record
