@@ -2,6 +2,7 @@
 spectrum, and the search on a reconstructed twin."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -115,8 +116,8 @@ def test_noise_whitening_on_a_reconstructed_twin(tmp_path):
     ones) and all true particles ranked first. Whitening by the tomogram's own power is not tested
     here: on twins this small it ties or beats the noise whitening depending on the seed; `python -m
     benchmarks whiten-pick` compares all three on three larger twins.
-    The pipeline's match stage with `match.whiten` whitens by the noise of the stored halves
-    (reconstruct/even.zarr, odd.zarr) at the searched pyramid level."""
+    The pipeline's match stage (`match.whiten`, on by default) whitens by the noise of the stored
+    halves (reconstruct/even.zarr, odd.zarr) at the searched pyramid level, and not at all without them."""
     from benchmarks.whiten_pick import f4_scores, twin
 
     tomo, even, odd, series, truth = twin(5, (48, 80, 80), 6, 16.0)
@@ -133,7 +134,7 @@ def test_noise_whitening_on_a_reconstructed_twin(tmp_path):
 
     for name, volume in (("tomogram", tomo), ("even", even), ("odd", odd)):
         write_tomogram(volume, str(tmp_path / "reconstruct" / f"{name}.zarr"))
-    config = PipelineConfig(output=str(tmp_path), match={"whiten": True, "pyramid_level": 1, "angular_increment_deg": 90.0})
+    config = PipelineConfig(output=str(tmp_path), match={"pyramid_level": 1, "angular_increment_deg": 90.0})
     ctx = RunContext(config, resolve(str(tmp_path)), results={"tilt_series": series})
     stage_match(ctx, overwrite=False)
     assert ctx.summary["match"]["whitening"] == "noise of the even/odd halves"
@@ -141,3 +142,9 @@ def test_noise_whitening_on_a_reconstructed_twin(tmp_path):
     level = [read_tomogram(str(tmp_path / "reconstruct" / f"{h}.zarr"), level=1) for h in ("even", "odd")]
     np.testing.assert_allclose(power, noise_spectrum(*level, quiet=True).power, rtol=1e-4)
     assert level[0].shape == (24, 40, 40) and step == pytest.approx(1 / (24 * 32.0))  # level 1: 32 A voxels, 24-voxel cubes
+    alone = tmp_path / "alone"  # no half tomograms: no whitening (the tomogram's own power is no proxy for its noise)
+    shutil.copytree(tmp_path / "reconstruct" / "tomogram.zarr", alone / "reconstruct" / "tomogram.zarr")
+    ctx = RunContext(config.model_copy(update={"output": str(alone)}), resolve(str(alone)), results={"tilt_series": series})
+    stage_match(ctx, overwrite=False)
+    assert ctx.summary["match"]["whitening"] == "none (no half tomograms)"
+    assert not json.loads((alone / "match" / "match.json").read_text())["settings"]["whiten"]

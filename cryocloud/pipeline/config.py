@@ -101,8 +101,9 @@ class MatchParams(_Section):
     pyramid_level: int = pydantic.Field(1, ge=0, description="tomogram level to search (1 = binned by 2)")
     resolution_a: float | None = pydantic.Field(None, gt=0)
     subvolume: int = pydantic.Field(96, ge=16)
-    whiten: bool = pydantic.Field(False, description="spectral whitening: by the noise spectrum of the even/odd half tomograms when "
-                                  "the reconstruct stage built them, else by the tomogram's own power spectrum")
+    whiten: bool = pydantic.Field(True, description="spectral whitening by the noise spectrum of the even/odd half tomograms when the "
+                                  "reconstruct stage built them (movies); without them no whitening (the tomogram's own power "
+                                  "spectrum is a poor proxy for its noise: it lowered F4 on twins)")
 
 
 class PeaksParams(_Section):

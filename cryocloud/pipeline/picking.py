@@ -1,4 +1,5 @@
-"""Stages that find particles: `match` (template matching on a pyramid level of the tomogram) and
+"""Stages that find particles: `match` (template matching on a pyramid level of the tomogram, whitened
+by the noise spectrum of the even/odd half tomograms when they exist and `match.whiten` is on) and
 `peaks` (picks as CSV and RELION 5 STAR, scored against the simulated particles when known)."""
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ def stage_match(ctx: RunContext, overwrite: bool) -> None:
     template = prepare_template(volume, template_px, px)
     rotations = uniform_rotations(p.angular_increment_deg, p.symmetry)
     tilts = TiltWeighting.from_tilt_series(ctx.results["tilt_series"])
-    settings = MatchSettings(resolution_a=p.resolution_a or 2.5 * px, subvolume=p.subvolume, whiten=p.whiten)
+    settings = MatchSettings(resolution_a=p.resolution_a or 2.5 * px, subvolume=p.subvolume)
     with_halves = p.whiten and all(ctx.exists("reconstruct", f"{h}.zarr") for h in HALVES)
-    whitening = "noise of the even/odd halves" if with_halves else "tomogram power" if p.whiten else "none"
+    whitening = "noise of the even/odd halves" if with_halves else "none (no half tomograms)" if p.whiten else "none"
     if overwrite or not ctx.exists("match", "match.json"):
         if with_halves:
             halves = [read_tomogram(ctx.url("reconstruct", f"{h}.zarr"), level=p.pyramid_level, storage_options=so) for h in HALVES]
-            settings = replace(settings, noise=noise_spectrum(*halves))
+            settings = replace(settings, whiten=True, noise=noise_spectrum(*halves))
         run_match(tomo, template, rotations, url, tilts=tilts, settings=settings, overwrite=True, storage_options=so,
                   description={"template": path, "symmetry": p.symmetry, "pyramid_level": p.pyramid_level, "whitening": whitening})
     ctx.results["template_radius_a"] = template.radius * px
