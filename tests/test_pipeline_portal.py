@@ -160,6 +160,30 @@ def test_the_outputs_storage_options_never_reach_the_portal(portal, tmp_path):
     assert config["overlay_fs_args"] == {}  # a local overlay needs no endpoint
 
 
+def test_a_batch_of_portal_runs_shares_one_overlay(portal, tmp_path, capsys):
+    endpoint, _ = portal
+    s3 = s3_client(endpoint)
+    for name in ("tiltseries_metadata.json", f"{RUN}.rawtlt"):  # a run of another dataset (its metadata name the same image)
+        s3.copy_object(Bucket=PORTAL_BUCKET, Key=f"10002/TS_02/TiltSeries/1/{name}", ACL="public-read",
+                       CopySource={"Bucket": PORTAL_BUCKET, "Key": f"{DS}/{RUN}/TiltSeries/1/{name}"})
+    before = portal_objects(endpoint)
+    out = tmp_path / "batch"
+    cfg = tmp_path / "batch.yaml"
+    cfg.write_text(json.dumps({"inputs": [f"portal://{DS}/{RUN}", "portal://10002/TS_02"], "output": str(out), "stages": ["reconstruct"],
+                               "reconstruct": {"binning": 2}, "report": False, "cluster": {"processes": False, "n_workers": 1}}))
+    assert main(["run", str(cfg)]) == 0
+    assert f"copick overlay: {out}/copick_config.json" in capsys.readouterr().err
+    batch = json.loads((out / "batch_summary.json").read_text())
+    assert batch["copick_config"] == str(out / "copick_config.json")
+    config = json.loads((out / "copick_config.json").read_text())
+    assert config["dataset_ids"] == [10001, 10002] and config["overlay_root"] == f"local://{out}"
+    for run in (RUN, "TS_02"):  # stage outputs per series, the overlay shared at the output root
+        assert batch["series"][run]["copick"]["overlay_root"] == str(out) and not (out / run / "copick_config.json").exists()
+        np.testing.assert_array_equal(read_tomogram(str(out / "ExperimentRuns" / run / "VoxelSpacing20.000" / "cryocloud-wbp.zarr")).data.values,
+                                      read_tomogram(str(out / run / "reconstruct" / "tomogram.zarr")).data.values)
+    assert portal_objects(endpoint) == before
+
+
 def test_stage_commands_read_portal_addresses(portal, tmp_path, monkeypatch, capsys):
     """reconstruct from portal://DATASET/RUN; denoise deconv of a tomogram's bucket key takes the run's defocus;
     average gets the missing wedge from the run's tilt series; ctf refuses to write next to portal input."""

@@ -36,5 +36,6 @@ def run(
         typer.echo(f"batch summary: {where}/batch_summary.json; a report.html per tilt series under {where}/<name>/", err=True)
     elif cfg.report:
         typer.echo(f"report: {where}/report.html", err=True)
-    if "copick" in summary:  # a portal input: the output is also a copick overlay over the portal dataset
-        typer.echo(f"copick overlay: {summary['copick']['config']}", err=True)
+    copick = summary.get("copick_config") or summary.get("copick", {}).get("config")
+    if copick:  # portal input: the output is also a copick overlay over the portal datasets
+        typer.echo(f"copick overlay: {copick}", err=True)

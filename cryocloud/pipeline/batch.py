@@ -3,7 +3,8 @@
 (bounded memory); results go under output/<name>/ and a batch summary to output/batch_summary.json.
 
 Inputs are `inputs: [...]`, or an `input` prefix (folder or bucket prefix) that holds several
-OME-Zarr tilt series (`*.zarr`) or SerialEM `.mdoc` files (movies beside them).
+OME-Zarr tilt series (`*.zarr`) or SerialEM `.mdoc` files (movies beside them). CryoET Data Portal
+inputs share one copick overlay at the output root (`copick_overlay`; batch_summary.json names its config).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cryocloud.errors import CryocloudError
 from cryocloud.pipeline.config import PipelineConfig
+from cryocloud.pipeline.copick_overlay import write_batch_config
 from cryocloud.store import open_url, resolve
 from cryocloud.store.portal import is_portal_url
 
@@ -69,8 +71,10 @@ def run_batch(config: PipelineConfig, inputs: list[str], *, rerun_from: str | No
         series = config.model_copy(update={"input": url, "inputs": None, "output": root.child(name).url})
         record = {"input": url, "started_s": round(time.monotonic() - t0, 3)}
         try:
-            summary = run_series(series, rerun_from=rerun_from, label=name)
+            summary = run_series(series, rerun_from=rerun_from, label=name, overlay_root=root.url if is_portal_url(url) else None)
             record.update(status="done", summary=f"{name}/summary.json", report=f"{name}/report.html", key_figures=_key_figures(summary))
+            if "copick" in summary:
+                record["copick"] = summary["copick"]
         except CryocloudError as exc:
             record.update(status="failed", error=str(exc))
         except Exception as exc:  # a bug in one series must not lose the others' results
@@ -81,6 +85,9 @@ def run_batch(config: PipelineConfig, inputs: list[str], *, rerun_from: str | No
     with ThreadPoolExecutor(max_workers=config.batch.max_concurrent, thread_name_prefix="series") as pool:
         results = dict(zip(names, pool.map(one, inputs, names)))
     batch = {"n_series": len(inputs), "max_concurrent": config.batch.max_concurrent, "series": results}
+    overlays = [r["copick"] for r in results.values() if "copick" in r]
+    if overlays:  # portal inputs share the copick overlay at the output root: one config for all their runs
+        batch["copick_config"] = write_batch_config(root.url, config.storage_options, overlays)
     with open_url(root.child("batch_summary.json").url, "w", storage_options=config.storage_options) as fh:
         json.dump(batch, fh, indent=2)
     failed = [n for n, r in results.items() if r["status"] != "done"]

@@ -12,6 +12,9 @@ portal client object), the output root is also a copick overlay root over the po
   (non-zero = membrane; the value numbers the membrane);
 - ``copick_config.json`` (written last): the portal dataset as the static layer, the output as the overlay.
 
+A batch of portal inputs shares one overlay at the batch's output root (each series' stage outputs stay
+under output/<name>/), with one config listing every run's dataset, written after the series.
+
 Images are copied object by object from the stages' outputs (server-side on S3, nothing decoded).
 
 An image is copied when it is missing or when its stage was recomputed in this run (`--from`);
@@ -54,14 +57,16 @@ def portal_source(config: PipelineConfig) -> Any | None:
     return ref
 
 
-def write_overlay(ctx: RunContext, ref: Any, recomputed: set[str]) -> dict:
-    """Write the copick overlay of this run's results (see the module docstring) under the output root;
-    returns what was written (URLs) for the summary. `recomputed`: the stages forced to recompute."""
+def write_overlay(ctx: RunContext, ref: Any, recomputed: set[str], *, root: str | None = None) -> dict:
+    """Write the copick overlay of this run's results (see the module docstring) under `root` (default:
+    the output root), then its copick config unless `root` is given (a batch writes one config for all
+    its runs: `write_batch_config`); returns what was written (URLs, pickable objects) for the summary.
+    `recomputed`: the stages forced to recompute."""
     from cryocloud.store import read_labels
     from cryocloud.store.portal.copick import CopickOverlay
 
-    overlay = CopickOverlay(ctx.root.url, ctx.storage_options)
-    record: dict[str, Any] = {"overlay_root": ctx.root.url, "run": ref.run, "dataset_id": int(ref.dataset)}
+    overlay = CopickOverlay(root or ctx.root.url, ctx.storage_options)
+    record: dict[str, Any] = {"overlay_root": overlay.location.url, "run": ref.run, "dataset_id": int(ref.dataset)}
     objects: list[dict] = []
     particles = ctx.results.get("particles")
     if particles is not None:
@@ -91,10 +96,31 @@ def write_overlay(ctx: RunContext, ref: Any, recomputed: set[str]) -> dict:
             overlay.copy_segmentation(ctx.url("segment", "membranes.zarr"), ref.run, vs, MEMBRANE, user_id=USER_ID, session_id=SESSION_ID,
                                       overwrite=True)
         record["segmentations"] = {MEMBRANE: url}
-    endpoint = {k: v for k, v in (ctx.storage_options or {}).items() if k == "endpoint_url" and ctx.root.protocol == "s3"}
-    record["config"] = overlay.write_config(objects, dataset_ids=[int(ref.dataset)], overlay_fs_args=endpoint, overwrite=True,
-                                            description=f"cryocloud results for portal://{ref.dataset}/{ref.run}")
+    record["pickable_objects"] = objects
+    if root is None:
+        record["config"] = _config(overlay, objects, [int(ref.dataset)], f"cryocloud results for portal://{ref.dataset}/{ref.run}")
     return record
+
+
+def write_batch_config(root: str, storage_options: dict | None, records: list[dict]) -> str:
+    """The copick config of a batch's shared overlay `root`: every run's datasets and pickable objects
+    (`write_overlay` records, in order; the first object of a name wins); its URL."""
+    from cryocloud.store.portal.copick import CopickOverlay
+
+    objects = {}
+    for record in records:
+        for obj in record["pickable_objects"]:
+            objects.setdefault(obj["name"], obj)
+    datasets = sorted({int(r["dataset_id"]) for r in records})
+    runs = ", ".join(sorted(r["run"] for r in records))
+    return _config(CopickOverlay(root, storage_options), list(objects.values()), datasets, f"cryocloud results for portal runs {runs}")
+
+
+def _config(overlay: Any, objects: list[dict], datasets: list[int], description: str) -> str:
+    """Write the overlay's copick config (portal datasets static, the overlay root, its S3 endpoint); its URL."""
+    location = overlay.location
+    endpoint = {k: v for k, v in (overlay.storage_options or {}).items() if k == "endpoint_url" and location.protocol == "s3"}
+    return overlay.write_config(objects, dataset_ids=datasets, overlay_fs_args=endpoint, overwrite=True, description=description)
 
 
 def _wanted(ctx: RunContext, url: str, recomputed: bool) -> bool:

@@ -58,10 +58,11 @@ def stage_order(config: PipelineConfig) -> list[str]:
     return sources + sorted(rest, key=STAGE_NAMES.index)
 
 
-def run_series(config: PipelineConfig, *, rerun_from: str | None = None, label: str = "") -> dict:
+def run_series(config: PipelineConfig, *, rerun_from: str | None = None, label: str = "", overlay_root: str | None = None) -> dict:
     """Run the stages of one tilt series; returns the summary (also `output/summary.json`, then
     `output/report.html` unless `config.report` is False). A CryoET Data Portal input also gets the
-    copick overlay of the results in the output (`copick_overlay`; summary["copick"] says where)."""
+    copick overlay of the results in the output, or in `overlay_root` (a batch's, whose config the batch
+    writes) (`copick_overlay`; summary["copick"] says where)."""
     from cryocloud.report_html import write_report
     from cryocloud.store import open_url, resolve
 
@@ -81,8 +82,8 @@ def run_series(config: PipelineConfig, *, rerun_from: str | None = None, label: 
         ctx.summary.setdefault(name, {})["seconds"] = round(time.perf_counter() - start, 2)
     ctx.summary["stages"] = names
     if portal is not None:
-        ctx.summary["copick"] = write_overlay(ctx, portal, set(names[names.index(rerun_from):]) if rerun_from else set())
-        print(f"{prefix}copick overlay of portal://{portal.dataset}/{portal.run}: {ctx.summary['copick']['config']}")
+        ctx.summary["copick"] = write_overlay(ctx, portal, set(names[names.index(rerun_from):]) if rerun_from else set(), root=overlay_root)
+        print(f"{prefix}copick overlay of portal://{portal.dataset}/{portal.run}: {ctx.summary['copick']['overlay_root']}")
     with open_url(ctx.url("summary.json"), "w", storage_options=config.storage_options) as fh:
         json.dump(ctx.summary, fh, indent=2)
     if config.report:

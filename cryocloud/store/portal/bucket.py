@@ -251,12 +251,15 @@ def read_jsons(fs, paths: list[str]) -> dict[str, dict]:
     return out
 
 
-def _bucket_path(bucket: str, dataset: str, path: str, where: str, fieldname: str) -> str:
-    """A metadata path (relative to the bucket, or s3://..., or bucket-prefixed) as "bucket/key"."""
+def _bucket_path(bucket: str, path: str, where: str, fieldname: str) -> str:
+    """A metadata path as "bucket/key": an s3:// URL as it is, a path starting with the bucket's name
+    as it is, any other path relative to the bucket (it may name another dataset's key)."""
     if not isinstance(path, str) or not path:
         raise StoreError(where, f"expected a path inside the bucket, got {path!r}", field=fieldname)
-    path = path[5:] if path.startswith("s3://") else path
-    return f"{bucket}/{path.lstrip('/')}" if path.split("/", 1)[0] == dataset else path.lstrip("/")
+    if path.startswith("s3://"):
+        return path[5:]
+    path = path.lstrip("/")
+    return path if path.split("/", 1)[0] == bucket else f"{bucket}/{path}"
 
 
 def _voxel_spacing(where: str, value: Any, fieldname: str) -> float:
@@ -274,16 +277,16 @@ def _image(meta: dict, where: str, kind: str, ident: str, zarr_url: str) -> Port
     return PortalImage(kind, zarr_url, ident, _voxel_spacing(where, meta.get(spacing_field), spacing_field), meta, where)
 
 
-def _listed_image(meta: dict, bucket: str, dataset: str, meta_path: str, kind: str, ident: str) -> PortalImage:
+def _listed_image(meta: dict, bucket: str, meta_path: str, kind: str, ident: str) -> PortalImage:
     """The image a metadata JSON describes, at its ``omezarr_dir``."""
     where = f"s3://{meta_path}"
     zarr_dir = meta.get("omezarr_dir")
     if zarr_dir is None:
         raise StoreError(where, "is missing; expected the path of the OME-Zarr image", field="omezarr_dir")
-    return _image(meta, where, kind, ident, f"s3://{_bucket_path(bucket, dataset, zarr_dir, where, 'omezarr_dir')}")
+    return _image(meta, where, kind, ident, f"s3://{_bucket_path(bucket, zarr_dir, where, 'omezarr_dir')}")
 
 
-def _annotation(meta: dict, bucket: str, dataset: str, meta_path: str, voxel_spacing: float) -> PortalAnnotation:
+def _annotation(meta: dict, bucket: str, meta_path: str, voxel_spacing: float) -> PortalAnnotation:
     where = f"s3://{meta_path}"
     obj = meta.get("annotation_object")
     if not isinstance(obj, dict) or "name" not in obj:
@@ -294,7 +297,7 @@ def _annotation(meta: dict, bucket: str, dataset: str, meta_path: str, voxel_spa
             raise StoreError(where, "expected {format, shape, path}", field=f"files[{i}]")
         name = entry["path"]  # a bucket key, or a file name beside the metadata (as cryocloud writes them)
         relative = isinstance(name, str) and "/" not in name
-        path = posixpath.join(posixpath.dirname(meta_path), name) if relative else _bucket_path(bucket, dataset, name, where, f"files[{i}].path")
+        path = posixpath.join(posixpath.dirname(meta_path), name) if relative else _bucket_path(bucket, name, where, f"files[{i}].path")
         files.append({"format": entry.get("format"), "shape": entry.get("shape"), "url": f"s3://{path}"})
     return PortalAnnotation(str(obj["name"]), str(meta.get("version", "")), voxel_spacing, files, where)
 
@@ -354,13 +357,13 @@ def portal_run(dataset: str, run: str, *, storage_options: dict | None = None, b
     for path, rel, kind in wanted:
         if kind == "tomogram":
             ident = rel[-2] if rel[0] == "Reconstructions" else "canonical"
-            tomograms.append(_listed_image(documents[path], bucket, dataset, path, "tomogram", ident))
+            tomograms.append(_listed_image(documents[path], bucket, path, "tomogram", ident))
         elif kind == "tilt_series":
-            tilt_series.append(_listed_image(documents[path], bucket, dataset, path, "tilt_series", rel[-2] if len(rel) > 2 else "0"))
+            tilt_series.append(_listed_image(documents[path], bucket, path, "tilt_series", rel[-2] if len(rel) > 2 else "0"))
         elif kind == "alignment":
             alignments.append(f"s3://{path}")
         else:
-            annotations.append(_annotation(documents[path], bucket, dataset, path, _spacing_of(path)))
+            annotations.append(_annotation(documents[path], bucket, path, _spacing_of(path)))
     return PortalRun(dataset, run, tomograms, tilt_series, annotations, alignments)
 
 
