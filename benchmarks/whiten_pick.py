@@ -96,5 +96,6 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (3, 5, 7), pixel_size: flo
             runs = list(result[name].values())
             result[name]["mean_f4"] = round(float(np.mean([r["f4"] for r in runs])), 3)
             result[name]["mean_f4_best_n"] = round(float(np.mean([r["f4_best_n"] for r in runs])), 3)
-    result.update(ours_s=round(times["noise"], 2), peer_s=round(times["none"], 2), ratio=round(times["none"] / times["noise"], 3))
+    result.update(ours_s=round(times["noise"], 2), peer_s=round(times["none"], 2),
+                  ratio=round(times["none"] / times["noise"], 3) if times["noise"] > 0 else None)
     return result

@@ -84,27 +84,34 @@ def _difference_power(even: np.ndarray, odd: np.ndarray, voxel_size: float, step
     return chunk_power(np.asarray(even, np.float64) - np.asarray(odd, np.float64), voxel_size, step, n_shells)
 
 
+def _chunked(volumes: list, shape: tuple[int, int, int], voxel_size: float, chunk: int, power, description: str, quiet: bool) -> tuple[float, list]:
+    """(step, [`power`(*cubes, voxel_size, step, n_shells) for each cube]) over cubes of `chunk`
+    voxels (fewer along an axis shorter than that) tiling `shape`, one Dask task per cube."""
+    from cryocloud.progress import compute
+
+    if chunk < 8:
+        raise ModelError("chunk", f"expected at least 8 voxels, got {chunk}")
+    edge = min(chunk, *shape)
+    if edge < 8:
+        raise ModelError("shape", f"{shape} is too small for a radial spectrum (8 voxels needed along each axis)")
+    step, n_shells = shell_grid(edge, voxel_size)
+    starts = [chunk_starts(n, edge) for n in shape]
+    tasks = []
+    for index in np.ndindex(*[len(s) for s in starts]):
+        region = tuple(slice(s[i], s[i] + edge) for s, i in zip(starts, index))
+        tasks.append(dask.delayed(power, pure=True)(*(v[region] for v in volumes), voxel_size, step, n_shells))
+    return step, list(compute(*tasks, description=description, quiet=quiet))
+
+
 def noise_spectrum(even: Tomogram, odd: Tomogram, *, chunk: int = 64, quiet: bool = False) -> RadialSpectrum:
     """Noise power spectrum of the full tomogram even + odd: P(even - odd) (module docstring),
     averaged over cubes of `chunk` voxels (fewer along an axis shorter than that) tiling the
     volume, one Dask task per cube; only the spectra come back."""
-    from cryocloud.progress import compute
-
     if even.shape != odd.shape:
         raise ModelError("halves", f"even {even.shape} and odd {odd.shape} half tomograms differ in shape (z, y, x)")
     if abs(even.pixel_size - odd.pixel_size) > 1e-3 * even.pixel_size:
         raise ModelError("halves", f"even ({even.pixel_size} A) and odd ({odd.pixel_size} A) half tomograms differ in voxel size")
-    if chunk < 8:
-        raise ModelError("chunk", f"expected at least 8 voxels, got {chunk}")
-    edge = min(chunk, *even.shape)
-    if edge < 8:
-        raise ModelError("halves", f"{even.shape} is too small for a noise spectrum (8 voxels needed along each axis)")
-    px = even.pixel_size
-    step, n_shells = shell_grid(edge, px)
-    e, o = (t.data.data for t in (even, odd))
-    parts = []
-    for start in np.ndindex(*[len(chunk_starts(n, edge)) for n in even.shape]):
-        lo = [chunk_starts(n, edge)[i] for n, i in zip(even.shape, start)]
-        region = tuple(slice(a, a + edge) for a in lo)
-        parts.append(dask.delayed(_difference_power, pure=True)(e[region], o[region], px, step, n_shells))
-    return from_sums(step, list(compute(*parts, description="noise spectrum from the half tomograms", quiet=quiet)))
+    step, parts = _chunked([even.data.data, odd.data.data], even.shape, even.pixel_size, chunk, _difference_power,
+                           "noise spectrum from the half tomograms", quiet)
+    return from_sums(step, parts)
+
