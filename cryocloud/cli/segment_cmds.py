@@ -42,8 +42,8 @@ def membranes(
     integration_a: Optional[float] = typer.Option(None, "--integration-a", help="Orientation averaging s.d. in A (default 3 x scale)."),
     polarity: str = typer.Option("either", "--polarity", help="dark | bright | either: membrane contrast in the tomogram."),
     low: float = typer.Option(5.0, "--low", help="Hysteresis low threshold, noise s.d. of the response above its median."),
-    high: float = typer.Option(30.0, "--high", help="Hysteresis high threshold, noise units; each membrane must reach it."),
-    min_size: float = typer.Option(100000.0, "--min-size", help="Smallest membrane area kept (A^2 of mid-surface)."),
+    high: float = typer.Option(35.0, "--high", help="Hysteresis high threshold, noise units; each membrane must reach it."),
+    min_size: float = typer.Option(70000.0, "--min-size", help="Smallest membrane area kept (A^2 of mid-surface)."),
     thickness_a: float = typer.Option(50.0, "--thickness-a", help="Output membrane thickness (A)."),
     wedge_normalise: bool = typer.Option(
         True, "--wedge-normalise/--no-wedge-normalise", help="Judge each plate against the noise in its own orientation (missing wedge)."

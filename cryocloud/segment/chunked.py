@@ -61,9 +61,9 @@ class MembraneSettings(pydantic.BaseModel):
         "either", description="membrane contrast: dark (density, cryocloud's tomograms), bright (inverted), either"
     )
     low: float = pydantic.Field(5.0, ge=0, description="hysteresis low threshold: median + low x noise s.d. of the ridge response")
-    high: float = pydantic.Field(30.0, ge=0, description="hysteresis high threshold (noise units); a membrane must reach it")
+    high: float = pydantic.Field(35.0, ge=0, description="hysteresis high threshold (noise units); a membrane must reach it")
     min_size_a2: float = pydantic.Field(
-        100000.0, ge=0, description="smallest membrane area kept (A^2 of mid-surface; a 150 A vesicle has ~2.8e5 A^2, ~2e5 outside the wedge)"
+        70000.0, ge=0, description="smallest membrane area kept (A^2 of mid-surface; a 150 A vesicle has ~2.8e5 A^2, ~2e5 outside the wedge)"
     )
     thickness_a: float = pydantic.Field(50.0, ge=0, description="output membrane thickness (A): a bilayer with head groups")
     wedge_normalise: bool = pydantic.Field(
