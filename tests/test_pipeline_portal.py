@@ -15,7 +15,7 @@ import zarr
 from portal_layout import create_portal_bucket, output_bucket, portal_run_from_simulation, publish_tomogram, s3_client
 
 from cryocloud.cli import main
-from cryocloud.errors import OutputExistsError, StoreError
+from cryocloud.errors import CryocloudError, OutputExistsError, StoreError
 from cryocloud.model import Tomogram
 from cryocloud.pick.evaluate import f_beta
 from cryocloud.pipeline import PipelineConfig, run_pipeline
@@ -158,6 +158,24 @@ def test_the_outputs_storage_options_never_reach_the_portal(portal, tmp_path):
     assert summary["input"]["n_tilts"] == 21
     config = json.loads((tmp_path / "o" / "copick_config.json").read_text())
     assert config["overlay_fs_args"] == {}  # a local overlay needs no endpoint
+
+
+def test_a_portal_tomogram_is_processed_in_place(portal, tmp_path):
+    endpoint, result = portal
+    before = portal_objects(endpoint)
+    key = f"s3://{PORTAL_BUCKET}/{DS}/{RUN}/Reconstructions/VoxelSpacing10.000/Tomograms/1/{RUN}.zarr"
+    out = tmp_path / "o"
+    summary = run_pipeline(PipelineConfig(input=key, output=str(out), **{**STAGES, "stages": ["denoise", "match", "peaks"]}))
+    assert summary["stages"] == ["input", "denoise", "match", "peaks"]
+    assert summary["input"]["kind"] == "tomogram" and summary["input"]["n_tilts"] == 21 and summary["input"]["shape_zyx"] == [64, 64, 64]
+    assert not (out / "reconstruct").exists()  # matched on the portal's tomogram, read in place
+    run_dir = out / "ExperimentRuns" / RUN
+    assert summary["copick"]["tomograms"] == {"cryocloud-deconv": str(run_dir / "VoxelSpacing10.000" / "cryocloud-deconv.zarr")}
+    picks = from_copick((run_dir / "Picks" / "cryocloud_0_ribosome.json").read_text())
+    assert len(picks) == 8 and f_beta(picks.positions, result.particles.positions, tolerance=60.0)["recall"] >= 0.5
+    with pytest.raises(CryocloudError, match=r"\['align', 'reconstruct'\] need a tilt series"):
+        run_pipeline(PipelineConfig(input=key, output=str(tmp_path / "o2"), stages=["align", "reconstruct", "match"]))
+    assert portal_objects(endpoint) == before
 
 
 def test_a_batch_of_portal_runs_shares_one_overlay(portal, tmp_path, capsys):

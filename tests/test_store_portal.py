@@ -24,7 +24,7 @@ from cryocloud.pick.formats import from_ndjson, to_ndjson
 from cryocloud.store import read_tilt_series, read_tomogram
 from cryocloud.store.location import Location
 from cryocloud.store.portal import (
-    PORTAL_BUCKET, is_portal_url, list_runs, parse_portal_url, portal_run, read_annotation_points, read_portal_tilt_series,
+    PORTAL_BUCKET, is_portal_url, list_runs, names_tomogram, parse_portal_url, portal_run, read_annotation_points, read_portal_tilt_series,
     read_portal_tomogram,
 )
 
@@ -93,6 +93,10 @@ def test_parse_addresses():
     ref = parse_portal_url(f"s3://{PORTAL_BUCKET}/10445/TS_1/Tomograms/VoxelSpacing13.480/CanonicalTomogram/TS_1.zarr")
     assert ref.image_key == f"{PORTAL_BUCKET}/10445/TS_1/Tomograms/VoxelSpacing13.480/CanonicalTomogram/TS_1.zarr"
     assert is_portal_url("portal://1/2") and not is_portal_url("s3://other/1/2")
+    tomograms = ("portal://1/TS/tomogram/3", "portal://1/TS/vs/10.0", f"s3://{PORTAL_BUCKET}/1/TS/Reconstructions/VoxelSpacing10.000/Tomograms/3/TS.zarr",
+                 f"s3://{PORTAL_BUCKET}/1/TS/Tomograms/VoxelSpacing13.480/CanonicalTomogram/TS.zarr")
+    others = ("portal://1/TS", "portal://1/TS/tiltseries/2", f"s3://{PORTAL_BUCKET}/1/TS/TiltSeries/2/TS.zarr", f"s3://{PORTAL_BUCKET}/1/TS")
+    assert all(names_tomogram(u) for u in tomograms) and not any(names_tomogram(u) for u in others)
     for bad in ("portal://10445", "portal://10445/TS/vs/abc", "portal://10445/TS/volume/3", f"s3://{PORTAL_BUCKET}/10445/TS/Frames"):
         with pytest.raises(StoreError, match="url"):
             parse_portal_url(bad)

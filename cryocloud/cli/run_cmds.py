@@ -19,8 +19,8 @@ def run(
 ) -> None:
     """Run the pipeline: simulate and motion-correct the simulated movies (or read the input, or motion-correct
     a .mdoc's movies) -> ... -> average; one report.html per tilt series; several inputs run as a batch.
-    A CryoET Data Portal input (portal://DATASET/RUN or a key in its bucket) also gets a copick overlay
-    of the results in the output (copick_config.json). Resumes completed stages."""
+    A CryoET Data Portal input (portal://DATASET/RUN, a tilt series or tomogram, or a key in its bucket) also
+    gets a copick overlay of the results in the output (copick_config.json). Resumes completed stages."""
     from cryocloud.cluster import describe, session
     from cryocloud.pipeline import load_config, run_pipeline
 

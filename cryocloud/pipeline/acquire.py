@@ -1,5 +1,5 @@
 """Stages that supply the tilt series: `simulate` (the digital twin), `input` (an OME-Zarr tilt
-series) and `motion`: movies named by a SerialEM .mdoc, motion-corrected one task per movie, or the
+series, or a CryoET Data Portal tilt series or tomogram) and `motion`: movies named by a SerialEM .mdoc, motion-corrected one task per movie, or the
 digital twin's movies (simulate with frames_per_tilt > 0), motion-corrected one task per tilt with
 their even- and odd-frame sums kept for half reconstructions and scored against the simulated drift."""
 
@@ -39,19 +39,52 @@ def stage_simulate(ctx: RunContext, overwrite: bool) -> None:
     _montage(ctx, "simulate", overwrite)
 
 
+def input_is_tomogram(config) -> bool:
+    """True when the input is a CryoET Data Portal tomogram (then ctf, align and reconstruct do not run)."""
+    from cryocloud.store.portal import is_portal_url, names_tomogram
+
+    text = config.input or ""
+    return bool(text) and not text.lower().endswith(".mdoc") and is_portal_url(text) and names_tomogram(text)
+
+
 def stage_input(ctx: RunContext, overwrite: bool) -> None:
-    """Read the input tilt series. A CryoET Data Portal input is read anonymously and never with the
-    output's storage options (an output on another S3 endpoint must not redirect the portal); its
-    endpoint comes from the Dask config `cryocloud.portal.endpoint_url` or AWS_ENDPOINT_URL_S3 /
-    AWS_ENDPOINT_URL (`cryocloud.store.portal.portal_options`)."""
+    """Read the input tilt series or, for a portal tomogram, the tomogram (`results["input_tomogram"]`: the
+    later stages read it in place) with its run's tilt series (angles and defocus for the wedge and the
+    CTF). A CryoET Data Portal input is read anonymously and never with the output's storage options (an
+    output on another S3 endpoint must not redirect the portal); its endpoint comes from the Dask config
+    `cryocloud.portal.endpoint_url` or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (`cryocloud.store.portal.portal_options`)."""
     from cryocloud.store import read_tilt_series
     from cryocloud.store.portal import is_portal_url
 
+    if input_is_tomogram(ctx.config):
+        _input_tomogram(ctx, overwrite)
+        return
     options = None if is_portal_url(ctx.config.input) else ctx.storage_options
     ts = read_tilt_series(ctx.config.input, storage_options=options)
     ctx.results["tilt_series"] = ts
     ctx.summary["input"] = {"url": ctx.config.input, "n_tilts": ts.n_tilts, "pixel_size_a": ts.pixel_size}
     _montage(ctx, "input", overwrite)
+
+
+def _input_tomogram(ctx: RunContext, overwrite: bool) -> None:
+    from cryocloud.errors import StoreError
+    from cryocloud.report import save_slices_png
+    from cryocloud.store.portal import parse_portal_url, portal_address, read_portal_tilt_series
+
+    url = ctx.config.input
+    ctx.results["input_tomogram"] = url
+    tomo = ctx.read_tomogram()
+    ref = parse_portal_url(portal_address(url))
+    try:
+        ts = read_portal_tilt_series(f"portal://{ref.dataset}/{ref.run}/tiltseries")
+    except StoreError as exc:
+        raise StoreError(url, f"the stages need the run's tilt series (tilt angles, defocus): {exc}", field="input") from exc
+    ctx.results["tomogram"] = tomo
+    ctx.results["tilt_series"] = ts
+    ctx.summary["input"] = {"url": url, "kind": "tomogram", "shape_zyx": list(tomo.shape), "voxel_size_a": tomo.pixel_size,
+                            "n_tilts": ts.n_tilts, "tilt_series": ts.data.attrs.get("source")}
+    ctx.figure("input", "tomogram: central XY and XZ slices", "input", "slices.png",
+               draw=partial(save_slices_png, tomo.data, title="portal tomogram"), overwrite=overwrite)
 
 
 def stage_motion(ctx: RunContext, overwrite: bool) -> None:

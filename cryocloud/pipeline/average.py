@@ -17,7 +17,7 @@ def stage_average(ctx: RunContext, overwrite: bool) -> None:
     from cryocloud.average import Poses, SearchSettings, Wedges, extract, refine
     from cryocloud.average.figures import fsc_png, slices_png
     from cryocloud.progress import compute
-    from cryocloud.store import read_tomogram, write_mrc
+    from cryocloud.store import write_mrc
     from cryocloud.store.textfiles import read_text, write_text
 
     p = ctx.config.average
@@ -28,7 +28,7 @@ def stage_average(ctx: RunContext, overwrite: bool) -> None:
         ctx.summary["average"] = {"skipped": f"{n} picks; averaging needs at least {p.min_particles} (average.min_particles)"}
         return
     if overwrite or not ctx.exists("average", "average.json"):
-        tomo = read_tomogram(ctx.url("reconstruct", "tomogram.zarr"), level=ctx.config.match.pyramid_level, storage_options=so)
+        tomo = ctx.read_tomogram(ctx.config.match.pyramid_level)
         sub = extract(tomo, particles.positions, p.box)
         data = compute(sub.data, description="extract particles")[0] * -1.0  # proteins are dark in the tomogram
         n = len(particles)

@@ -32,6 +32,17 @@ class RunContext:
     def storage_options(self) -> dict | None:
         return self.config.storage_options
 
+    def read_tomogram(self, level: int = 0) -> Any:
+        """The tomogram the stages after reconstruct work on, at pyramid `level`: `reconstruct/tomogram.zarr`,
+        or the input itself when it is a portal tomogram (`results["input_tomogram"]`, its URL; read
+        without the output's storage options, like every portal input)."""
+        from cryocloud.store import read_tomogram
+
+        url = self.results.get("input_tomogram")
+        if url is not None:
+            return read_tomogram(url, level=level)
+        return read_tomogram(self.url("reconstruct", "tomogram.zarr"), level=level, storage_options=self.storage_options)
+
     def figure(self, stage: str, caption: str, *parts: str, draw: Callable[[IO[bytes]], None] | None = None,
                overwrite: bool = False) -> None:
         """Record the PNG at `parts` (relative to the root) as a figure of `stage`; when `draw` is

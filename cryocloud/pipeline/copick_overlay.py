@@ -79,7 +79,7 @@ def write_overlay(ctx: RunContext, ref: Any, recomputed: set[str], *, root: str 
     tomograms = {}
     for stage, key, tomo_type in (("reconstruct", "tomogram", RECONSTRUCTION_TYPES[ctx.config.reconstruct.filter]),
                                   ("denoise", "denoised", ctx.config.denoise.method)):
-        if ctx.results.get(key) is not None:
+        if stage in ctx.summary and ctx.results.get(key) is not None:  # made by this run (a portal input tomogram is not)
             name = f"cryocloud-{tomo_type}"
             url = overlay.tomogram_url(ref.run, ctx.results[key].pixel_size, name)
             if _wanted(ctx, url, stage in recomputed):

@@ -25,7 +25,7 @@ def stage_match(ctx: RunContext, overwrite: bool) -> None:
     p = ctx.config.match
     so = ctx.storage_options
     url = ctx.url("match")
-    tomo = read_tomogram(ctx.url("reconstruct", "tomogram.zarr"), level=p.pyramid_level, storage_options=so)
+    tomo = ctx.read_tomogram(p.pyramid_level)
     px = tomo.pixel_size
     path = p.template or str(ctx.results.get("structure") or BUNDLED_STRUCTURE)
     if path.endswith((".mrc", ".map", ".em", ".rec")):

@@ -8,7 +8,7 @@ from typing import Callable
 
 from cryocloud import __version__
 from cryocloud.errors import CryocloudError
-from cryocloud.pipeline.acquire import stage_input, stage_motion, stage_simulate
+from cryocloud.pipeline.acquire import input_is_tomogram, stage_input, stage_motion, stage_simulate
 from cryocloud.pipeline.average import stage_average
 from cryocloud.pipeline.config import STAGE_NAMES, PipelineConfig
 from cryocloud.pipeline.context import RunContext
@@ -35,6 +35,8 @@ assert tuple(STAGES) == STAGE_NAMES
 SOURCES = ("simulate", "input", "motion")
 #: what runs when the config names no stages (after the source)
 DEFAULT_STAGES = ("ctf", "align", "reconstruct", "denoise", "segment", "match", "peaks", "average")
+#: the stages from images to a tomogram (not run on a tomogram input)
+TILT_SERIES_STAGES = ("ctf", "align", "reconstruct")
 
 
 def source_stage(config: PipelineConfig) -> str:
@@ -47,8 +49,13 @@ def source_stage(config: PipelineConfig) -> str:
 def stage_order(config: PipelineConfig) -> list[str]:
     """The stages to run, in order: the source first (simulate then motion when the simulation writes
     movies: their motion-corrected sums replace its summed tilt series), then the configured (or
-    default) stages."""
+    default) stages; on a portal tomogram none of ctf, align, reconstruct."""
     rest = [n for n in (DEFAULT_STAGES if config.stages is None else config.stages) if n not in SOURCES]
+    if input_is_tomogram(config):  # a portal tomogram: the stages from images to a tomogram have nothing to do
+        named = [n for n in config.stages or () if n in TILT_SERIES_STAGES]
+        if named:
+            raise CryocloudError(f"stages: {named} need a tilt series; the input {config.input} is a tomogram (drop them, or give the run's tilt series)")
+        rest = [n for n in rest if n not in TILT_SERIES_STAGES]
     sources = [source_stage(config)]
     if sources == ["simulate"]:
         if config.simulate.frames_per_tilt() >= 2:

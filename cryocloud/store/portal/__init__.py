@@ -11,12 +11,12 @@ written next to it in a copick overlay.
 
 from cryocloud.store.portal.bucket import (
     PORTAL_BUCKET, PORTAL_HTTPS, SCHEME, PortalAnnotation, PortalImage, PortalRef, PortalRun, is_portal_url, list_runs,
-    parse_portal_url, portal_address, portal_options, portal_run, read_annotation_mask, read_annotation_points, read_json, read_portal_tilt_series,
+    names_tomogram, parse_portal_url, portal_address, portal_options, portal_run, read_annotation_mask, read_annotation_points, read_json, read_portal_tilt_series,
     read_portal_tomogram, resolve_portal, tilt_coordinates,
 )
 
 __all__ = [
     "PORTAL_BUCKET", "PORTAL_HTTPS", "SCHEME", "PortalAnnotation", "PortalImage", "PortalRef", "PortalRun", "is_portal_url",
-    "list_runs", "parse_portal_url", "portal_address", "portal_options", "portal_run", "read_annotation_mask", "read_annotation_points", "read_json",
+    "list_runs", "names_tomogram", "parse_portal_url", "portal_address", "portal_options", "portal_run", "read_annotation_mask", "read_annotation_points", "read_json",
     "read_portal_tilt_series", "read_portal_tomogram", "resolve_portal", "tilt_coordinates",
 ]

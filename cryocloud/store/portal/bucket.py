@@ -187,6 +187,16 @@ def _parse_layout_key(text: str, parts: list[str], ref: dict) -> None:
         raise StoreError(text, f"'{parts[0]}' is not a portal image folder (TiltSeries, Reconstructions, Tomograms)", field="url")
 
 
+def names_tomogram(url: Any) -> bool:
+    """True when a portal address names a tomogram (``.../tomogram/ID``, ``.../vs/SPACING``, a key under
+    Reconstructions/ or Tomograms/), False for a tilt series or a run alone."""
+    ref = parse_portal_url(portal_address(url))
+    if ref.image_key is not None:
+        parts = ref.image_key.split("/")
+        return "TiltSeries" not in parts and ("Tomograms" in parts or "Reconstructions" in parts)
+    return ref.kind == "tomogram" or (ref.kind is None and ref.voxel_spacing is not None)
+
+
 def parse_portal_url(url: str) -> PortalRef:
     """Parse a ``portal://`` address or an ``s3://cryoet-data-portal-public/...`` key."""
     text = str(url)
