@@ -13,6 +13,17 @@ box (its DC term is removed), and sigma_M(x) is the standard deviation of V unde
 correlation under the mask; leakage of the filtered template outside the mask stays in the
 numerator (see tests/test_pick_score.py for both comparisons against brute force).
 
+The leakage matters where the variance changes steeply: W spreads the template (the missing wedge
+elongates it along z; about 7 % of ||t_R||^2 of a ribosome at 10 A with the CTF lies outside its
+mask), so a voxel whose mask holds only flat matter (empty ice after denoising, next to a
+high-contrast specimen) draws numerator variance from outside the mask that its small sigma_M
+does not count: its scores spread wider than elsewhere and their tail passes a false-alarm
+cut-off set by the search's global standard deviation. With `reach=True` (`prepare_subvolume`)
+the variance is also measured under the mask blurred by the energy of W's point-spread function,
+K = M * |F^-1 W|^2 (the region the filtered template draws from), and each voxel is normalised
+by the larger of the two: max(sigma_M, sigma_K). Where the variance is locally uniform the two
+agree and the score is unchanged.
+
 Speed (one inverse FFT per orientation):
 - the masked template's spectrum is rotated in Fourier space (`cryocloud.pick.fourier_rotation`):
   per orientation a numba kernel samples it at R^T k for the sub-volume's rfft frequencies k inside
@@ -170,16 +181,21 @@ def _update_best(corr, lo, scale, inv_norm, best, best_index, index, moments):
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
-def _masked_scale(sum_v, sum_v2, n, lo, out_shape, min_var):
-    """1 / (sqrt(n) sigma) on the core from local sums under the mask; 0 where sigma is ~0."""
+def _masked_scale(sum_v, sum_v2, reach_v, reach_v2, n, lo, out_shape, min_var):
+    """1 / (sqrt(n) sigma) on the core from local sums under the mask (sum_v, sum_v2) and under the
+    reach kernel (reach_v, reach_v2; the same arrays without one): sigma^2 is the larger of the
+    two variances; 0 where the mask's variance is ~0."""
     out = np.zeros(out_shape, dtype=np.float32)
     for z in range(out_shape[0]):
         for y in range(out_shape[1]):
             for x in range(out_shape[2]):
-                mean = sum_v[z + lo[0], y + lo[1], x + lo[2]] / n
-                var = sum_v2[z + lo[0], y + lo[1], x + lo[2]] / n - mean * mean
+                i, j, k = z + lo[0], y + lo[1], x + lo[2]
+                mean = sum_v[i, j, k] / n
+                var = sum_v2[i, j, k] / n - mean * mean
+                mean_k = reach_v[i, j, k] / n
+                var_k = reach_v2[i, j, k] / n - mean_k * mean_k
                 if var > min_var:
-                    out[z, y, x] = 1.0 / np.sqrt(n * var)
+                    out[z, y, x] = 1.0 / np.sqrt(n * max(var, var_k))
     return out
 
 
@@ -191,11 +207,25 @@ def _mask_on_grid(shape: tuple[int, int, int], mask: np.ndarray) -> np.ndarray:
     return np.roll(grid, (-(b // 2),) * 3, axis=(0, 1, 2))
 
 
-def _local_scale(vhat: np.ndarray, v2hat: np.ndarray, mhat_conj: np.ndarray, n: float, shape, lo, core_shape) -> np.ndarray:
+def reach_spectrum(grid: BandGrid) -> np.ndarray:
+    """Half spectrum (z, y, x // 2 + 1 of grid.shape, float32) of |F^-1 W|^2 / sum |F^-1 W|^2: the
+    energy of the search weight's point-spread function (origin at index 0, unit sum). Convolving
+    the mask with it gives the region a filtered template draws its numerator from."""
+    weight = np.zeros(half_shape(grid.shape), dtype=np.complex64)
+    weight.reshape(-1)[grid.flat] = grid.weight
+    psf = irfftn(weight, grid.shape).astype(np.float64)
+    energy = psf * psf
+    return rfftn(energy / energy.sum()).real.astype(np.float32)  # real: W is symmetric, so is |psf|^2
+
+
+def _local_scale(vhat: np.ndarray, v2hat: np.ndarray, mhat_conj: np.ndarray, n: float, shape, lo, core_shape, reach: np.ndarray | None = None) -> np.ndarray:
+    """1 / (sqrt(n) sigma) on the core; `reach` (half spectrum, `reach_spectrum`) adds the variance
+    under the mask blurred by it (sigma = the larger)."""
     sum_v = irfftn(mhat_conj * vhat, shape)
     sum_v2 = irfftn(mhat_conj * v2hat, shape)
+    reach_v, reach_v2 = (sum_v, sum_v2) if reach is None else (irfftn(mhat_conj * reach * vhat, shape), irfftn(mhat_conj * reach * v2hat, shape))
     min_var = float(MIN_SIGMA_FRACTION * max(np.median(sum_v2) / n, 1e-30))
-    return _masked_scale(sum_v, sum_v2, float(n), np.asarray(lo, dtype=np.int64), tuple(core_shape), min_var)
+    return _masked_scale(sum_v, sum_v2, reach_v, reach_v2, float(n), np.asarray(lo, dtype=np.int64), tuple(core_shape), min_var)
 
 
 @dataclass
@@ -205,7 +235,9 @@ class Subvolume:
     `vhat_band` (K,) complex64; `scale` (core) float32 = 1 / (sqrt(n) sigma_M) for a spherical mask;
     for a non-spherical one `vhat` and `v2hat` (full half spectra) instead; `lo` the core's first
     voxel inside the sub-volume and `core_shape` its shape; `band_weight` (K,) this sub-volume's
-    own search weight on the band (e.g. its CTF at its defocus), None for the grid's.
+    own search weight on the band (e.g. its CTF at its defocus), None for the grid's; `reach` the
+    half spectrum of the reach kernel (`reach_spectrum`) for a non-spherical search normalised with
+    it, else None.
     """
 
     shape: tuple[int, int, int]
@@ -216,15 +248,26 @@ class Subvolume:
     vhat: np.ndarray | None = None
     v2hat: np.ndarray | None = None
     band_weight: np.ndarray | None = None
+    reach: np.ndarray | None = None
 
 
 def prepare_subvolume(
-    volume: np.ndarray, grid: BandGrid, mask: np.ndarray, lo: tuple[int, int, int], core_shape: tuple[int, int, int], *, spherical: bool, prefilter: np.ndarray | None = None
+    volume: np.ndarray,
+    grid: BandGrid,
+    mask: np.ndarray,
+    lo: tuple[int, int, int],
+    core_shape: tuple[int, int, int],
+    *,
+    spherical: bool,
+    prefilter: np.ndarray | None = None,
+    reach: bool = False,
 ) -> Subvolume:
     """FFT and local statistics of one sub-volume (z, y, x) for the search.
 
     `mask` (b, b, b) is the template mask; `lo`/`core_shape` the region whose scores are kept;
-    `prefilter` (half spectrum) filters the volume before everything (e.g. whitening).
+    `prefilter` (half spectrum) filters the volume before everything (e.g. whitening); `reach`:
+    normalise by max(sigma_M, sigma_K), K the mask blurred by the energy of the band weight's
+    point-spread function (module docstring), instead of sigma_M (Roseman's FLCC).
     """
     shape = tuple(volume.shape)
     v = np.asarray(volume, dtype=np.float32)
@@ -234,11 +277,12 @@ def prepare_subvolume(
         v = irfftn(vhat, shape)
     vhat_band = vhat.reshape(-1)[grid.flat].copy()
     v2hat = rfftn(v * v)
+    spread = reach_spectrum(grid) if reach else None
     if spherical:
         mhat_conj = np.conj(rfftn(_mask_on_grid(shape, mask)))
-        scale = _local_scale(vhat, v2hat, mhat_conj, float(mask.sum()), shape, lo, core_shape)
+        scale = _local_scale(vhat, v2hat, mhat_conj, float(mask.sum()), shape, lo, core_shape, spread)
         return Subvolume(shape, tuple(lo), tuple(core_shape), vhat_band, scale)
-    return Subvolume(shape, tuple(lo), tuple(core_shape), vhat_band, None, vhat, v2hat)
+    return Subvolume(shape, tuple(lo), tuple(core_shape), vhat_band, None, vhat, v2hat, reach=spread)
 
 
 def _full_band(shape: tuple[int, int, int]) -> BandGrid:
@@ -295,7 +339,7 @@ def _rotated_mask_scale(sub: Subvolume, spectrum: TemplateSpectrum, full: BandGr
     ones = np.ones(full.flat.size, dtype=np.complex64)
     _fill_rotated(rot, spectrum.mask_values, full.kxyz, full.weight, full.multiplicity, ones, full.flat, flat)
     flat[0] = n  # the DC term: the mask's voxel count
-    return _local_scale(sub.vhat, sub.v2hat, mhat, n, sub.shape, lo, sub.core_shape)
+    return _local_scale(sub.vhat, sub.v2hat, mhat, n, sub.shape, lo, sub.core_shape, sub.reach)
 
 
 def effective_template(spectrum: TemplateSpectrum, grid: BandGrid, rotation: np.ndarray) -> np.ndarray:
