@@ -180,7 +180,7 @@ def _prepare(data: np.ndarray, mask_core: np.ndarray | None, block: Block, box: 
         return None  # nothing to search here
     volume = _read_box(data, block, box)
     lo = tuple(c[0] - s for c, s in zip(block.core, block.box_start))
-    sub = sc.prepare_subvolume(volume, setup.grid, template.mask, lo, block.core_shape, spherical=template.spherical, prefilter=setup.prefilter)
+    sub = sc.prepare_subvolume(volume, setup.grid, template.mask, lo, block.core_shape, spherical=template.spherical, prefilter=setup.prefilter, reach=True)
     sub.band_weight = setup.band_weight(position_a)
     return sub
 
