@@ -9,7 +9,8 @@ cut-off (1 expected false pick) and `f4_best_n` on the N best peaks (N = the tru
 ranking without the cut-off), per seed (3, 5, 7) and their mean. Also with the phase-randomised
 background correction on the unwhitened and on the noise-whitened search. Timing keys: ours_s is
 the noise-whitened search (noise spectrum included), peer_s the unwhitened one. The 10 A figures:
-`run(pixel_size=10.0, shape=(64, 96, 96), searches=("none", "tomogram", "noise"))`."""
+`run(pixel_size=10.0, shape=(64, 96, 96), searches=("none", "tomogram", "noise"))`, at a third of the dose
+with `dose_per_tilt=1.0`."""
 
 from __future__ import annotations
 
@@ -23,13 +24,15 @@ PEER = "template matching without whitening"
 SEARCHES = ("none", "tomogram", "noise", "none+background", "noise+background")
 
 
-def twin(seed: int, shape: tuple[int, int, int], n_particles: int, pixel_size: float):
-    """(tomogram even + odd, even, odd, tilt series with defocus, true positions (N, 3) A) of one twin."""
+def twin(seed: int, shape: tuple[int, int, int], n_particles: int, pixel_size: float, **overrides):
+    """(tomogram even + odd, even, odd, tilt series with defocus, true positions (N, 3) A) of one twin
+    (toy preset; `overrides`: other SimulationConfig fields)."""
     from cryocloud.denoise.simulated import simulated_halves
     from cryocloud.model import Tomogram
     from cryocloud.simulate import preset
 
-    cfg = preset("toy", shape_zyx=shape, pixel_size_a=pixel_size, n_particles=n_particles, frames_per_tilt=2, drift_a=0.0, seed=seed)
+    cfg = preset("toy", **{"shape_zyx": shape, "pixel_size_a": pixel_size, "n_particles": n_particles, "frames_per_tilt": 2, "drift_a": 0.0,
+                           "seed": seed, **overrides})
     halves = simulated_halves(cfg)
     with dask.config.set(scheduler="synchronous"):
         even, odd = dask.compute(halves.even.data.data, halves.odd.data.data)
@@ -60,7 +63,7 @@ def f4_scores(tomo, series, truth: np.ndarray, settings, increment: float) -> di
 
 
 def run(quick: bool = False, seeds: tuple[int, ...] = (3, 5, 7), pixel_size: float = 16.0, shape: tuple[int, int, int] = (48, 96, 96),
-        searches: tuple[str, ...] = SEARCHES) -> dict:
+        searches: tuple[str, ...] = SEARCHES, dose_per_tilt: float = 3.0) -> dict:
     """F4 of each search in `searches` on twins of `seeds` (quick: the first seed, without background correction)."""
     from cryocloud.pick import MatchSettings
     from cryocloud.pick.spectrum import noise_spectrum
@@ -68,11 +71,11 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (3, 5, 7), pixel_size: flo
     n_particles, increment, px = 8, 45.0, pixel_size
     seeds = seeds[:1] if quick else seeds
     result: dict = {"name": "whiten-pick", "peer": PEER, "shape_zyx": list(shape), "n_particles": n_particles,
-                    "increment_deg": increment, "voxel_size_a": px, "seeds": list(seeds)}
+                    "increment_deg": increment, "voxel_size_a": px, "dose_per_tilt": dose_per_tilt, "seeds": list(seeds)}
     times = {"none": 0.0, "noise": 0.0}
     for seed in seeds:
         print(f"seed {seed}: simulating and reconstructing the twin", file=sys.stderr)
-        tomo, even, odd, series, truth = twin(seed, shape, n_particles, px)
+        tomo, even, odd, series, truth = twin(seed, shape, n_particles, px, dose_per_tilt=dose_per_tilt)
         base = dict(resolution_a=2.5 * px, subvolume=128)
         t0 = time.perf_counter()
         noise = noise_spectrum(even, odd, quiet=True)
