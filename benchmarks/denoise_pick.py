@@ -46,7 +46,8 @@ def _f_beta(tomo, series, workdir: str, truth_positions: np.ndarray, increment: 
     return {k: round(v, 3) for k, v in score.items()} | {"n_picks": len(particles), "f4_best_n": round(ranked["f4"], 3)}, seconds
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, seed: int = 3) -> dict:
+    """`seed`: the twin's simulation seed (the command line runs seed 3)."""
     import tempfile
 
     import torch
@@ -60,7 +61,7 @@ def run(quick: bool = False) -> dict:
 
     torch.set_num_threads(1)
     shape = (64, 96, 96) if quick else (64, 128, 128)
-    cfg = preset("toy", shape_zyx=shape, n_particles=6 if quick else 12, frames_per_tilt=2, drift_a=0.0, seed=3)
+    cfg = preset("toy", shape_zyx=shape, n_particles=6 if quick else 12, frames_per_tilt=2, drift_a=0.0, seed=seed)
     halves = simulated_halves(cfg)
     with dask.config.set(scheduler="synchronous"):
         even, odd, truth = dask.compute(halves.even.data.data, halves.odd.data.data, halves.truth.data.data)
@@ -77,7 +78,7 @@ def run(quick: bool = False) -> dict:
     }
     series = halves.simulation.tilt_series.with_per_tilt(defocus_u=halves.simulation.truth.defocus_u_a,
                                                          defocus_v=halves.simulation.truth.defocus_v_a)
-    result: dict = {"name": "denoise-pick", "peer": PEER, "shape_zyx": list(shape), "n_particles": len(halves.simulation.particles)}
+    result: dict = {"name": "denoise-pick", "peer": PEER, "seed": seed, "shape_zyx": list(shape), "n_particles": len(halves.simulation.particles)}
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, tomo in volumes.items():
