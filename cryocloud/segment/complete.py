@@ -15,8 +15,9 @@ outside the wedge, a sphere, its caps can be drawn along the fitted sphere:
    `edge_margin_deg`) whose sphere point c + r u lies inside the volume, the fraction holding a
    point within 2 voxels of the sphere. An open sheet or a shallow cup fits some large sphere
    whose centre lies far off the membrane, outside the field of view, or that it covers only in
-   part, so it is never completed; neither is a membrane that is not round (nor two touching
-   vesicles merged into one label);
+   part, so it is never completed; neither is a membrane that is not round. A label that misfits
+   one sphere is tried as two (two touching vesicles merged into one label: points split across
+   the principal axis, then each to the sphere it lies closer to), each sphere judged alone;
 4. the accepted spheres are drawn lazily (per block, `map_blocks`): voxels within half the output
    thickness of the sphere, inside the volume, whose sphere normal lies in the wedge or within
    `edge_margin_deg` of its edge (where the data are too weak), and not already labelled, take
@@ -141,20 +142,43 @@ def gather_points(surfaces: da.Array, *, quiet: bool = False) -> dict[int, np.nd
     return {k: np.concatenate(v).astype(np.float64) for k, v in merged.items()}
 
 
+def two_sphere_partition(points: np.ndarray, iterations: int = 20) -> list[np.ndarray]:
+    """Points (N, 3) split between two spheres (two touching vesicles merged into one membrane label):
+    halves across the principal axis, then each point goes to the sphere it lies closer to, refitted,
+    until no point moves. [] when one side empties."""
+    centred = points - points.mean(axis=0)
+    side = centred @ np.linalg.svd(centred, full_matrices=False)[2][0] > 0
+    for _ in range(iterations):
+        if side.sum() < 10 or (~side).sum() < 10:
+            return []
+        fits = [fit_sphere(points[side == s]) for s in (False, True)]
+        misfit = np.stack([np.abs(np.linalg.norm(points - c, axis=1) - r) for c, r, _ in fits])
+        moved = misfit[1] < misfit[0]
+        if np.array_equal(moved, side):
+            break
+        side = moved
+    return [points[~side], points[side]]
+
+
 def fit_vesicles(points: dict[int, np.ndarray], shape: tuple[int, ...], tilt_range_deg: tuple[float, float], *,
                  max_rms_vox: float = MAX_RMS_VOX, min_coverage: float = MIN_COVERAGE,
                  edge_margin_deg: float = EDGE_MARGIN_DEG) -> list[SphereFit]:
-    """Steps 2-3 for every label."""
-    fits = []
-    for k in sorted(points):
-        pts = points[k]
-        if len(pts) < 10:
-            continue
+    """Steps 2-3 for every label; a label whose one sphere misfits is tried as two (touching vesicles),
+    each judged by the same tests on its own points."""
+    def judge(k: int, pts: np.ndarray) -> SphereFit:
         centre, radius, rms = fit_sphere(pts)
         cov = coverage(pts, centre, radius, shape, tilt_range_deg, edge_margin_deg)
         inside = bool(np.all((centre >= 0) & (centre <= np.asarray(shape) - 1)))
         ok = bool(inside and rms <= max_rms_vox and cov >= min_coverage)
-        fits.append(SphereFit(k, tuple(float(c) for c in centre), radius, rms, cov, len(pts), ok))
+        return SphereFit(k, tuple(float(c) for c in centre), radius, rms, cov, len(pts), ok)
+
+    fits = []
+    for k in sorted(points):
+        if len(points[k]) < 10:
+            continue
+        one = judge(k, points[k])
+        two = [judge(k, part) for part in two_sphere_partition(points[k])] if one.rms > max_rms_vox else []
+        fits.extend(two if any(f.completed for f in two) else [one])
     return fits
 
 
