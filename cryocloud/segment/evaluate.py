@@ -13,6 +13,8 @@ the simulated mid-surface; `segment_membranes` outputs its mid-surfaces thickene
   `margin_a` of truth voxels with such normals; everything else, including any false positive
   away from those caps, counts. `excluded_truth_fraction` says how much of the truth that removes
   (about a third of a sphere's area for +-60 degrees).
+  `dice_wedge_limit` is the whole-volume Dice of a segmentation that found exactly the
+  resolvable truth: data alone (no model of closed surfaces) cannot do much better.
 
 Truth normals come from the truth mask itself (the plate tensor of `cryocloud.segment.hessian`
 at `normal_scale_a`), so any truth volume works, not only spheres and planes. Masks are in-memory
@@ -105,5 +107,8 @@ def evaluate_membranes(
         "precision_resolvable": hits / max(1, int(p.sum())),
         "recall_resolvable": hits / max(1, int(t.sum())),
         "excluded_truth_fraction": 1.0 - int(t.sum()) / max(1, int(true.sum())),
+        # whole-volume Dice of a perfect segmentation of the resolvable truth alone, 2 (1 - e) / (2 - e):
+        # what the data support without a model closing surfaces across the wedge
+        "dice_wedge_limit": dice(t, true),
         "predicted_fraction": float(pred.mean()),
     }
