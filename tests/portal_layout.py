@@ -43,6 +43,12 @@ def create_portal_bucket(endpoint: str) -> dict:
     return {"endpoint_url": endpoint}
 
 
+def portal_objects(endpoint: str) -> dict[str, str]:
+    """Key -> ETag of every object in the portal bucket (equal before and after: the portal was only read)."""
+    pages = s3_client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=PORTAL_BUCKET)
+    return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
+
 def output_bucket(endpoint: str) -> str:
     """A fresh, private bucket beside the portal bucket (no reset); its s3:// URL."""
     name = f"out-{uuid.uuid4().hex[:12]}"
@@ -197,3 +203,21 @@ def portal_run_from_pipeline(opts: dict, run_dir: str, dataset: str, run: str) -
     particles = read_particles_csv(f"{run_dir}/simulation/ground_truth/particles.csv")
     publish_particles(opts, particles, vs, dataset, run)
     return {"positions": particles.positions, "voxel_spacing": vs, "shape": tomo.data.shape}
+
+
+#: the toy twin of `publish_toy_run`: 8 ribosomes and one vesicle in 64^3 voxels of 10 A, 21 tilts
+TOY_TWIN = {"n_particles": 8, "seed": 1, "membranes": {"vesicles": 1, "vesicle_radius_a": [180.0, 220.0]}}
+
+
+def publish_toy_run(endpoint: str, dataset: str, run: str):
+    """A fresh portal bucket on `endpoint` holding one run made from the toy twin (`TOY_TWIN`): its raw tilt
+    series, a WBP tomogram of it (Tomograms/1) and the true particles as the ribosome annotation; returns
+    the simulation (`cryocloud.simulate.SimulationResult`)."""
+    from cryocloud.reconstruct import reconstruct
+    from cryocloud.simulate import preset, simulate
+
+    opts = create_portal_bucket(endpoint)
+    result = simulate(preset("toy", **TOY_TWIN))
+    portal_run_from_simulation(opts, result, dataset, run)
+    publish_tomogram(opts, reconstruct(result.tilt_series, thickness_px=result.config.shape_zyx[0]), dataset, run)
+    return result

@@ -17,22 +17,15 @@ import nbformat
 import numpy as np
 import pytest
 from distributed import LocalCluster
-from portal_layout import create_portal_bucket, output_bucket, portal_run_from_pipeline, s3_client
+from portal_layout import create_portal_bucket, output_bucket, portal_objects, portal_run_from_pipeline
 
 from cryocloud.pipeline import PipelineConfig, run_pipeline
 from cryocloud.store import open_url
-from cryocloud.store.portal import PORTAL_BUCKET
 from cryocloud.store.portal.copick import from_copick
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "portal_in_place.ipynb"
 TWIN = {"shape_zyx": [48, 128, 128], "pixel_size_a": 16.0, "n_particles": 12, "tilt_step": 3.0, "seed": 1}
 DS, RUN = "10001", "TS_026"
-
-
-def portal_objects(endpoint: str) -> dict[str, str]:
-    """Key -> ETag of every object in the portal bucket."""
-    pages = s3_client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=PORTAL_BUCKET)
-    return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
 
 
 @pytest.mark.slow

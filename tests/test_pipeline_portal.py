@@ -12,10 +12,10 @@ import dask
 import numpy as np
 import pytest
 import zarr
-from portal_layout import create_portal_bucket, output_bucket, portal_run_from_simulation, publish_tomogram, s3_client
+from portal_layout import output_bucket, portal_objects, publish_toy_run, s3_client
 
 from cryocloud.cli import main
-from cryocloud.errors import CryocloudError, OutputExistsError, StoreError
+from cryocloud.errors import OutputExistsError, StoreError
 from cryocloud.model import Tomogram
 from cryocloud.pick.evaluate import f_beta
 from cryocloud.pipeline import PipelineConfig, run_pipeline
@@ -24,7 +24,6 @@ from cryocloud.store.portal import PORTAL_BUCKET, portal_run, read_annotation_po
 from cryocloud.store.portal.copick import CopickOverlay, from_copick
 
 DS, RUN = "10001", "TS_01"
-TWIN = {"n_particles": 8, "seed": 1, "membranes": {"vesicles": 1, "vesicle_radius_a": [180.0, 220.0]}}  # toy: 64^3 at 10 A
 STAGES = dict(  # the smallest settings the stages have (as tests/test_pipeline_stages.py)
     align={"refine": "none", "estimate_axis": False},
     denoise={"tile": 32, "overlap": 8},
@@ -35,27 +34,14 @@ STAGES = dict(  # the smallest settings the stages have (as tests/test_pipeline_
 )
 
 
-def portal_objects(endpoint: str) -> dict[str, str]:
-    """Key -> ETag of every object in the portal bucket."""
-    pages = s3_client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=PORTAL_BUCKET)
-    return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
-
-
 @pytest.fixture(scope="module")
 def portal(s3_endpoint):
-    """The portal bucket with one run published from a toy simulation (raw tilt series, a WBP tomogram, the
-    particles as the ribosome annotation); yields (endpoint, the simulation) with the portal endpoint configured
-    (Dask config `cryocloud.portal.endpoint_url`)."""
+    """The portal bucket with one run published from the toy twin (`portal_layout.publish_toy_run`); yields
+    (endpoint, the simulation) with the portal endpoint configured (Dask config `cryocloud.portal.endpoint_url`)."""
     import torch
 
-    from cryocloud.reconstruct import reconstruct
-    from cryocloud.simulate import preset, simulate
-
     torch.set_num_threads(1)
-    opts = create_portal_bucket(s3_endpoint)
-    result = simulate(preset("toy", **TWIN))
-    portal_run_from_simulation(opts, result, DS, RUN)
-    publish_tomogram(opts, reconstruct(result.tilt_series, thickness_px=64), DS, RUN)  # the portal's own tomogram of the run
+    result = publish_toy_run(s3_endpoint, DS, RUN)
     with dask.config.set({"cryocloud.portal.endpoint_url": s3_endpoint}):  # where the pipeline finds "the portal"
         yield s3_endpoint, result
 
@@ -112,13 +98,15 @@ def test_pipeline_on_a_portal_run_writes_the_copick_overlay_into_the_output(port
     assert labels.max() == summary["segment"]["n_membranes"]
     np.testing.assert_array_equal(labels, read_labels(str(out / "segment" / "membranes.zarr")).values)
 
-    # resumed: no overlay image is copied again; --from denoise copies the denoised tomogram (and what follows) again
+    # resumed: no overlay image is copied again; --from denoise copies the denoised tomogram again, and a run
+    # of fewer stages leaves the other results listed in the config
     images = {p: p.stat().st_mtime_ns for p in (run_dir / "VoxelSpacing10.000").rglob("*") if p.is_file()}
     assert run_pipeline(PipelineConfig(**cfg))["copick"] == copick
     assert {p: p.stat().st_mtime_ns for p in images} == images
-    run_pipeline(PipelineConfig(**cfg), rerun_from="denoise")
+    run_pipeline(PipelineConfig(**{**cfg, "stages": ["align", "reconstruct", "denoise"]}), rerun_from="denoise")
     changed = {p.relative_to(run_dir).parts[1] for p, t in images.items() if p.stat().st_mtime_ns != t}
     assert changed == {"cryocloud-deconv.zarr"}
+    assert json.loads((out / "copick_config.json").read_text())["pickable_objects"] == config["pickable_objects"]
 
     assert portal_objects(endpoint) == before  # the portal was only read
 
@@ -160,24 +148,6 @@ def test_the_outputs_storage_options_never_reach_the_portal(portal, tmp_path):
     assert config["overlay_fs_args"] == {}  # a local overlay needs no endpoint
 
 
-def test_a_portal_tomogram_is_processed_in_place(portal, tmp_path):
-    endpoint, result = portal
-    before = portal_objects(endpoint)
-    key = f"s3://{PORTAL_BUCKET}/{DS}/{RUN}/Reconstructions/VoxelSpacing10.000/Tomograms/1/{RUN}.zarr"
-    out = tmp_path / "o"
-    summary = run_pipeline(PipelineConfig(input=key, output=str(out), **{**STAGES, "stages": ["denoise", "match", "peaks"]}))
-    assert summary["stages"] == ["input", "denoise", "match", "peaks"]
-    assert summary["input"]["kind"] == "tomogram" and summary["input"]["n_tilts"] == 21 and summary["input"]["shape_zyx"] == [64, 64, 64]
-    assert not (out / "reconstruct").exists()  # matched on the portal's tomogram, read in place
-    run_dir = out / "ExperimentRuns" / RUN
-    assert summary["copick"]["tomograms"] == {"cryocloud-deconv": str(run_dir / "VoxelSpacing10.000" / "cryocloud-deconv.zarr")}
-    picks = from_copick((run_dir / "Picks" / "cryocloud_0_ribosome.json").read_text())
-    assert len(picks) == 8 and f_beta(picks.positions, result.particles.positions, tolerance=60.0)["recall"] >= 0.5
-    with pytest.raises(CryocloudError, match=r"\['align', 'reconstruct'\] need a tilt series"):
-        run_pipeline(PipelineConfig(input=key, output=str(tmp_path / "o2"), stages=["align", "reconstruct", "match"]))
-    assert portal_objects(endpoint) == before
-
-
 def test_a_batch_of_portal_runs_shares_one_overlay(portal, tmp_path, capsys):
     endpoint, _ = portal
     s3 = s3_client(endpoint)
@@ -199,35 +169,6 @@ def test_a_batch_of_portal_runs_shares_one_overlay(portal, tmp_path, capsys):
         assert batch["series"][run]["copick"]["overlay_root"] == str(out) and not (out / run / "copick_config.json").exists()
         np.testing.assert_array_equal(read_tomogram(str(out / "ExperimentRuns" / run / "VoxelSpacing20.000" / "cryocloud-wbp.zarr")).data.values,
                                       read_tomogram(str(out / run / "reconstruct" / "tomogram.zarr")).data.values)
-    assert portal_objects(endpoint) == before
-
-
-def test_stage_commands_read_portal_addresses(portal, tmp_path, monkeypatch, capsys):
-    """reconstruct from portal://DATASET/RUN; denoise deconv of a tomogram's bucket key takes the run's defocus;
-    average gets the missing wedge from the run's tilt series; ctf refuses to write next to portal input."""
-    from distributed import LocalCluster
-
-    from cryocloud.cli.denoise_cmds import stored_defocus
-    from cryocloud.store import read_mrc, write_particles_csv
-
-    endpoint, result = portal
-    before = portal_objects(endpoint)
-    key = f"s3://{PORTAL_BUCKET}/{DS}/{RUN}/Reconstructions/VoxelSpacing10.000/Tomograms/1/{RUN}.zarr"
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster:
-        flags = ["--endpoint-url", endpoint, "--scheduler", cluster.scheduler_address]
-        assert main(["reconstruct", f"portal://{DS}/{RUN}", str(tmp_path / "rec.zarr"), "--binning", "2", *flags]) == 0
-        assert main(["denoise", "deconv", key, str(tmp_path / "dn.zarr"), "--tile", "32", "--overlap", "8", *flags]) == 0
-    rec = read_tomogram(str(tmp_path / "rec.zarr"))
-    assert rec.pixel_size == 20.0 and rec.shape[1:] == (32, 32)
-    true_defocus = float(np.mean(0.5 * (result.truth.defocus_u_a + result.truth.defocus_v_a)))
-    assert stored_defocus(str(tmp_path / "dn.zarr"), None) == pytest.approx(true_defocus)
-    write_particles_csv(result.particles, str(tmp_path / "particles.csv"))
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)  # `average` reads through the SDK's endpoint variable
-    assert main(["average", f"portal://{DS}/{RUN}", str(tmp_path / "particles.csv"), str(tmp_path / "avg"), "--box", "16", "--iterations", "1"]) == 0
-    assert read_mrc(str(tmp_path / "avg" / "average.mrc")).shape == (16, 16, 16)
-    capsys.readouterr()
-    assert main(["ctf", f"portal://{DS}/{RUN}/tiltseries", "--endpoint-url", endpoint]) == 2
-    assert "'--output'" in capsys.readouterr().err
     assert portal_objects(endpoint) == before
 
 

@@ -10,7 +10,8 @@ portal client object), the output root is also a copick overlay root over the po
   ``.../cryocloud-{deconv|noise2noise}.zarr`` (denoise): the tomograms, at their voxel spacing (A);
 - ``ExperimentRuns/{run}/Segmentations/{vs:.3f}_cryocloud_0_membrane.zarr``: the segment stage's labels
   (non-zero = membrane; the value numbers the membrane);
-- ``copick_config.json`` (written last): the portal dataset as the static layer, the output as the overlay.
+- ``copick_config.json`` (written last): the portal dataset as the static layer, the output as the overlay
+  (objects and datasets already listed there are kept).
 
 A batch of portal inputs shares one overlay at the batch's output root (each series' stage outputs stay
 under output/<name>/), with one config listing every run's dataset, written after the series.
@@ -32,6 +33,7 @@ from cryocloud.pipeline.config import PipelineConfig
 from cryocloud.pipeline.context import RunContext
 
 USER_ID, SESSION_ID = "cryocloud", "0"
+CONFIG_FILE = "copick_config.json"
 MEMBRANE = "membrane"
 #: copick tomogram type of the reconstruction, by reconstruct.filter
 RECONSTRUCTION_TYPES = {"radial": "wbp", "sirt": "sirt", "none": "bp"}
@@ -117,10 +119,24 @@ def write_batch_config(root: str, storage_options: dict | None, records: list[di
 
 
 def _config(overlay: Any, objects: list[dict], datasets: list[int], description: str) -> str:
-    """Write the overlay's copick config (portal datasets static, the overlay root, its S3 endpoint); its URL."""
+    """Write the overlay's copick config (portal datasets static, the overlay root, its S3 endpoint); its URL.
+    Objects and datasets of an existing config are kept (a run of fewer stages leaves the others' results
+    listed); this run's objects replace theirs of the same name."""
+    import json
+
+    from cryocloud.store.textfiles import read_text
+
     location = overlay.location
+    existing = location.child(CONFIG_FILE)
+    if existing.exists():
+        old = json.loads(read_text(existing.url, storage_options=overlay.storage_options)[1])
+        names = {o["name"] for o in objects}
+        kept = [{k: v for k, v in o.items() if k not in ("label", "color")} for o in old.get("pickable_objects", []) if o.get("name") not in names]
+        objects = kept + objects
+        datasets = sorted(set(datasets) | {int(d) for d in old.get("dataset_ids", [])})
     endpoint = {k: v for k, v in (overlay.storage_options or {}).items() if k == "endpoint_url" and location.protocol == "s3"}
-    return overlay.write_config(objects, dataset_ids=datasets, overlay_fs_args=endpoint, overwrite=True, description=description)
+    return overlay.write_config(objects, dataset_ids=datasets, overlay_fs_args=endpoint, overwrite=True, description=description,
+                                filename=CONFIG_FILE)
 
 
 def _wanted(ctx: RunContext, url: str, recomputed: bool) -> bool:
