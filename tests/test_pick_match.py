@@ -93,6 +93,18 @@ def test_distributed_cluster_and_resume(tmp_path):
     assert (orientation2.values == orientation.values).mean() > 0.999
 
 
+def test_blocks_cached_under_another_score_definition_are_not_reused(monkeypatch):
+    from cryocloud.pick import score
+    from cryocloud.pick.match import fingerprint
+
+    tomo, template, _, rotations = _synthetic()
+    settings = MatchSettings(subvolume=64)
+    before = fingerprint(template, rotations, None, settings, tomo.shape)
+    assert fingerprint(template, rotations, None, settings, tomo.shape) == before
+    monkeypatch.setattr(score, "SCORE_DEFINITION", score.SCORE_DEFINITION + "+changed")
+    assert fingerprint(template, rotations, None, settings, tomo.shape) != before
+
+
 def test_tomogram_mask_skips_empty_subvolumes():
     tomo, template, positions, truth_rotations = _synthetic()
     mask = np.zeros(tomo.shape, bool)

@@ -265,7 +265,7 @@ class BlockCache:
 
 def fingerprint(template: Template, rotations: np.ndarray, tilts: TiltWeighting | None, settings: MatchSettings, shape) -> str:
     """Identity of a search (inputs and options): cached blocks are reused only for the same one."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(sc.SCORE_DEFINITION.encode())
     for arr in (template.data, template.mask, np.asarray(rotations)):
         h.update(np.ascontiguousarray(arr).tobytes())
     h.update(repr((template.voxel_size, settings, tuple(shape))).encode())

@@ -46,6 +46,9 @@ import numpy as np
 
 from cryocloud.pick.fourier_rotation import TemplateSpectrum, _fill_rotated, template_spectrum  # noqa: F401 (template_spectrum: the search's template input)
 
+# The score's definition: part of a search's fingerprint, so blocks cached by a resumable search are
+# reused only under the same definition. Change it whenever the score of a given input changes.
+SCORE_DEFINITION = "roseman-masked/reach-normalised/1"
 MIN_SIGMA_FRACTION = 1e-4  # voxels whose local variance is below this fraction of the mean square score 0
 
 
