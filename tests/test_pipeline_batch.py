@@ -76,3 +76,14 @@ def test_batch_config_errors_name_the_key(tmp_path, inputs):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["run", str(_config(tmp_path, input=str(empty), output=str(tmp_path / "o2"))), "--workers", "1"]) == 2
+
+
+def test_series_names_of_portal_addresses_are_their_runs():
+    from cryocloud.pipeline.batch import series_name
+
+    assert series_name("portal://10440/TS_5_4") == "TS_5_4"
+    assert series_name("portal://10440/TS_5_4/tiltseries") == "TS_5_4"  # not "tiltseries": two runs would collide
+    assert series_name("portal://10440/TS_5_4/tiltseries/17") == "TS_5_4_17"
+    assert series_name("portal://10441/TS_01/vs/10.0/tomogram/3") == "TS_01_3"
+    assert series_name("s3://cryoet-data-portal-public/10440/TS_5_4/TiltSeries/100/TS_5_4.zarr") == "TS_5_4"
+    assert series_name("s3://my-bucket/in/ts_a.zarr") == "ts_a" and series_name("/data/ts_b.mrc.mdoc") == "ts_b"

@@ -19,13 +19,17 @@ from cryocloud.errors import CryocloudError
 from cryocloud.pipeline.config import PipelineConfig
 from cryocloud.pipeline.copick_overlay import write_batch_config
 from cryocloud.store import open_url, resolve
-from cryocloud.store.portal import is_portal_url
+from cryocloud.store.portal import is_portal_url, parse_portal_url, portal_address
 
 SERIES_SUFFIXES = (".zarr", ".mdoc")
 
 
 def series_name(url: str) -> str:
-    """Output folder name of an input: its base name without .zarr / .mdoc (and .mrc of name.mrc.mdoc)."""
+    """Output folder name of an input: its base name without .zarr / .mdoc (and .mrc of name.mrc.mdoc);
+    for a portal address its run name, with the image id when it names one (RUN_ID)."""
+    if is_portal_url(url):
+        ref = parse_portal_url(portal_address(url))
+        return ref.run if ref.ident is None else f"{ref.run}_{ref.ident}"
     name = posixpath.basename(url.rstrip("/"))
     for suffix in (".mdoc", ".zarr", ".mrc", ".tif", ".tiff"):
         if name.lower().endswith(suffix):
