@@ -34,6 +34,7 @@ from cryocloud.errors import CryocloudError, ModelError, OutputExistsError, Stor
 from cryocloud.model import Tomogram
 from cryocloud.progress import compute
 from cryocloud.denoise.tiling import map_tiles
+from cryocloud.learn.unet import build_unet3d
 
 WEIGHTS_FILE = "weights.pt"
 CONFIG_FILE = "model.json"
@@ -86,11 +87,35 @@ class N2NModel:
     def network(self, device: str = "cpu") -> Any:
         """The torch module with these weights, in eval mode on `device`."""
         torch = require_torch()
-        from cryocloud.denoise.unet import UNet3D
-
-        net = UNet3D(self.config.channels, self.config.levels)
+        net = build_network(self.config)
         net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in self.weights.items()})
         return net.to(device).eval()
+
+
+def build_network(config: N2NConfig) -> Any:
+    """The untrained denoising U-Net of `config`: no normalisation layers (tiles stitch exactly),
+    LeakyReLU, trilinear upsampling, one output channel."""
+    require_torch()
+    return build_unet3d(
+        out_channels=1, channels=config.channels, levels=config.levels,
+        norm="none", activation="leaky_relu", upsample="trilinear",
+    )
+
+
+_LEGACY_PREFIXES = {"up": "merge", "out": "head"}
+
+
+def current_weight_names(weights: dict[str, Any]) -> dict[str, Any]:
+    """Weights with the parameter names of `build_network`. Models written before the U-Nets were
+    merged (cryocloud/denoise/unet.py) named the decoder blocks `up.<i>` and the last convolution
+    `out`; these are now `merge.<i>` and `head`. Current names pass unchanged."""
+    if not any(k.startswith("out.") for k in weights):
+        return dict(weights)
+    renamed = {}
+    for key, value in weights.items():
+        prefix, _, rest = key.partition(".")
+        renamed[f"{_LEGACY_PREFIXES.get(prefix, prefix)}.{rest}"] = value
+    return renamed
 
 
 def _device(config: N2NConfig) -> str:
@@ -142,8 +167,6 @@ def train(
     `progress(step, loss)` is called after every step. Deterministic for a given seed on CPU.
     """
     torch = require_torch()
-    from cryocloud.denoise.unet import UNet3D
-
     a, b = sample_pairs(even, odd, config.patch, config.n_patches, config.seed)
     mean = float(0.5 * (a.mean() + b.mean()))
     std = float(np.sqrt(0.5 * (a.var() + b.var())))
@@ -156,7 +179,7 @@ def train(
     y = torch.from_numpy((b - mean) / std)[:, None]
     n_val = int(round(config.validation_fraction * len(x)))
     n_train = len(x) - n_val
-    net = UNet3D(config.channels, config.levels).to(device)
+    net = build_network(config).to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.steps)
     history = [(0, None, _validation_loss(torch, net, x[n_train:], y[n_train:], device))]
@@ -271,7 +294,7 @@ def load_model(url: str, *, storage_options: dict | None = None) -> N2NModel:
             state = torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several types for a corrupt or foreign file
             raise StoreError(url, f"unreadable {WEIGHTS_FILE}: {exc}", field=WEIGHTS_FILE) from exc
-    model = N2NModel(config, {k: v.numpy() for k, v in state.items()}, mean, std, history)
+    model = N2NModel(config, current_weight_names({k: v.numpy() for k, v in state.items()}), mean, std, history)
     try:
         model.network()
     except RuntimeError as exc:

@@ -1,18 +1,34 @@
-"""A small 3D U-Net for voxel classification of tomograms (z, y, x).
+"""The 3D U-Net of cryocloud (torch, imported lazily): the learned picker and Noise2Noise build it.
 
-`depth` poolings by 2 (inputs must be multiples of 2**depth voxels per axis), two 3x3x3
-convolutions with batch normalisation and ReLU per level, `base_channels` doubling per level,
-transposed-convolution upsampling and skip concatenation, a 1x1x1 head with one logit per class.
-In eval mode every layer acts voxel-locally within the receptive field (batch norm uses its
-running statistics), so tiled inference with an overlap of `receptive_radius` voxels reproduces
-whole-volume inference (see `predict`).
+`build_unet3d` makes a network (N, 1, z, y, x) -> (N, out_channels, z, y, x): `levels` poolings by
+2 (inputs must be multiples of 2**levels voxels per axis), two 3x3x3 convolutions per level, each
+followed by the normalisation (if any) and the activation, `channels * 2**level` feature maps at
+level `level`, upsampling (trilinear or a transposed convolution) and skip concatenation, and a
+1x1x1 head. Its options are the two styles in use:
+
+- picker (`UNetConfig` / `build_unet`): batch normalisation (convolutions without bias), ReLU,
+  transposed-convolution upsampling, one logit per class. In eval mode batch norm uses its running
+  statistics, so every layer acts voxel-locally within the receptive field and tiled inference with
+  an overlap of `receptive_radius` voxels reproduces whole-volume inference (see `predict`).
+- Noise2Noise: no normalisation (a voxel's output never depends on the statistics of the tile it
+  was computed in, so tiles stitch without seams), LeakyReLU(0.1), trilinear upsampling, one output.
+
+Parameter names (state-dict keys) are `down.<level>.<layer>`, `bottom.<layer>`, `up.<i>` (transposed
+convolutions only), `merge.<i>.<layer>` and `head`; `<layer>` counts the Sequential's modules
+(convolution, [batch norm], activation, ...), as the picker has always written them.
 """
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import pydantic
 
 from cryocloud.learn.torch_import import import_torch
+
+Norm = Literal["none", "batch"]
+Upsample = Literal["trilinear", "transposed"]
+Activation = Literal["relu", "leaky_relu"]
 
 
 class UNetConfig(pydantic.BaseModel):
@@ -42,27 +58,50 @@ class UNetConfig(pydantic.BaseModel):
         return -(-radius // self.multiple) * self.multiple
 
 
-def build_unet(config: UNetConfig):
-    """A torch.nn.Module (N, 1, z, y, x) -> logits (N, n_classes, z, y, x)."""
+def build_unet(config: UNetConfig) -> Any:
+    """The picker's network (N, 1, z, y, x) -> logits (N, n_classes, z, y, x)."""
+    return build_unet3d(
+        out_channels=config.n_classes, channels=config.base_channels, levels=config.depth,
+        norm="batch", activation="relu", upsample="transposed",
+    )
+
+
+def build_unet3d(
+    *, out_channels: int, channels: int, levels: int, norm: Norm, activation: Activation, upsample: Upsample
+) -> Any:
+    """A torch.nn.Module U-Net (N, 1, z, y, x) -> (N, out_channels, z, y, x); see the module docstring.
+
+    `channels`: feature maps at full resolution; `levels`: 2x poolings (>= 1).
+    """
     torch = import_torch()
     nn = torch.nn
+    if levels < 1 or channels < 1 or out_channels < 1:
+        raise ValueError(f"U-Net needs levels, channels and out_channels >= 1, got {levels}, {channels}, {out_channels}")
 
     def block(c_in: int, c_out: int):
-        return nn.Sequential(
-            nn.Conv3d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm3d(c_out), nn.ReLU(inplace=True),
-            nn.Conv3d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm3d(c_out), nn.ReLU(inplace=True),
-        )
+        layers = []
+        for c in (c_in, c_out):
+            layers.append(nn.Conv3d(c, c_out, 3, padding=1, bias=norm == "none"))
+            if norm == "batch":
+                layers.append(nn.BatchNorm3d(c_out))
+            layers.append(nn.ReLU(inplace=True) if activation == "relu" else nn.LeakyReLU(0.1))
+        return nn.Sequential(*layers)
 
     class UNet3D(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            widths = [config.base_channels * 2**level for level in range(config.depth + 1)]
-            self.down = nn.ModuleList([block(1 if i == 0 else widths[i - 1], widths[i]) for i in range(config.depth)])
+            widths = [channels * 2**level for level in range(levels + 1)]
+            self.down = nn.ModuleList([block(1 if i == 0 else widths[i - 1], widths[i]) for i in range(levels)])
             self.pool = nn.MaxPool3d(2)
             self.bottom = block(widths[-2], widths[-1])
-            self.up = nn.ModuleList([nn.ConvTranspose3d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(config.depth))])
-            self.merge = nn.ModuleList([block(2 * widths[i], widths[i]) for i in reversed(range(config.depth))])
-            self.head = nn.Conv3d(widths[0], config.n_classes, 1)
+            if upsample == "transposed":
+                self.up = nn.ModuleList([nn.ConvTranspose3d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(levels))])
+                merged = [2 * widths[i] for i in reversed(range(levels))]
+            else:
+                self.up = None
+                merged = [widths[i + 1] + widths[i] for i in reversed(range(levels))]
+            self.merge = nn.ModuleList([block(c, widths[i]) for c, i in zip(merged, reversed(range(levels)))])
+            self.head = nn.Conv3d(widths[0], out_channels, 1)
 
         def forward(self, x):
             skips = []
@@ -71,8 +110,12 @@ def build_unet(config: UNetConfig):
                 skips.append(x)
                 x = self.pool(x)
             x = self.bottom(x)
-            for up, merge, skip in zip(self.up, self.merge, reversed(skips)):
-                x = merge(torch.cat([up(x), skip], dim=1))
+            for i, (merge, skip) in enumerate(zip(self.merge, reversed(skips))):
+                if self.up is None:
+                    x = nn.functional.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
+                else:
+                    x = self.up[i](x)
+                x = merge(torch.cat([x, skip], dim=1))
             return self.head(x)
 
     return UNet3D()
