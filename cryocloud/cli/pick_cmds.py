@@ -17,7 +17,7 @@ from cryocloud.pick.figures import write_score_figures
 from cryocloud.pick.formats import format_from_name, write_picks
 from cryocloud.pick.match import MatchSettings
 from cryocloud.pick.peaks import extract_peaks
-from cryocloud.pick.results import read_match, run_match
+from cryocloud.pick.results import block_moments_of, read_match, run_match
 from cryocloud.pick.spectrum import noise_spectrum
 from cryocloud.pick.template import check_fits, map_from_model, prepare_template, read_map
 from cryocloud.pick.weighting import TiltWeighting
@@ -131,6 +131,10 @@ def extract_peaks_cmd(
     radius: Optional[float] = typer.Option(None, "--radius", help="Particle radius (A) for non-maximum suppression (default: the mask radius)."),
     n_false: Optional[float] = typer.Option(1.0, "--n-false", help="Expected false positives of the statistical cut-off (0: none)."),
     number: Optional[int] = typer.Option(None, "--number", help="Keep at most this many particles."),
+    local_sigma: str = typer.Option(
+        "global", "--local-sigma",
+        help="Score sigma of the cut-off: global (all scores), block (each sub-volume's own), slab (each z row of sub-volumes).",
+    ),
     object_name: str = typer.Option("particle", "--object-name", help="Class / copick object name."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Write <out>_slices.png and <out>_histogram.png."),
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint."),
@@ -143,7 +147,8 @@ def extract_peaks_cmd(
     radius_a = radius or float(summary["template_radius_voxels"]) * px
     particles, threshold = extract_peaks(
         scores, orientation, rotations, radius_a=radius_a, n_false=n_false or None, number=number,
-        score_std=summary["score_std"], n_search=summary["n_search"], tomogram=str(summary.get("tomogram", "")), class_name=object_name,
+        score_std=summary["score_std"], n_search=summary["n_search"], block_moments=block_moments_of(summary, f"{match_url}/match.json"),
+        local_sigma=local_sigma, tomogram=str(summary.get("tomogram", "")), class_name=object_name,
     )
     shape = tuple(int(n) for n in summary["shape_zyx"])
     write_picks(particles, out_url, fmt, storage_options=options, pixel_size=px, shape_zyx=shape, object_name=object_name)

@@ -31,6 +31,7 @@ from cryocloud.errors import ModelError
 from cryocloud.geometry import centre_index
 from cryocloud.model import Tomogram
 from cryocloud.pick import score as sc
+from cryocloud.pick.peaks import BlockMoments
 from cryocloud.pick.template import Template, phase_randomised
 from cryocloud.pick.spectrum import RadialSpectrum, chunk_power, from_sums, shell_grid
 from cryocloud.pick.weighting import CtfMode, TiltWeighting, lowpass, tilt_weight, tilt_weight_at, whitening
@@ -282,7 +283,9 @@ class MatchResult:
     `rotations` (N, 3, 3); `searched` (z, y, x) bool, the voxels searched (None: all);
     `moments` a Delayed (sum, sum of squares, count) of every score evaluated (voxels x
     orientations), whose standard deviation sets the false-alarm threshold; `background` (z, y, x)
-    float32 the phase-randomised search's best score (None without background correction)."""
+    float32 the phase-randomised search's best score (None without background correction);
+    `block_moments` a Delayed `BlockMoments`, the same moments per sub-volume block (for a
+    false-alarm threshold from each block's own sigma, `extract_peaks(local_sigma=...)`)."""
 
     scores: xr.DataArray
     orientation: xr.DataArray
@@ -290,6 +293,7 @@ class MatchResult:
     moments: Delayed
     searched: xr.DataArray | None = None
     background: xr.DataArray | None = None
+    block_moments: Delayed | None = None
 
     def score_std(self) -> tuple[float, float]:
         """(standard deviation of all evaluated scores, their count); computes the moments."""
@@ -377,8 +381,21 @@ def match(
     scores = xr.DataArray(score_map, dims=("z", "y", "x"), coords=coords, name="scores", attrs=attrs)
     orientation = xr.DataArray(da.block(index_blocks.tolist()), dims=("z", "y", "x"), coords=coords, name="orientation", attrs=attrs)
     searched = None if mask is None else xr.DataArray(mask, dims=("z", "y", "x"), coords=coords, name="searched", attrs=attrs)
-    return MatchResult(scores, orientation, rotations, dask.delayed(_sum_moments, pure=True)(*moments), searched, background)
+    per_block = dask.delayed(_block_moments, pure=True)(score_blocks.shape, _block_edges(blocks), [b.index for b in blocks], *moments)
+    return MatchResult(scores, orientation, rotations, dask.delayed(_sum_moments, pure=True)(*moments), searched, background, per_block)
 
 
 def _sum_moments(*moments: np.ndarray) -> np.ndarray:
     return np.sum(np.stack(moments), axis=0)
+
+
+def _block_edges(blocks: list[Block]) -> tuple[np.ndarray, ...]:
+    """The cores' boundaries per axis (z, y, x): (n + 1,) voxel indices, 0 to the volume's edge."""
+    return tuple(np.asarray(sorted({b.core[a][0] for b in blocks} | {b.core[a][1] for b in blocks}), dtype=np.int64) for a in range(3))
+
+
+def _block_moments(grid: tuple[int, int, int], edges: tuple[np.ndarray, ...], indices: list, *moments: np.ndarray) -> BlockMoments:
+    stacked = np.zeros((*grid, 3), dtype=np.float64)
+    for index, m in zip(indices, moments):
+        stacked[index] = m
+    return BlockMoments(stacked, edges)

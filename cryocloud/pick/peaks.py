@@ -11,9 +11,20 @@ map; a greedy non-maximum suppression then keeps the highest and drops every can
 the particle radius of a kept one. Only the candidate lists are computed. sigma is the standard
 deviation of every score evaluated (voxels x orientations, accumulated by the search), not of the
 map of maxima.
+
+Local sigma (`local_sigma="block"` or `"slab"`): where the score's spread varies across the volume
+(denoised input: flat ice next to a high-contrast specimen) one global sigma lets the tails of the
+wider regions through. The search keeps its score moments per sub-volume block (`BlockMoments`);
+each block b (or each z slab of blocks) gets its own sigma_b and its candidates the threshold
+t_b = erfcinv(2 n_false / N_search) sqrt(2) sigma_b. With a Gaussian null of spread sigma_b in
+block b, the expected false count is sum_b N_b P(score > t_b) = sum_b N_b n_false / N_search
+= n_false: N_search stays the whole search's, so n_false is still the expected total.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import dask
 import dask.array as da
@@ -25,6 +36,58 @@ from scipy.special import erfcinv
 
 from cryocloud.errors import ModelError
 from cryocloud.model import Particles, pixel_size_of
+
+LocalSigma = Literal["global", "block", "slab"]
+LOCAL_SIGMA_MODES = ("global", "block", "slab")
+
+
+def sigma_of(moments: np.ndarray) -> np.ndarray:
+    """Standard deviation from moments (..., 3) = (sum, sum of squares, count); NaN where count is 0."""
+    moments = np.asarray(moments, dtype=np.float64)
+    total, total2, count = moments[..., 0], moments[..., 1], moments[..., 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / count
+        return np.where(count > 0, np.sqrt(np.maximum(total2 / count - mean * mean, 0.0)), np.nan)
+
+
+@dataclass(frozen=True)
+class BlockMoments:
+    """Score moments per sub-volume block of a search: `moments` (nz, ny, nx, 3) (sum, sum of
+    squares, count of every score evaluated in the block's core, voxels x orientations) and `edges`
+    the blocks' core boundaries per axis (z, y, x), each (n + 1,) voxel indices from 0 to the
+    volume's edge."""
+
+    moments: np.ndarray
+    edges: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+    def __post_init__(self):
+        grid = tuple(len(e) - 1 for e in self.edges)
+        if np.shape(self.moments) != (*grid, 3):
+            raise ModelError("block_moments", f"has shape {np.shape(self.moments)}, expected {(*grid, 3)} for block edges of {grid} blocks")
+
+    def total(self) -> tuple[float, float]:
+        """(global standard deviation, N_search) of all the blocks together."""
+        summed = np.asarray(self.moments, dtype=np.float64).reshape(-1, 3).sum(axis=0)
+        return float(sigma_of(summed)), float(summed[2])
+
+    def sigma_blocks(self, mode: LocalSigma) -> np.ndarray:
+        """sigma per block (nz, ny, nx): "block" each block's own, "slab" the blocks of one z row
+        together, "global" all; blocks without scores (count 0) take the global sigma."""
+        if mode not in LOCAL_SIGMA_MODES:
+            raise ModelError("local_sigma", f"expected one of {', '.join(LOCAL_SIGMA_MODES)}, got {mode!r}")
+        moments = np.asarray(self.moments, dtype=np.float64)
+        if mode == "slab":
+            moments = np.broadcast_to(moments.sum(axis=(1, 2), keepdims=True), moments.shape)
+        elif mode == "global":
+            moments = np.broadcast_to(moments.sum(axis=(0, 1, 2), keepdims=True), moments.shape)
+        sigma = sigma_of(moments)
+        return np.where(np.isfinite(sigma), sigma, self.total()[0])
+
+    def at(self, zyx: np.ndarray, mode: LocalSigma) -> np.ndarray:
+        """sigma at voxel indices `zyx` (M, 3): that of the block whose core holds each voxel."""
+        zyx = np.asarray(zyx, dtype=np.int64).reshape(-1, 3)
+        index = tuple(np.clip(np.searchsorted(e, zyx[:, a], side="right") - 1, 0, len(e) - 2) for a, e in enumerate(self.edges))
+        return self.sigma_blocks(mode)[index]
 
 
 def false_alarm_threshold(sigma: float, n_search: float, n_false: float = 1.0) -> float:
@@ -85,6 +148,8 @@ def extract_peaks(
     number: int | None = None,
     score_std: float | None = None,
     n_search: float | None = None,
+    block_moments: BlockMoments | None = None,
+    local_sigma: LocalSigma = "global",
     tomogram: str = "",
     class_name: str = "",
 ) -> tuple[Particles, float | None]:
@@ -92,17 +157,28 @@ def extract_peaks(
 
     Give `n_false` (expected false positives, the statistical cut-off; needs the search's
     `score_std` and `n_search` = voxels x orientations, see MatchResult.score_std) and/or `number`
-    (keep the best `number`). Positions are voxel indices times the voxel size (voxel (0,0,0) at 0 A).
+    (keep the best `number`). `local_sigma` "block" / "slab" (needs `block_moments`, the search's
+    moments per block; without them, results of older searches, the global sigma is used): each
+    block's (z slab's) candidates are cut at the threshold of that block's own sigma (module
+    docstring); the threshold returned is then the lowest of them. Positions are voxel indices
+    times the voxel size (voxel (0,0,0) at 0 A).
     """
     if n_false is None and number is None:
         raise ModelError("n_false", "give a false-alarm count or a number of particles to extract")
+    if local_sigma not in LOCAL_SIGMA_MODES:
+        raise ModelError("local_sigma", f"expected one of {', '.join(LOCAL_SIGMA_MODES)}, got {local_sigma!r}")
     px = pixel_size_of(scores)
     threshold = None
+    local = n_false is not None and local_sigma != "global" and block_moments is not None
     if n_false is not None:
         if score_std is None or n_search is None:
             raise ModelError("score_std", "the false-alarm cut-off needs the search's score standard deviation and N_search")
-        threshold = false_alarm_threshold(score_std, n_search, n_false)
+        lowest = float(np.min(block_moments.sigma_blocks(local_sigma))) if local else score_std
+        threshold = false_alarm_threshold(lowest, n_search, n_false)
     positions, values = candidates(scores, threshold if threshold is not None else 1e-12)
+    if local and len(positions):
+        above = values >= false_alarm_threshold(1.0, n_search, n_false) * block_moments.at(positions, local_sigma)
+        positions, values = positions[above], values[above]
     keep = non_maximum_suppression(positions, values, radius_a / px, number)
     zyx = positions[keep]
     values_at = orientation.data.vindex if isinstance(orientation.data, da.Array) else np.asarray(orientation.values)

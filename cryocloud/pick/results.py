@@ -4,7 +4,9 @@
     <out>/scores.zarr                OME-Zarr score map (z, y, x) float32
     <out>/orientation.zarr           OME-Zarr orientation-index map (z, y, x) int32
     <out>/angles.npy                 the rotations (N, 3, 3) the indices refer to
-    <out>/match.json                 search summary (written last: the job is complete)
+    <out>/match.json                 search summary (written last: the job is complete); with
+                                     `block_moments` (nz, ny, nx, 3) and `block_edges_zyx`, the score
+                                     moments per sub-volume block (results before them: absent)
 
 `run_match` first searches every sub-volume missing from the cache (only the score moments come
 back to the client), then streams the maps from the cache into OME-Zarr through cryocloud.store.
@@ -20,9 +22,10 @@ from dataclasses import replace
 import numpy as np
 import xarray as xr
 
-from cryocloud.errors import OutputExistsError, StoreError
+from cryocloud.errors import ModelError, OutputExistsError, StoreError
 from cryocloud.model import Tomogram
 from cryocloud.pick.match import BlockCache, MatchSettings, fingerprint, match
+from cryocloud.pick.peaks import BlockMoments
 from cryocloud.pick.template import Template
 from cryocloud.pick.weighting import TiltWeighting
 from cryocloud.progress import compute
@@ -52,14 +55,15 @@ def run_match(
     search_id = fingerprint(template, rotations, tilts, settings, tomogram.shape)
     cache = BlockCache(out.child("blocks", search_id).url, out.storage_options)
     searched = match(tomogram, template, rotations, tilts=tilts, settings=settings, tomogram_mask=tomogram_mask, cache=cache)
-    (moments,) = compute(searched.moments, description=f"template matching: {len(rotations):,} orientations")
-    total, total2, count = np.asarray(moments, dtype=np.float64)
-    sigma = float(np.sqrt(max(total2 / count - (total / count) ** 2, 0.0)))
+    (blocks,) = compute(searched.block_moments, description=f"template matching: {len(rotations):,} orientations")
+    sigma, count = blocks.total()
     stored = match(tomogram, template, rotations, tilts=tilts, settings=settings, tomogram_mask=tomogram_mask, cache=cache)
     summary = {
         "n_orientations": int(len(rotations)),
         "score_std": sigma,
-        "n_search": float(count),
+        "n_search": count,
+        "block_moments": blocks.moments.tolist(),
+        "block_edges_zyx": [e.tolist() for e in blocks.edges],
         "voxel_size": tomogram.pixel_size,
         "template_radius_voxels": float(template.radius),
         "shape_zyx": list(tomogram.shape),
@@ -98,6 +102,23 @@ def read_match(url: str, *, storage_options: dict | None = None) -> tuple[xr.Dat
     scores = read_tomogram(out.child("scores.zarr").url, storage_options=storage_options).data
     orientation = read_tomogram(out.child("orientation.zarr").url, storage_options=storage_options).data
     return scores, orientation, rotations, summary
+
+
+def block_moments_of(summary: dict, source: str = "match.json") -> BlockMoments | None:
+    """The per-block score moments of a match summary; None for results written before them."""
+    if "block_moments" not in summary:
+        return None
+    try:
+        moments = np.asarray(summary["block_moments"], dtype=np.float64)
+        edges = tuple(np.asarray(e, dtype=np.int64) for e in summary["block_edges_zyx"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StoreError(source, f"block_moments / block_edges_zyx unreadable ({exc}); expected a (nz, ny, nx, 3) list and three lists of block edges", field="block_moments") from exc
+    if len(edges) != 3:
+        raise StoreError(source, f"block_edges_zyx has {len(edges)} axes, expected 3 (z, y, x)", field="block_edges_zyx")
+    try:
+        return BlockMoments(moments, edges)
+    except ModelError as exc:
+        raise StoreError(source, str(exc), field="block_moments") from exc
 
 
 def _read_rotations(url: str, count: int | None, storage_options: dict | None) -> np.ndarray:

@@ -56,7 +56,7 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     from cryocloud.pick.figures import write_score_figures
     from cryocloud.pick.formats import write_picks
     from cryocloud.pick.peaks import extract_peaks
-    from cryocloud.pick.results import read_match
+    from cryocloud.pick.results import block_moments_of, read_match
     from cryocloud.store import write_particles_csv
 
     p = ctx.config.peaks
@@ -65,7 +65,8 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     radius = p.radius_fraction * ctx.results["template_radius_a"]
     particles, threshold = extract_peaks(
         scores, orientation, rotations, radius_a=radius, n_false=p.n_false, number=p.number,
-        score_std=summary["score_std"], n_search=summary["n_search"], tomogram="tomogram", class_name="ribosome",
+        score_std=summary["score_std"], n_search=summary["n_search"], block_moments=block_moments_of(summary, ctx.url("match", "match.json")),
+        tomogram="tomogram", class_name="ribosome",
     )
     particles = replace(particles, positions=particles.positions + ctx.results["match_origin_a"])  # binned-level voxel centres
     ctx.results["particles"] = particles
