@@ -7,7 +7,7 @@ would no longer compute the same thing; a wedge-weighted search also has fewer f
 interpolate, so ours is faster there than here. Both on one core, side by side:
 
 - ours: `cryocloud.pick.score.search_orientations` (interpolate the template's spectrum on the band,
-  one inverse real FFT pruned to the band, numba max-update), per orientation; the sub-volume's FFT and local
+  one inverse real FFT pruned to the band and to the core's (z, y) lines, numba max-update), per orientation; the sub-volume's FFT and local
   standard deviation (`prepare_subvolume`) once, reported apart (`prepare_s`);
 - peer: the straightforward way, per orientation `scipy.signal.fftconvolve(volume, template)` of the
   same real-space template, divided by the same local standard deviation, `np.maximum` update. To

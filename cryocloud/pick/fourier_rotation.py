@@ -162,6 +162,10 @@ class BandRuns:
     dk: np.ndarray
     mult: np.ndarray
 
+    def fill(self, rotation: np.ndarray, table: np.ndarray, weight: np.ndarray, vhat: np.ndarray, out: np.ndarray) -> float:
+        """`fill_rotated` over these runs: out[flat] = conj(W T(R^T k)) vhat, returns sum mult |W T|^2."""
+        return fill_rotated(np.asarray(rotation, dtype=np.float64), table, self.start, self.length, self.flat, self.k0, self.dk, self.mult, weight, vhat, out)
+
 
 def band_runs(kxyz: np.ndarray, flat: np.ndarray, mult: np.ndarray) -> BandRuns:
     """Runs of `kxyz` (K, 3) float32 (x, y, z) with consecutive output indices `flat` (K,), one
@@ -265,7 +269,4 @@ def _fill_rotated(rot, spec, kxyz, weight, mult, vhat, flat, out):
     """out[flat] = conj(W T(R^T k)) * vhat for the frequencies `kxyz` (K, 3) (x, y, z, cycles per
     voxel) of a list; returns sum mult |W T|^2 (Parseval). `spec` a `wrapped` spectrum; the list's runs
     (`band_runs`) are cut once per (kxyz, flat, mult) arrays."""
-    runs = _runs_of(kxyz, flat, mult)
-    return fill_rotated(
-        np.asarray(rot, dtype=np.float64), spec, runs.start, runs.length, runs.flat, runs.k0, runs.dk, runs.mult, weight, vhat, out
-    )
+    return _runs_of(kxyz, flat, mult).fill(rot, spec, weight, vhat, out)

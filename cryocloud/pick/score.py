@@ -28,7 +28,8 @@ Speed (one inverse FFT per orientation):
 - the masked template's spectrum is rotated in Fourier space (`cryocloud.pick.fourier_rotation`):
   per orientation a numba kernel samples it at R^T k for the sub-volume's rfft frequencies k inside
   the band |k| < k_max only (the weight is zero outside), multiplies by W and conj() by V's FFT,
-  accumulating ||t_R||^2 by Parseval on the way; one inverse real FFT gives the numerator;
+  accumulating ||t_R||^2 by Parseval on the way; one inverse real FFT gives the numerator, pruned
+  to the band and to the lines that reach the core (`BandInverse`);
 - with a spherical mask sigma_M is rotation invariant: computed once per sub-volume (two FFT
   convolutions with the mask); ||t_R|| comes from Parseval, so no real-space template is needed.
   A non-spherical mask is rotated the same way over the full band (two extra inverse FFTs per
@@ -44,7 +45,7 @@ import ducc0
 import numba
 import numpy as np
 
-from cryocloud.pick.fourier_rotation import TemplateSpectrum, _fill_rotated, template_spectrum  # noqa: F401 (template_spectrum: the search's template input)
+from cryocloud.pick.fourier_rotation import BandRuns, TemplateSpectrum, band_runs, template_spectrum  # noqa: F401 (template_spectrum: the search's template input)
 
 # The score's definition: part of a search's fingerprint, so blocks cached by a resumable search are
 # reused only under the same definition. Change it whenever the score of a given input changes.
@@ -123,16 +124,21 @@ def band_grid(shape: tuple[int, int, int], weight: np.ndarray, k_max: float = 0.
 
 
 class BandInverse:
-    """Inverse real FFT of half spectra that vanish outside a grid's band, pruned to the band.
+    """Inverse real FFT of half spectra that vanish outside a grid's band, pruned to the band and,
+    optionally, to the (z, y) lines of a core region.
 
     The caller writes the band into `compact` (grid.compact_shape, complex64; entries off the band
     stay zero) and calls the object: the z transforms run only on the band's (y, x) lines, the y
-    transforms only on its x columns, then one real transform along x into `out` (shape, float32).
-    The result is the unnormalised inverse: multiply by `factor` (1 / voxels) for numpy's irfftn.
-    All buffers are allocated once; single-threaded ducc0.
+    transforms only on its x columns (and, with a core, only in the core's z planes), then one real
+    transform along x into `out` (shape, float32; with a core only its (z, y) lines, the rest of
+    `out` is left undefined: ~30 % less work for the x transforms at a 128^3 sub-volume with an
+    11-voxel overlap). The result is the unnormalised inverse: multiply by `factor` (1 / voxels)
+    for numpy's irfftn. All buffers are allocated once; single-threaded ducc0.
+
+    `lo`, `core_shape`: the core's first voxel and shape (z, y, x); None for the whole volume.
     """
 
-    def __init__(self, grid: BandGrid):
+    def __init__(self, grid: BandGrid, lo: tuple[int, int, int] | None = None, core_shape: tuple[int, int, int] | None = None):
         self.shape = grid.shape
         self.width = grid.width
         self.factor = 1.0 / float(np.prod(grid.shape))
@@ -147,15 +153,26 @@ class BandInverse:
         kept[grid.rows] = True
         gaps = np.flatnonzero(~kept)
         self._gap = slice(int(gaps[0]), int(gaps[-1]) + 1) if gaps.size else None
+        if (lo is None) != (core_shape is None):
+            raise ValueError("give both lo and core_shape, or neither")
+        if lo is None:
+            self._planes, self._lines = slice(None), slice(None)
+        else:
+            if any(a < 0 or c < 1 or a + c > s for a, c, s in zip(lo, core_shape, grid.shape)):
+                raise ValueError(f"core {tuple(core_shape)} at {tuple(lo)} does not fit in {grid.shape}")
+            self._planes, self._lines = slice(lo[0], lo[0] + core_shape[0]), slice(lo[1], lo[1] + core_shape[1])
 
     def __call__(self) -> np.ndarray:
+        planes = self.work[self._planes]
         band = self.work[:, :, : self.width]
         for src, dst in self._runs:
             ducc0.fft.c2c(self.compact[:, src], axes=(0,), forward=False, out=band[:, dst], nthreads=1)
+        core_band = planes[:, :, : self.width]
         if self._gap is not None:
-            band[:, self._gap] = 0  # the y transform below left data there
-        ducc0.fft.c2c(band, axes=(1,), forward=False, out=band, nthreads=1)
-        return ducc0.fft.c2r(self.work, axes=(2,), lastsize=self.shape[2], forward=False, out=self.out, nthreads=1)
+            core_band[:, self._gap] = 0  # the y transform below left data there
+        ducc0.fft.c2c(core_band, axes=(1,), forward=False, out=core_band, nthreads=1)
+        ducc0.fft.c2r(planes[:, self._lines], axes=(2,), lastsize=self.shape[2], forward=False, out=self.out[self._planes, self._lines], nthreads=1)
+        return self.out
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
@@ -318,16 +335,18 @@ def search_orientations(
     searches = [(spectrum, best, best_index, moments)]
     if background is not None:
         searches.append((background, background_best, np.zeros(sub.core_shape, dtype=np.int32), np.zeros(3, dtype=np.float64)))
-    inverse = BandInverse(grid)
+    inverse = BandInverse(grid, sub.lo, sub.core_shape)
     compact = inverse.compact.reshape(-1)
     lo = np.asarray(sub.lo, dtype=np.int64)
     n_voxels = float(np.prod(shape))
     full = None if sub.scale is not None else _full_band(shape)
     weight = grid.weight if sub.band_weight is None else sub.band_weight
+    runs = band_runs(grid.kxyz, grid.compact_flat, grid.multiplicity)  # cut once per search
+    full_runs = None if full is None else band_runs(full.kxyz, full.flat, full.multiplicity)
     for i, rot in enumerate(np.asarray(rotations, dtype=np.float64)):
-        scale = sub.scale if sub.scale is not None else _rotated_mask_scale(sub, spectrum, full, rot, float(mask.sum()), lo)
+        scale = sub.scale if sub.scale is not None else _rotated_mask_scale(sub, spectrum, full, full_runs, rot, float(mask.sum()), lo)
         for values, best_of, index_of, moments_of in searches:
-            norm2 = _fill_rotated(rot, values.values, grid.kxyz, weight, grid.multiplicity, sub.vhat_band, grid.compact_flat, compact)
+            norm2 = runs.fill(rot, values.values, weight, sub.vhat_band, compact)
             if norm2 <= 0:
                 continue
             inv_norm = inverse.factor / np.sqrt(norm2 / n_voxels)
@@ -335,12 +354,13 @@ def search_orientations(
     return best, best_index, moments
 
 
-def _rotated_mask_scale(sub: Subvolume, spectrum: TemplateSpectrum, full: BandGrid, rot: np.ndarray, n: float, lo) -> np.ndarray:
-    """Local normalisation under the mask rotated by `rot` (non-spherical masks)."""
+def _rotated_mask_scale(sub: Subvolume, spectrum: TemplateSpectrum, full: BandGrid, runs: BandRuns, rot: np.ndarray, n: float, lo) -> np.ndarray:
+    """Local normalisation under the mask rotated by `rot` (non-spherical masks); `runs` the
+    `band_runs` of the `full` grid."""
     mhat = np.zeros(half_shape(sub.shape), dtype=np.complex64)
     flat = mhat.reshape(-1)
     ones = np.ones(full.flat.size, dtype=np.complex64)
-    _fill_rotated(rot, spectrum.mask_values, full.kxyz, full.weight, full.multiplicity, ones, full.flat, flat)
+    runs.fill(rot, spectrum.mask_values, full.weight, ones, flat)
     flat[0] = n  # the DC term: the mask's voxel count
     return _local_scale(sub.vhat, sub.v2hat, mhat, n, sub.shape, lo, sub.core_shape, sub.reach)
 
@@ -349,6 +369,6 @@ def effective_template(spectrum: TemplateSpectrum, grid: BandGrid, rotation: np.
     """The real-space template t_R (grid.shape, origin at index 0) that the search correlates with."""
     inverse = BandInverse(grid)
     ones = np.ones(grid.flat.size, dtype=np.complex64)
-    _fill_rotated(np.asarray(rotation, dtype=np.float64), spectrum.values, grid.kxyz, grid.weight, grid.multiplicity, ones, grid.compact_flat, inverse.compact.reshape(-1))
+    band_runs(grid.kxyz, grid.compact_flat, grid.multiplicity).fill(rotation, spectrum.values, grid.weight, ones, inverse.compact.reshape(-1))
     np.conjugate(inverse.compact, out=inverse.compact)
     return inverse() * np.float32(inverse.factor)
