@@ -5,9 +5,10 @@ denoised by the CTF deconvolution filter and by a Noise2Noise model trained on i
 the three is searched with the bundled ribosome template (the pipeline's settings: CTF and dose
 weighting from the tilt series, uniform rotations), peaks extracted at the statistical cut-off and
 scored against the true positions (F4, tolerance half the template radius); `f4_best_n` scores the
-N best peaks instead (N = the number of true particles: the ranking, without the cut-off); `f4_block`
-/ `f4_slab` (and their n_picks_*) take the cut-off from each sub-volume block's / z slab's own score
-sigma instead of the global one (`extract_peaks(local_sigma=...)`). Also reports the
+N best peaks instead (N = the number of true particles: the ranking, without the cut-off). The cut-off
+is extract_peaks' default (the sigma of each z slab of sub-volume blocks, never below the global
+one); `f4_global` / `f4_block` (and their n_picks_*) take it from the global sigma / each block's own
+(floored) instead. Also reports the
 correlation and mean FSC of each with the truth. Timing keys: ours_s / peer_s are the matching
 times on the Noise2Noise-denoised and on the raw tomogram (the same search, so ratio ~ 1); the
 result is in the f4_* keys.
@@ -47,8 +48,8 @@ def _f_beta(tomo, series, workdir: str, truth_positions: np.ndarray, increment: 
         found[mode] = (f_beta(particles.positions, truth_positions, tolerance=tolerance), len(particles))
     best, _ = extract_peaks(scores, orientation, rots, radius_a=radius, n_false=None, number=len(truth_positions))
     ranked = f_beta(best.positions, truth_positions, tolerance=tolerance)
-    score, n_picks = found["global"]
-    local = {f"{key}_{mode}": value for mode in ("block", "slab") for key, value in (("f4", round(found[mode][0]["f4"], 3)), ("n_picks", found[mode][1]))}
+    score, n_picks = found["slab"]
+    local = {f"{key}_{mode}": value for mode in ("global", "block") for key, value in (("f4", round(found[mode][0]["f4"], 3)), ("n_picks", found[mode][1]))}
     return {k: round(v, 3) for k, v in score.items()} | {"n_picks": n_picks, "f4_best_n": round(ranked["f4"], 3)} | local, seconds
 
 

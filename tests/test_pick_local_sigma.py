@@ -44,8 +44,11 @@ def test_local_sigma_keeps_false_alarms_near_n_false_where_global_sigma_does_not
     sigma, n_search = blocks.total()
     assert sigma == pytest.approx(np.sqrt(2.5), rel=0.01)
     kwargs = dict(radius_a=1.0, n_false=1.0, score_std=sigma, n_search=n_search, block_moments=blocks)
-    plain, cut = extract_peaks(scores, orientation, np.eye(3)[None], **kwargs)
-    local, lowest = extract_peaks(scores, orientation, np.eye(3)[None], local_sigma=mode, **kwargs)
+    plain, cut = extract_peaks(scores, orientation, np.eye(3)[None], local_sigma="global", **kwargs)
+    local, lowest = extract_peaks(scores, orientation, np.eye(3)[None], local_sigma=mode, sigma_floor=False, **kwargs)
+    floored, floor_cut = extract_peaks(scores, orientation, np.eye(3)[None], local_sigma=mode, **kwargs)
+    default, _ = extract_peaks(scores, orientation, np.eye(3)[None], **kwargs)  # slab, floored
+    np.testing.assert_array_equal(default.positions, floored.positions)
     planted = {tuple(p) for p in PLANTED[:, ::-1].astype(float)}  # (x, y, z) A at 1 A voxels
     # global sigma 1.58: ~23 expected false alarms from the sigma-2 half (cut-off at 4.0 of its
     # sigma), and the planted peaks of the quiet half (6.5 sigma there) fall under its cut-off
@@ -57,6 +60,10 @@ def test_local_sigma_keeps_false_alarms_near_n_false_where_global_sigma_does_not
     assert len(local_false) <= 4
     assert planted <= set(map(tuple, local.positions))
     assert lowest < cut
+    # with the floor (default) the noisy half keeps its own cut-off, the quiet half the global one
+    assert len([p for p in map(tuple, floored.positions) if p not in planted]) <= 4
+    assert not planted & set(map(tuple, floored.positions))
+    assert floor_cut == cut
 
 
 def test_block_moments_fall_back_and_check_their_shape():
@@ -72,6 +79,7 @@ def test_block_moments_fall_back_and_check_their_shape():
         BlockMoments(blocks.moments[:, :1], blocks.edges)
     slab = blocks.sigma_blocks("slab")
     assert np.allclose(slab[:2], 1.0, rtol=0.02) and np.allclose(slab[2:], 2.0, rtol=0.02)
+    assert np.allclose(blocks.sigma_blocks("slab", floor=True)[:2], sigma) and np.allclose(blocks.sigma_blocks("global"), sigma)
 
 
 def test_search_keeps_moments_per_block_in_match_json(tmp_path, capsys):

@@ -132,9 +132,10 @@ def extract_peaks_cmd(
     n_false: Optional[float] = typer.Option(1.0, "--n-false", help="Expected false positives of the statistical cut-off (0: none)."),
     number: Optional[int] = typer.Option(None, "--number", help="Keep at most this many particles."),
     local_sigma: str = typer.Option(
-        "global", "--local-sigma",
+        "slab", "--local-sigma",
         help="Score sigma of the cut-off: global (all scores), block (each sub-volume's own), slab (each z row of sub-volumes).",
     ),
+    sigma_floor: bool = typer.Option(True, "--sigma-floor/--no-sigma-floor", help="A local sigma is never taken below the global one."),
     object_name: str = typer.Option("particle", "--object-name", help="Class / copick object name."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Write <out>_slices.png and <out>_histogram.png."),
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint."),
@@ -148,7 +149,7 @@ def extract_peaks_cmd(
     particles, threshold = extract_peaks(
         scores, orientation, rotations, radius_a=radius_a, n_false=n_false or None, number=number,
         score_std=summary["score_std"], n_search=summary["n_search"], block_moments=block_moments_of(summary, f"{match_url}/match.json"),
-        local_sigma=local_sigma, tomogram=str(summary.get("tomogram", "")), class_name=object_name,
+        local_sigma=local_sigma, sigma_floor=sigma_floor, tomogram=str(summary.get("tomogram", "")), class_name=object_name,
     )
     shape = tuple(int(n) for n in summary["shape_zyx"])
     write_picks(particles, out_url, fmt, storage_options=options, pixel_size=px, shape_zyx=shape, object_name=object_name)

@@ -19,6 +19,11 @@ each block b (or each z slab of blocks) gets its own sigma_b and its candidates 
 t_b = erfcinv(2 n_false / N_search) sqrt(2) sigma_b. With a Gaussian null of spread sigma_b in
 block b, the expected false count is sum_b N_b P(score > t_b) = sum_b N_b n_false / N_search
 = n_false: N_search stays the whole search's, so n_false is still the expected total.
+With `sigma_floor` (default) sigma_b is never taken below the global sigma: the cut-off is raised
+where the local spread is wider and kept elsewhere, so the expected false count is at most n_false
+under the local null and under the global one alike. Block sigmas include the particles' own
+scores, and their tails are not Gaussian on denoised input (secondary peaks next to particles): a
+lowered cut-off in quiet blocks admits those (benchmark denoise-pick), the floor does not.
 """
 
 from __future__ import annotations
@@ -70,9 +75,10 @@ class BlockMoments:
         summed = np.asarray(self.moments, dtype=np.float64).reshape(-1, 3).sum(axis=0)
         return float(sigma_of(summed)), float(summed[2])
 
-    def sigma_blocks(self, mode: LocalSigma) -> np.ndarray:
+    def sigma_blocks(self, mode: LocalSigma, floor: bool = False) -> np.ndarray:
         """sigma per block (nz, ny, nx): "block" each block's own, "slab" the blocks of one z row
-        together, "global" all; blocks without scores (count 0) take the global sigma."""
+        together, "global" all; blocks without scores (count 0) take the global sigma; `floor`:
+        none below the global sigma."""
         if mode not in LOCAL_SIGMA_MODES:
             raise ModelError("local_sigma", f"expected one of {', '.join(LOCAL_SIGMA_MODES)}, got {mode!r}")
         moments = np.asarray(self.moments, dtype=np.float64)
@@ -80,14 +86,15 @@ class BlockMoments:
             moments = np.broadcast_to(moments.sum(axis=(1, 2), keepdims=True), moments.shape)
         elif mode == "global":
             moments = np.broadcast_to(moments.sum(axis=(0, 1, 2), keepdims=True), moments.shape)
-        sigma = sigma_of(moments)
-        return np.where(np.isfinite(sigma), sigma, self.total()[0])
+        sigma, overall = sigma_of(moments), self.total()[0]
+        sigma = np.where(np.isfinite(sigma), sigma, overall)
+        return np.maximum(sigma, overall) if floor else sigma
 
-    def at(self, zyx: np.ndarray, mode: LocalSigma) -> np.ndarray:
+    def at(self, zyx: np.ndarray, mode: LocalSigma, floor: bool = False) -> np.ndarray:
         """sigma at voxel indices `zyx` (M, 3): that of the block whose core holds each voxel."""
         zyx = np.asarray(zyx, dtype=np.int64).reshape(-1, 3)
         index = tuple(np.clip(np.searchsorted(e, zyx[:, a], side="right") - 1, 0, len(e) - 2) for a, e in enumerate(self.edges))
-        return self.sigma_blocks(mode)[index]
+        return self.sigma_blocks(mode, floor)[index]
 
 
 def false_alarm_threshold(sigma: float, n_search: float, n_false: float = 1.0) -> float:
@@ -149,7 +156,8 @@ def extract_peaks(
     score_std: float | None = None,
     n_search: float | None = None,
     block_moments: BlockMoments | None = None,
-    local_sigma: LocalSigma = "global",
+    local_sigma: LocalSigma = "slab",
+    sigma_floor: bool = True,
     tomogram: str = "",
     class_name: str = "",
 ) -> tuple[Particles, float | None]:
@@ -157,10 +165,11 @@ def extract_peaks(
 
     Give `n_false` (expected false positives, the statistical cut-off; needs the search's
     `score_std` and `n_search` = voxels x orientations, see MatchResult.score_std) and/or `number`
-    (keep the best `number`). `local_sigma` "block" / "slab" (needs `block_moments`, the search's
+    (keep the best `number`). `local_sigma` "block" / "slab" (default; needs `block_moments`, the search's
     moments per block; without them, results of older searches, the global sigma is used): each
-    block's (z slab's) candidates are cut at the threshold of that block's own sigma (module
-    docstring); the threshold returned is then the lowest of them. Positions are voxel indices
+    block's (z slab's) candidates are cut at the threshold of that block's own sigma, with
+    `sigma_floor` never below the global sigma's (module docstring); the threshold returned is
+    then the lowest of them. Positions are voxel indices
     times the voxel size (voxel (0,0,0) at 0 A).
     """
     if n_false is None and number is None:
@@ -173,11 +182,11 @@ def extract_peaks(
     if n_false is not None:
         if score_std is None or n_search is None:
             raise ModelError("score_std", "the false-alarm cut-off needs the search's score standard deviation and N_search")
-        lowest = float(np.min(block_moments.sigma_blocks(local_sigma))) if local else score_std
+        lowest = float(np.min(block_moments.sigma_blocks(local_sigma, sigma_floor))) if local else score_std
         threshold = false_alarm_threshold(lowest, n_search, n_false)
     positions, values = candidates(scores, threshold if threshold is not None else 1e-12)
     if local and len(positions):
-        above = values >= false_alarm_threshold(1.0, n_search, n_false) * block_moments.at(positions, local_sigma)
+        above = values >= false_alarm_threshold(1.0, n_search, n_false) * block_moments.at(positions, local_sigma, sigma_floor)
         positions, values = positions[above], values[above]
     keep = non_maximum_suppression(positions, values, radius_a / px, number)
     zyx = positions[keep]
