@@ -140,3 +140,19 @@ def test_band_inverse_equals_irfftn_on_its_core():
                 assert np.abs(got[region] - expected[region]).max() < 1e-5 * np.abs(expected).max()
     with pytest.raises(ValueError, match="does not fit"):
         sc.BandInverse(grid, (0, 0, 0), (shape[0] + 1, 1, 1))
+
+
+def test_searches_reusing_a_grid_agree_across_cores(setup):
+    """Searches of one grid share its runs (cut once): searches with another core in between and again
+    with the first core give the same scores where the cores overlap."""
+    mask, spectrum, grid, volume, sub = setup
+    rotations = random_rotations(3, np.random.default_rng(8))
+    assert grid.runs is grid.runs
+    first = sc.search_orientations(sub, spectrum, grid, rotations)
+    shifted = sc.prepare_subvolume(volume, grid, mask, (10, 9, 8), (12, 14, 16), spherical=True)
+    other = sc.search_orientations(shifted, spectrum, grid, rotations)
+    again = sc.search_orientations(sub, spectrum, grid, rotations)
+    for a, b in zip(first, again):
+        assert np.array_equal(a, b)
+    assert np.abs(other[0] - first[0][2:14, 1:15, :]).max() < 1e-5
+    assert np.array_equal(other[1], first[1][2:14, 1:15, :])

@@ -40,6 +40,7 @@ Speed (one inverse FFT per orientation):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import ducc0
 import numba
@@ -94,6 +95,11 @@ class BandGrid:
     @property
     def compact_shape(self) -> tuple[int, int, int]:
         return (self.shape[0], self.rows.size, self.width)
+
+    @cached_property
+    def runs(self) -> BandRuns:
+        """The band's runs along x into the compact layout (`band_runs`), cut once per grid."""
+        return band_runs(self.kxyz, self.compact_flat, self.multiplicity)
 
 
 def band_grid(shape: tuple[int, int, int], weight: np.ndarray, k_max: float = 0.5) -> BandGrid:
@@ -341,12 +347,11 @@ def search_orientations(
     n_voxels = float(np.prod(shape))
     full = None if sub.scale is not None else _full_band(shape)
     weight = grid.weight if sub.band_weight is None else sub.band_weight
-    runs = band_runs(grid.kxyz, grid.compact_flat, grid.multiplicity)  # cut once per search
     full_runs = None if full is None else band_runs(full.kxyz, full.flat, full.multiplicity)
     for i, rot in enumerate(np.asarray(rotations, dtype=np.float64)):
         scale = sub.scale if sub.scale is not None else _rotated_mask_scale(sub, spectrum, full, full_runs, rot, float(mask.sum()), lo)
         for values, best_of, index_of, moments_of in searches:
-            norm2 = runs.fill(rot, values.values, weight, sub.vhat_band, compact)
+            norm2 = grid.runs.fill(rot, values.values, weight, sub.vhat_band, compact)
             if norm2 <= 0:
                 continue
             inv_norm = inverse.factor / np.sqrt(norm2 / n_voxels)
@@ -369,6 +374,6 @@ def effective_template(spectrum: TemplateSpectrum, grid: BandGrid, rotation: np.
     """The real-space template t_R (grid.shape, origin at index 0) that the search correlates with."""
     inverse = BandInverse(grid)
     ones = np.ones(grid.flat.size, dtype=np.complex64)
-    band_runs(grid.kxyz, grid.compact_flat, grid.multiplicity).fill(rotation, spectrum.values, grid.weight, ones, inverse.compact.reshape(-1))
+    grid.runs.fill(rotation, spectrum.values, grid.weight, ones, inverse.compact.reshape(-1))
     np.conjugate(inverse.compact, out=inverse.compact)
     return inverse() * np.float32(inverse.factor)
