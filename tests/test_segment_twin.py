@@ -75,3 +75,24 @@ def test_no_membranes_in_noise_or_particles():
     labels = result.labels.values
     for k in range(1, result.count + 1):  # every false membrane is on a particle, none in the ice alone
         assert near[labels == k].mean() > 0.5
+
+
+def test_gold_fiducials_streaks_are_not_membranes():
+    from cryocloud.segment import MembraneSettings
+    from cryocloud.simulate import FiducialConfig
+
+    sim, tomo = _twin(4, n_particles=0, membranes=MembraneConfig(vesicles=3, vesicle_radius_a=(150.0, 300.0)),
+                      fiducials=FiducialConfig(count=6))
+    truth = sim.truth.labels.data.values == 2
+    gold = ndimage.binary_dilation(sim.truth.labels.data.values == 3, iterations=3)
+    angles = (min(tomo.tilt_angles), max(tomo.tilt_angles))
+    kept = segment_membranes(tomo, quiet=True)
+    plain = segment_membranes(tomo, MembraneSettings(fiducial_sigma=None), quiet=True)
+    scores, plain_scores = (evaluate_membranes(r.labels, truth, tomo.pixel_size, angles) for r in (kept, plain))
+    print("gold twin", kept.count, plain.count, kept.labels.attrs["segmentation"]["fiducial_streaks_dropped"], scores, plain_scores)
+    assert kept.labels.attrs["segmentation"]["fiducial_streaks_dropped"] >= 1
+    assert scores["precision"] > plain_scores["precision"] and scores["recall"] >= plain_scores["recall"] - 0.01
+    assert scores["dice_resolvable"] >= 0.8
+    labels = kept.labels.values
+    for k in range(1, kept.count + 1):  # no label left on a bead's streak
+        assert gold[labels == k].mean() < 0.05

@@ -51,6 +51,9 @@ def membranes(
     complete_vesicles: bool = typer.Option(
         False, "--complete-vesicles", help="Close membranes that fit a sphere across the missing wedge (needs the tilt angles)."
     ),
+    fiducial_sigma: Optional[float] = typer.Option(
+        20.0, "--fiducial-sigma", help="Gold fiducials: voxels beyond this many robust s.d. of the tomogram; membranes on their streaks are dropped (0: keep all)."
+    ),
     chunk: int = typer.Option(96, "--chunk", help="Edge of the processing cubes (voxels)."),
     mrc: Optional[str] = typer.Option(None, "--mrc", help="Also write the membrane mask (int8, 1 = membrane) as MRC here."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
@@ -63,7 +66,7 @@ def membranes(
     settings = MembraneSettings(
         scale_a=scale_a, integration_a=integration_a, polarity=polarity, low=low, high=high,
         min_size_a2=min_size, thickness_a=thickness_a, chunk_voxels=chunk,
-        wedge_normalise=wedge_normalise, complete_vesicles=complete_vesicles,
+        wedge_normalise=wedge_normalise, complete_vesicles=complete_vesicles, fiducial_sigma=fiducial_sigma or None,
     )
     tomo = read_volume(in_url, storage_options=read_options)
     if not overwrite:

@@ -9,6 +9,7 @@ Graph, all arrays (z, y, x):
 3. thresholds from the response's noise statistics (`threshold`), computed on a bounded sample;
 4. global hysteresis + connected components with a minimum area (`components`): two passes over
    the cubes, the component tables merged on the client; one label per connected membrane;
+   components lying on gold fiducials' streaks dropped (`fiducials`);
 5. the mid-surfaces thickened to `thickness_a` (each voxel within thickness / 2 of a surface,
    less `SURFACE_VOXEL_OFFSET`, takes that surface's label; `map_overlap` with depth
    thickness / 2 + 1);
@@ -36,6 +37,7 @@ from cryocloud.errors import ModelError
 from cryocloud.model import Tomogram
 from cryocloud.segment.anisotropy import estimate_whitener
 from cryocloud.segment.complete import SphereFit, draw_caps, fit_vesicles, gather_points
+from cryocloud.segment.fiducials import drop_fiducial_streaks
 from cryocloud.segment.components import hysteresis_components
 from cryocloud.segment.hessian import membrane_ridge, overlap_depth
 from cryocloud.segment.threshold import Thresholds, automatic_thresholds
@@ -68,6 +70,12 @@ class MembraneSettings(pydantic.BaseModel):
     thickness_a: float = pydantic.Field(50.0, ge=0, description="output membrane thickness (A): a bilayer with head groups")
     wedge_normalise: bool = pydantic.Field(
         True, description="judge each plate against the noise in its own orientation (missing-wedge anisotropy; see segment.anisotropy)"
+    )
+    fiducial_sigma: float | None = pydantic.Field(
+        20.0, gt=0, description="voxels beyond median +- this many robust s.d. of the tomogram are fiducials (gold); None: no fiducial rejection"
+    )
+    fiducial_margin_a: float = pydantic.Field(
+        30.0, ge=0, description="a membrane with over 5% of its mid-surface within this distance (A) of a fiducial is its streak and is dropped"
     )
     complete_vesicles: bool = pydantic.Field(
         False, description="close membranes that fit a sphere across the missing wedge (model-based; see segment.complete)"
@@ -174,6 +182,10 @@ def segment_membranes(
     surfaces, count = hysteresis_components(
         ridge, thresholds.low, thresholds.high, min_voxels, quiet=quiet, description="membrane components"
     )
+    streaks = 0
+    if settings.fiducial_sigma is not None:
+        surfaces, count, streaks = drop_fiducial_streaks(surfaces, count, volume, px, sigma=settings.fiducial_sigma,
+                                                         margin_a=settings.fiducial_margin_a, quiet=quiet)
     half = max(settings.thickness_a / 2 / px - SURFACE_VOXEL_OFFSET, 0.0)
     labels = surfaces
     if half > 0:
@@ -192,6 +204,7 @@ def segment_membranes(
             "noise_median": thresholds.median,
             "noise_spread": thresholds.spread,
             "membranes": count,
+            "fiducial_streaks_dropped": streaks,
             **({"vesicles": [f.as_dict(px) for f in fits]} if settings.complete_vesicles else {}),
         },
     }
