@@ -9,7 +9,8 @@ with a fault instead:
   of the body (or, for an empty body, nothing) before the connection closes;
 - ``"timeout"``: no answer for `stall_s` seconds (longer than the client's read timeout), then close.
 
-Which requests fail is deterministic: a request is keyed by (method, path, query); a `FaultPlan`
+Which requests fail is deterministic: a request is keyed by (method, path without its bucket, query),
+so a test's fresh, randomly named bucket meets the same faults on every run; a `FaultPlan`
 gives each key a number of consecutive failures (``transient``: 0 to `max_consecutive`, from a
 hash of the key; ``persistent``: every attempt) and cycles through its kinds. Only the methods in
 `methods` are faulted. Everything is bounded: bodies up to 256 MiB, stalls of `stall_s`, the
@@ -89,7 +90,7 @@ class FaultProxy:
             key = f"{method} {path}"
             attempt = self._attempts[key]
             self._attempts[key] += 1
-            if not plan.persistent and attempt >= plan.failures_for(key):
+            if not plan.persistent and attempt >= plan.failures_for(f"{method} {_without_bucket(path)}"):
                 return None
             kind = plan.kinds[(attempt + self.counts["faults"]) % len(plan.kinds)]
             self.counts["faults"] += 1
@@ -176,3 +177,8 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
     return Handler
+
+
+def _without_bucket(path: str) -> str:
+    """A path-style S3 request path (/BUCKET/KEY?QUERY) without its bucket segment."""
+    return "/" + path.lstrip("/").partition("/")[2]
