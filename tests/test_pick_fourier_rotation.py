@@ -68,7 +68,7 @@ def test_band_runs_cover_every_frequency_once():
     empty = fr.band_runs(np.zeros((0, 3), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
     assert empty.start.size == 0
     out = np.zeros(4, np.complex64)
-    assert fr._fill_rotated(np.eye(3), fr.wrapped(np.ones((8, 8, 8))), np.zeros((0, 3), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32), out[:0], np.zeros(0, np.int64), out) == 0.0
+    assert empty.fill(np.eye(3), fr.wrapped(np.ones((8, 8, 8))), np.zeros(0, np.float32), out[:0], out) == 0.0
 
 
 def test_fill_equals_direct_trilinear_sampling():
@@ -82,7 +82,7 @@ def test_fill_equals_direct_trilinear_sampling():
         vhat = (rng.normal(size=grid.flat.size) + 1j * rng.normal(size=grid.flat.size)).astype(np.complex64)
         for rotation in random_rotations(3, rng):
             out = np.full(int(np.prod(grid.compact_shape)), 7 + 7j, dtype=np.complex64)  # sentinel off the band
-            norm2 = fr._fill_rotated(rotation, spectrum.values, grid.kxyz, grid.weight, grid.multiplicity, vhat, grid.compact_flat, out)
+            norm2 = grid.runs.fill(rotation, spectrum.values, grid.weight, vhat, out)
             t = grid.weight * _direct_trilinear(direct, grid.kxyz.astype(np.float64) @ rotation * p)  # rows: R^T k
             expected = np.conj(t) * vhat
             assert np.abs(out[grid.compact_flat] - expected).max() < 1e-5 * np.abs(expected).max()
@@ -102,21 +102,21 @@ def test_quarter_turn_permutes_the_spectrum_exactly():
     turn = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # x -> y
     out = np.zeros(grid.flat.size, dtype=np.complex64)
     ones = np.ones(grid.flat.size, dtype=np.complex64)
-    fr._fill_rotated(turn, spectrum.values, grid.kxyz, grid.weight, grid.multiplicity, ones, np.arange(grid.flat.size), out)
+    fr.band_runs(grid.kxyz, np.arange(grid.flat.size), grid.multiplicity).fill(turn, spectrum.values, grid.weight, ones, out)
     i = np.rint(grid.kxyz * p).astype(np.int64)  # (x, y, z) indices
     expected = np.conj(direct[i[:, 2] % p, -i[:, 0] % p, i[:, 1] % p])
     assert np.abs(out - expected).max() < 1e-6 * np.abs(expected).max()
 
 
-def test_new_arrays_get_their_own_runs():
-    """Runs are cut once per (kxyz, flat, mult) arrays: arrays of the same shape but other values
-    (here the frequencies of a rotated grid written into a new array) are not served stale runs."""
+def test_runs_of_a_permuted_frequency_list():
+    """Runs cut from a frequency list that is not the band's x-ordered one (the band's frequencies
+    with y and z swapped) sample that list's own frequencies."""
     spectrum = fr.template_spectrum(_template(), spherical_mask(B, 6.0, soft_edge=0.0), spherical=True)
     direct = _spectrum_of(spectrum.values)
     grid = band_grid((S, S, S), _wedge_weight((S, S, S)))
     ones = np.ones(grid.flat.size, dtype=np.complex64)
     for kxyz in (grid.kxyz, np.ascontiguousarray(grid.kxyz[:, [0, 2, 1]])):
         out = np.zeros(int(np.prod(grid.compact_shape)), dtype=np.complex64)
-        fr._fill_rotated(np.eye(3), spectrum.values, kxyz, grid.weight, grid.multiplicity, ones, grid.compact_flat, out)
+        fr.band_runs(kxyz, grid.compact_flat, grid.multiplicity).fill(np.eye(3), spectrum.values, grid.weight, ones, out)
         expected = np.conj(grid.weight * _direct_trilinear(direct, kxyz.astype(np.float64) * spectrum.padded))
         assert np.abs(out[grid.compact_flat] - expected).max() < 1e-5 * np.abs(expected).max()

@@ -39,7 +39,7 @@ import numpy as np
 from cryocloud.average.wedge import wedge_at, wedge_grid
 from cryocloud.errors import ModelError
 from cryocloud.pick.angles import local_rotations, symmetry_operators, uniform_rotations
-from cryocloud.pick.fourier_rotation import TemplateSpectrum, _fill_rotated, _gridding_spectrum, template_spectrum
+from cryocloud.pick.fourier_rotation import TemplateSpectrum, _gridding_spectrum, band_runs, template_spectrum
 from cryocloud.pick.score import BandGrid, band_grid, half_shape, irfftn, rfftn
 from cryocloud.pick.template import spherical_mask
 from cryocloud.pick.weighting import lowpass
@@ -150,7 +150,7 @@ def _search_one(vhat: np.ndarray, grid: BandGrid, spectrum: TemplateSpectrum, ro
     lo, hi = c - m - 1, c + m + 2
     best = (-1, np.zeros(3), -np.inf)
     for i, rot in enumerate(rotations):
-        norm2 = _fill_rotated(rot, spectrum.values, grid.kxyz, grid.weight, grid.multiplicity, vband, grid.flat, flat)
+        norm2 = grid.half_spectrum_runs.fill(rot, spectrum.values, grid.weight, vband, flat)
         if norm2 <= 0:
             continue
         irfftn(product, grid.shape, out=corr)
@@ -249,6 +249,7 @@ def _full_grid(box: int) -> tuple[np.ndarray, np.ndarray]:
 def _accumulate(subvolumes, rotations, shifts_px, angles_list, box):
     kxyz, flat = _full_grid(box)
     ones = np.ones(flat.size, dtype=np.float32)
+    runs = band_runs(kxyz, flat, ones)
     num = np.zeros(flat.size, dtype=np.complex128)
     den = np.zeros(flat.size, dtype=np.float64)
     out = np.zeros(flat.size, dtype=np.complex64)
@@ -258,7 +259,7 @@ def _accumulate(subvolumes, rotations, shifts_px, angles_list, box):
         for r in rots:
             rk = k64 @ r.T  # R q for every q (rows)
             phase = np.exp(-2j * np.pi * (rk @ s)).astype(np.complex64)  # conj of e^{+2 pi i (R q).s}
-            _fill_rotated(np.ascontiguousarray(r.T), spec, kxyz, ones, ones, phase, flat, out)
+            runs.fill(np.ascontiguousarray(r.T), spec, ones, phase, out)
             w = wedge_at(rk, angles, box)
             num += w * np.conj(out)
             den += w * w

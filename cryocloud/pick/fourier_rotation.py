@@ -24,7 +24,6 @@ Speed: the sampling costs as much as an inverse FFT of the searched box unless i
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import numba
@@ -248,25 +247,3 @@ def fill_rotated(rotation, table, runs_start, runs_length, runs_flat, runs_k0, r
             of[f + 1] = tr * vi - ti * vr
         norm += runs_mult[run] * total
     return norm
-
-
-_RUNS: dict[tuple[int, int, int], tuple[weakref.ref, weakref.ref, weakref.ref, BandRuns]] = {}
-
-
-def _runs_of(kxyz: np.ndarray, flat: np.ndarray, mult: np.ndarray) -> BandRuns:
-    """`band_runs`, kept while the three arrays live (keyed by identity: they must not change)."""
-    key = (id(kxyz), id(flat), id(mult))
-    hit = _RUNS.get(key)
-    if hit is not None and hit[0]() is kxyz and hit[1]() is flat and hit[2]() is mult:
-        return hit[3]
-    runs = band_runs(kxyz, flat, mult)
-    drop = lambda _ref, key=key: _RUNS.pop(key, None)  # noqa: E731
-    _RUNS[key] = (weakref.ref(kxyz, drop), weakref.ref(flat, drop), weakref.ref(mult, drop), runs)
-    return runs
-
-
-def _fill_rotated(rot, spec, kxyz, weight, mult, vhat, flat, out):
-    """out[flat] = conj(W T(R^T k)) * vhat for the frequencies `kxyz` (K, 3) (x, y, z, cycles per
-    voxel) of a list; returns sum mult |W T|^2 (Parseval). `spec` a `wrapped` spectrum; the list's runs
-    (`band_runs`) are cut once per (kxyz, flat, mult) arrays."""
-    return _runs_of(kxyz, flat, mult).fill(rot, spec, weight, vhat, out)

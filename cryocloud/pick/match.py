@@ -31,7 +31,7 @@ from cryocloud.errors import ModelError
 from cryocloud.geometry import centre_index
 from cryocloud.model import Tomogram
 from cryocloud.pick import score as sc
-from cryocloud.pick.peaks import BlockMoments
+from cryocloud.pick.peaks import BlockMoments, sigma_of
 from cryocloud.pick.template import Template, phase_randomised
 from cryocloud.pick.spectrum import RadialSpectrum, chunk_power, from_sums, shell_grid
 from cryocloud.pick.weighting import CtfMode, TiltWeighting, lowpass, tilt_weight, tilt_weight_at, whitening
@@ -297,9 +297,8 @@ class MatchResult:
 
     def score_std(self) -> tuple[float, float]:
         """(standard deviation of all evaluated scores, their count); computes the moments."""
-        total, total2, count = np.asarray(self.moments.compute(), dtype=np.float64)
-        mean = total / count
-        return float(np.sqrt(max(total2 / count - mean * mean, 0.0))), float(count)
+        moments = np.asarray(self.moments.compute(), dtype=np.float64)
+        return float(sigma_of(moments)), float(moments[2])
 
 
 def match(

@@ -101,6 +101,11 @@ class BandGrid:
         """The band's runs along x into the compact layout (`band_runs`), cut once per grid."""
         return band_runs(self.kxyz, self.compact_flat, self.multiplicity)
 
+    @cached_property
+    def half_spectrum_runs(self) -> BandRuns:
+        """The band's runs along x into the full half spectrum (`flat`), cut once per grid."""
+        return band_runs(self.kxyz, self.flat, self.multiplicity)
+
 
 def band_grid(shape: tuple[int, int, int], weight: np.ndarray, k_max: float = 0.5) -> BandGrid:
     """Frequencies of the rfft grid of `shape` with 0 < |k| < k_max (cycles/voxel) and weight != 0.
