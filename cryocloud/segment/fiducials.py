@@ -15,17 +15,12 @@ import numpy as np
 from scipy import ndimage
 
 from cryocloud.progress import compute
-from cryocloud.segment.threshold import robust_statistics, sample_blocks
-
-
-def _values(block: np.ndarray, n: int = 20000) -> np.ndarray:
-    flat = block.ravel()
-    return flat[:: max(1, flat.size // n)]
+from cryocloud.segment.threshold import robust_statistics, sample_blocks, subsample
 
 
 def volume_statistics(volume: da.Array, *, max_blocks: int = 8, quiet: bool = True) -> tuple[float, float]:
     """(median, robust s.d.) of a lazy volume from a bounded sample of its blocks."""
-    parts = compute(*[dask.delayed(_values)(b) for b in sample_blocks(volume, max_blocks)], description="tomogram statistics", quiet=quiet)
+    parts = compute(*[dask.delayed(subsample)(b) for b in sample_blocks(volume, max_blocks)], description="tomogram statistics", quiet=quiet)
     return robust_statistics(np.concatenate(parts).astype(np.float64))
 
 

@@ -38,10 +38,14 @@ class Thresholds:
     high: float
 
 
+def subsample(values: np.ndarray, limit: int = MAX_VALUES_PER_BLOCK) -> np.ndarray:
+    """Every k-th of `values` (flattened), k the smallest step leaving about `limit` of them at most."""
+    flat = np.ravel(values)
+    return flat[:: max(1, flat.size // limit)]
+
+
 def _ridge_values(block: np.ndarray) -> np.ndarray:
-    values = block[block > 0]
-    step = max(1, values.size // MAX_VALUES_PER_BLOCK)
-    return values[::step]
+    return subsample(block[block > 0])
 
 
 def sample_blocks(array: da.Array, max_blocks: int) -> list:
