@@ -31,12 +31,14 @@ from cryocloud.errors import ModelError
 from cryocloud.geometry import centre_index
 from cryocloud.model import Tomogram
 from cryocloud.pick import score as sc
+from cryocloud.pick.angles import uniform_rotations
 from cryocloud.pick.peaks import BlockMoments, sigma_of
 from cryocloud.pick.template import Template, phase_randomised
 from cryocloud.pick.spectrum import RadialSpectrum, chunk_power, from_sums, shell_grid
 from cryocloud.pick.weighting import CtfMode, TiltWeighting, lowpass, tilt_weight, tilt_weight_at, whitening
 
 FAST_SIZES = (64, 72, 80, 96, 108, 120, 128, 144, 160, 180, 192, 216, 240, 256)
+ENERGY_INCREMENT_DEG = 90.0  # the 24 rotations of the cube average the template's energy map (score.energy_spectrum)
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,15 @@ def _read_box(data: np.ndarray, block: Block, box: int) -> np.ndarray:
     return out
 
 
+def _inside_box(block: Block, box: int, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """(box, box, box) bool, True where a block's FFT box holds tomogram voxels; None when all do."""
+    if all(0 <= s and s + box <= n for s, n in zip(block.box_start, shape)):
+        return None
+    inside = np.zeros((box, box, box), dtype=bool)
+    inside[tuple(slice(max(0, -s), min(box, n - s)) for s, n in zip(block.box_start, shape))] = True
+    return inside
+
+
 def _clipped(block: Block, box: int, shape) -> tuple[slice, ...]:
     return tuple(slice(max(0, s), min(n, s + box)) for s, n in zip(block.box_start, shape))
 
@@ -127,7 +138,8 @@ def _clipped(block: Block, box: int, shape) -> tuple[slice, ...]:
 class _Setup:
     """The search's shared parts. `base` (K,) the weight on the band without the tilt weighting
     (low-pass x whitening); `tilts` set when each sub-volume gets its own CTF weight; `background`
-    the phase-randomised template's spectrum for the background correction."""
+    the phase-randomised template's spectrum for the background correction; `energy` the filtered
+    template's energy map (`score.energy_spectrum`) for the boxes at the tomogram's faces."""
 
     spectrum: sc.TemplateSpectrum
     grid: sc.BandGrid
@@ -137,6 +149,7 @@ class _Setup:
     tilts: TiltWeighting | None = None
     ctf: CtfMode = "signed"
     background: sc.TemplateSpectrum | None = None
+    energy: np.ndarray | None = None
 
     def band_weight(self, position_a: np.ndarray) -> np.ndarray | None:
         """The band's weight for a sub-volume centred at `position_a` (x, y, z A from the tomogram
@@ -164,7 +177,8 @@ def _setup(template: Template, box: int, tilts: TiltWeighting | None, settings: 
     background = None
     if settings.background:
         background = sc.template_spectrum(phase_randomised(template.data), template.mask, spherical=template.spherical)
-    return _Setup(spectrum, grid, prefilter, base.reshape(-1)[grid.flat].astype(np.float32), px, tilts if per_block else None, settings.ctf, background)
+    energy = sc.energy_spectrum(spectrum, grid, uniform_rotations(ENERGY_INCREMENT_DEG))
+    return _Setup(spectrum, grid, prefilter, base.reshape(-1)[grid.flat].astype(np.float32), px, tilts if per_block else None, settings.ctf, background, energy)
 
 
 def _block_power(data: np.ndarray, block: Block, box: int, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
@@ -176,12 +190,13 @@ def _tomogram_spectrum(step: float, *parts: tuple[np.ndarray, np.ndarray]) -> Ra
     return from_sums(step, list(parts))
 
 
-def _prepare(data: np.ndarray, mask_core: np.ndarray | None, block: Block, box: int, setup: _Setup, template: Template, position_a: np.ndarray) -> sc.Subvolume | None:
+def _prepare(data: np.ndarray, mask_core: np.ndarray | None, block: Block, box: int, shape: tuple[int, int, int], setup: _Setup, template: Template, position_a: np.ndarray) -> sc.Subvolume | None:
     if mask_core is not None and not np.any(mask_core):
         return None  # nothing to search here
     volume = _read_box(data, block, box)
     lo = tuple(c[0] - s for c, s in zip(block.core, block.box_start))
-    sub = sc.prepare_subvolume(volume, setup.grid, template.mask, lo, block.core_shape, spherical=template.spherical, prefilter=setup.prefilter, reach=True)
+    sub = sc.prepare_subvolume(volume, setup.grid, template.mask, lo, block.core_shape, spherical=template.spherical, prefilter=setup.prefilter,
+                               reach=True, inside=_inside_box(block, box, shape), energy=setup.energy)
     sub.band_weight = setup.band_weight(position_a)
     return sub
 
@@ -360,7 +375,7 @@ def match(
             done = dask.delayed(cache.load, pure=False)(block.key)
         else:
             position = block_position(block, shape, tomogram.pixel_size)
-            sub = dask.delayed(_prepare, pure=True)(data[_clipped(block, box, shape)], mask_core, block, box, setup, template_d, position)
+            sub = dask.delayed(_prepare, pure=True)(data[_clipped(block, box, shape)], mask_core, block, box, shape, setup, template_d, position)
             parts = [dask.delayed(_search, pure=True)(sub, setup, rot, start, template_d, block.core_shape) for start, rot in batches]
             done = dask.delayed(_finish, pure=False)(_tree_reduce(parts), mask_core, cache, block.key)
         score_blocks[block.index] = da.from_delayed(done[0], block.core_shape, dtype=np.float32)

@@ -24,6 +24,16 @@ K = M * |F^-1 W|^2 (the region the filtered template draws from), and each voxel
 by the larger of the two: max(sigma_M, sigma_K). Where the variance is locally uniform the two
 agree and the score is unchanged.
 
+At the tomogram's faces the FFT box reaches past the data (mean-padded). Normalising there by
+statistics that count the padding inflates the score's spread: the mask loses its outer shell to
+the padding faster than the template loses energy (the density sits in the mask's centre), so on
+white noise the score variance rose by up to 24 % within a mask radius of the faces, and the tail
+passed the cut-off there (false picks at the z faces). A box with padding (`prepare_subvolume(inside=)`)
+is normalised as a masked correlation over the tomogram's voxels only: sigma_M and sigma_K from the
+voxels inside (their own counts), and ||t_R|| scaled by sqrt(f(x)), f the share of the filtered
+template's energy that lies inside at x (`energy_spectrum`: |t_R|^2 averaged over a set of
+rotations). Boxes wholly inside are unchanged.
+
 Speed (one inverse FFT per orientation):
 - the masked template's spectrum is rotated in Fourier space (`cryocloud.pick.fourier_rotation`):
   per orientation a numba kernel samples it at R^T k for the sub-volume's rfft frequencies k inside
@@ -46,11 +56,12 @@ import ducc0
 import numba
 import numpy as np
 
+from cryocloud.errors import ModelError
 from cryocloud.pick.fourier_rotation import BandRuns, TemplateSpectrum, band_runs, template_spectrum  # noqa: F401 (template_spectrum: the search's template input)
 
 # The score's definition: part of a search's fingerprint, so blocks cached by a resumable search are
 # reused only under the same definition. Change it whenever the score of a given input changes.
-SCORE_DEFINITION = "roseman-masked/reach-normalised/1"
+SCORE_DEFINITION = "roseman-masked/reach-normalised/inside-only/2"
 MIN_SIGMA_FRACTION = 1e-4  # voxels whose local variance is below this fraction of the mean square score 0
 
 
@@ -216,21 +227,22 @@ def _update_best(corr, lo, scale, inv_norm, best, best_index, index, moments):
 
 
 @numba.njit(cache=True, fastmath=True, nogil=True)
-def _masked_scale(sum_v, sum_v2, reach_v, reach_v2, n, lo, out_shape, min_var):
-    """1 / (sqrt(n) sigma) on the core from local sums under the mask (sum_v, sum_v2) and under the
-    reach kernel (reach_v, reach_v2; the same arrays without one): sigma^2 is the larger of the
-    two variances; 0 where the mask's variance is ~0."""
+def _masked_scale(sum_v, sum_v2, count, reach_v, reach_v2, reach_count, energy, n, lo, out_shape, min_var):
+    """1 / sqrt(n f sigma^2) on the core from local sums under the mask (sum_v, sum_v2 over `count`
+    voxels) and under the reach kernel (reach_*; the same arrays without one): sigma^2 the larger of
+    the two variances, f (`energy`) the template's energy share inside the tomogram; 0 where the
+    mask's variance is ~0."""
     out = np.zeros(out_shape, dtype=np.float32)
     for z in range(out_shape[0]):
         for y in range(out_shape[1]):
             for x in range(out_shape[2]):
                 i, j, k = z + lo[0], y + lo[1], x + lo[2]
-                mean = sum_v[i, j, k] / n
-                var = sum_v2[i, j, k] / n - mean * mean
-                mean_k = reach_v[i, j, k] / n
-                var_k = reach_v2[i, j, k] / n - mean_k * mean_k
+                mean = sum_v[i, j, k] / count[i, j, k]
+                var = sum_v2[i, j, k] / count[i, j, k] - mean * mean
+                mean_k = reach_v[i, j, k] / reach_count[i, j, k]
+                var_k = reach_v2[i, j, k] / reach_count[i, j, k] - mean_k * mean_k
                 if var > min_var:
-                    out[z, y, x] = 1.0 / np.sqrt(n * max(var, var_k))
+                    out[z, y, x] = 1.0 / np.sqrt(n * max(var, var_k) * energy[i, j, k])
     return out
 
 
@@ -253,14 +265,47 @@ def reach_spectrum(grid: BandGrid) -> np.ndarray:
     return rfftn(energy / energy.sum()).real.astype(np.float32)  # real: W is symmetric, so is |psf|^2
 
 
-def _local_scale(vhat: np.ndarray, v2hat: np.ndarray, mhat_conj: np.ndarray, n: float, shape, lo, core_shape, reach: np.ndarray | None = None) -> np.ndarray:
-    """1 / (sqrt(n) sigma) on the core; `reach` (half spectrum, `reach_spectrum`) adds the variance
-    under the mask blurred by it (sigma = the larger)."""
-    sum_v = irfftn(mhat_conj * vhat, shape)
-    sum_v2 = irfftn(mhat_conj * v2hat, shape)
-    reach_v, reach_v2 = (sum_v, sum_v2) if reach is None else (irfftn(mhat_conj * reach * vhat, shape), irfftn(mhat_conj * reach * v2hat, shape))
+def energy_spectrum(spectrum: TemplateSpectrum, grid: BandGrid, rotations: np.ndarray) -> np.ndarray:
+    """Half spectrum (z, y, x // 2 + 1 of grid.shape, complex64) of the filtered template's energy
+    map: |t_R|^2 averaged over `rotations` (N, 3, 3), unit sum, offset 0 at index 0. Correlated
+    with the inside of a box it gives the share of ||t_R||^2 that falls on tomogram voxels."""
+    energy = np.zeros(grid.shape, dtype=np.float64)
+    for rot in np.asarray(rotations, dtype=np.float64):
+        energy += np.square(effective_template(spectrum, grid, rot), dtype=np.float64)
+    return rfftn((energy / energy.sum()).astype(np.float32))
+
+
+@dataclass
+class Border:
+    """A box reaching past the tomogram: half spectra of its `inside` indicator, of the volume times
+    it (`v`) and of its square times it (`v2`), and the conjugated template `energy_spectrum`."""
+
+    inside: np.ndarray
+    v: np.ndarray
+    v2: np.ndarray
+    energy_conj: np.ndarray
+
+    @classmethod
+    def of(cls, volume: np.ndarray, inside: np.ndarray, energy: np.ndarray) -> "Border":
+        weight = inside.astype(np.float32)
+        return cls(rfftn(weight), rfftn(volume * weight), rfftn(volume * volume * weight), np.conj(energy))
+
+
+def _local_scale(vhat: np.ndarray, v2hat: np.ndarray, mhat_conj: np.ndarray, n: float, shape, lo, core_shape,
+                 reach: np.ndarray | None = None, border: Border | None = None) -> np.ndarray:
+    """1 / (sqrt(n f) sigma) on the core; `reach` (half spectrum, `reach_spectrum`) adds the variance
+    under the mask blurred by it (sigma = the larger); with a `border`, statistics over the inside only
+    and f its template energy share (else f = 1)."""
+    kernels = [mhat_conj] if reach is None else [mhat_conj, mhat_conj * reach]
+    if border is None:
+        sums = [(irfftn(k * vhat, shape), irfftn(k * v2hat, shape), np.broadcast_to(np.float32(n), shape)) for k in kernels]
+        energy = np.broadcast_to(np.float32(1.0), shape)
+    else:
+        sums = [(irfftn(k * border.v, shape), irfftn(k * border.v2, shape), irfftn(k * border.inside, shape)) for k in kernels]
+        energy = irfftn(border.energy_conj * border.inside, shape)
+    (sum_v, sum_v2, count), (reach_v, reach_v2, reach_count) = sums[0], sums[-1]
     min_var = float(MIN_SIGMA_FRACTION * max(np.median(sum_v2) / n, 1e-30))
-    return _masked_scale(sum_v, sum_v2, reach_v, reach_v2, float(n), np.asarray(lo, dtype=np.int64), tuple(core_shape), min_var)
+    return _masked_scale(sum_v, sum_v2, count, reach_v, reach_v2, reach_count, energy, float(n), np.asarray(lo, dtype=np.int64), tuple(core_shape), min_var)
 
 
 @dataclass
@@ -284,6 +329,7 @@ class Subvolume:
     v2hat: np.ndarray | None = None
     band_weight: np.ndarray | None = None
     reach: np.ndarray | None = None
+    border: Border | None = None
 
 
 def prepare_subvolume(
@@ -296,13 +342,17 @@ def prepare_subvolume(
     spherical: bool,
     prefilter: np.ndarray | None = None,
     reach: bool = False,
+    inside: np.ndarray | None = None,
+    energy: np.ndarray | None = None,
 ) -> Subvolume:
     """FFT and local statistics of one sub-volume (z, y, x) for the search.
 
     `mask` (b, b, b) is the template mask; `lo`/`core_shape` the region whose scores are kept;
     `prefilter` (half spectrum) filters the volume before everything (e.g. whitening); `reach`:
     normalise by max(sigma_M, sigma_K), K the mask blurred by the energy of the band weight's
-    point-spread function (module docstring), instead of sigma_M (Roseman's FLCC).
+    point-spread function (module docstring), instead of sigma_M (Roseman's FLCC); `inside` (shape)
+    bool, True on the tomogram's voxels where the box reaches past it (None: all), with `energy` the
+    template's `energy_spectrum`: the statistics count those voxels only (module docstring).
     """
     shape = tuple(volume.shape)
     v = np.asarray(volume, dtype=np.float32)
@@ -313,11 +363,16 @@ def prepare_subvolume(
     vhat_band = vhat.reshape(-1)[grid.flat].copy()
     v2hat = rfftn(v * v)
     spread = reach_spectrum(grid) if reach else None
+    if inside is not None and inside.all():
+        inside = None
+    if inside is not None and energy is None:
+        raise ModelError("energy", "a box reaching past the tomogram (inside) needs the template's energy_spectrum")
+    border = None if inside is None else Border.of(v, inside, energy)
     if spherical:
         mhat_conj = np.conj(rfftn(_mask_on_grid(shape, mask)))
-        scale = _local_scale(vhat, v2hat, mhat_conj, float(mask.sum()), shape, lo, core_shape, spread)
+        scale = _local_scale(vhat, v2hat, mhat_conj, float(mask.sum()), shape, lo, core_shape, spread, border)
         return Subvolume(shape, tuple(lo), tuple(core_shape), vhat_band, scale)
-    return Subvolume(shape, tuple(lo), tuple(core_shape), vhat_band, None, vhat, v2hat, reach=spread)
+    return Subvolume(shape, tuple(lo), tuple(core_shape), vhat_band, None, vhat, v2hat, reach=spread, border=border)
 
 
 def _full_band(shape: tuple[int, int, int]) -> BandGrid:
@@ -377,7 +432,7 @@ def _rotated_mask_scale(sub: Subvolume, spectrum: TemplateSpectrum, full: BandGr
     ones = np.ones(full.flat.size, dtype=np.complex64)
     runs.fill(rot, spectrum.mask_values, full.weight, ones, flat)
     flat[0] = n  # the DC term: the mask's voxel count
-    return _local_scale(sub.vhat, sub.v2hat, mhat, n, sub.shape, lo, sub.core_shape, sub.reach)
+    return _local_scale(sub.vhat, sub.v2hat, mhat, n, sub.shape, lo, sub.core_shape, sub.reach, sub.border)
 
 
 def effective_template(spectrum: TemplateSpectrum, grid: BandGrid, rotation: np.ndarray) -> np.ndarray:
