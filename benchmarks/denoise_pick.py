@@ -3,8 +3,9 @@
 The twin (movies, so even/odd halves; no misalignment) is reconstructed from all frames (raw) and
 denoised by the CTF deconvolution filter and by a Noise2Noise model trained on its halves; each of
 the three is searched with the bundled ribosome template (the pipeline's settings: CTF and dose
-weighting from the tilt series, uniform rotations), peaks extracted at the statistical cut-off and
-scored against the true positions (F4, tolerance half the template radius); `f4_best_n` scores the
+weighting from the tilt series, uniform rotations), peaks extracted at the statistical cut-off (picks
+at least the particle's diameter apart, as the pipeline) and scored against the true positions (F4,
+tolerance half the template radius); `f4_best_n` scores the
 N best peaks instead (N = the number of true particles: the ranking, without the cut-off). The cut-off
 is extract_peaks' default (the sigma of each z slab of sub-volume blocks, never below the global
 one); `f4_global` / `f4_block` (and their n_picks_*) take it from the global sigma / each block's own
@@ -40,7 +41,7 @@ def _f_beta(tomo, series, workdir: str, truth_positions: np.ndarray, increment: 
               settings=MatchSettings(resolution_a=2.5 * px, subvolume=64), overwrite=True)
     seconds = time.perf_counter() - t0
     scores, orientation, rots, summary = read_match(workdir)
-    radius, tolerance = 0.8 * template.radius * px, template.radius * px / 2
+    radius, tolerance = 2.0 * template.particle_radius * px, template.radius * px / 2
     found = {}
     for mode in ("global", "block", "slab"):
         particles, _ = extract_peaks(scores, orientation, rots, radius_a=radius, n_false=1.0, score_std=summary["score_std"],

@@ -78,7 +78,7 @@ def template_matching(tomo: Tomogram, ts, radius_a: float, increment_deg: float 
     result = match(tomo, template, rotations, tilts=TiltWeighting.from_tilt_series(ts), settings=MatchSettings(subvolume=96, resolution_a=40.0))
     scores, orientation = dask.compute(result.scores, result.orientation)
     sigma, n_search = result.score_std()
-    particles, _ = extract_peaks(scores, orientation, rotations, radius_a=0.8 * template.radius * PX, n_false=1.0, score_std=sigma, n_search=n_search)
+    particles, _ = extract_peaks(scores, orientation, rotations, radius_a=2 * template.particle_radius * PX, n_false=1.0, score_std=sigma, n_search=n_search)
     return particles
 
 

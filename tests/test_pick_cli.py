@@ -15,7 +15,7 @@ from cryocloud.geometry import random_rotations, relion_euler_to_matrix, rotatio
 from cryocloud.model import Particles, Tomogram
 from cryocloud.pick.formats import picks_text
 from cryocloud.pick.peaks import false_alarm_threshold, non_maximum_suppression
-from cryocloud.pick.template import parse_em, prepare_template, read_map, resample, spherical_mask
+from cryocloud.pick.template import equivalent_radius, map_from_model, parse_em, prepare_template, read_map, resample, spherical_mask
 from cryocloud.pick.weighting import TiltWeighting, tilt_weight
 from cryocloud.store import write_tomogram
 from test_pick_match import REAL, _synthetic
@@ -38,6 +38,21 @@ def test_em_reader_and_template_preparation(tmp_path):
     t = prepare_template(em, 21.0, 21.0)
     assert t.spherical and t.box % 2 == 0 and t.mask[t.box // 2, t.box // 2, t.box // 2] == 1
     assert np.all(spherical_mask(t.box, t.radius - 2.0)[t.mask == 0] == 0)
+
+
+def test_particle_radius_is_the_particles_not_the_voxels_or_the_masks():
+    """Picks closer than twice the particle radius are suppressed: it must measure the particle
+    (a uniform ball gives its own radius), whatever the voxel size, and lie inside the mask."""
+    from cryocloud.simulate.atomic import BUNDLED_STRUCTURE
+
+    z, y, x = np.mgrid[:48, :48, :48] - 24
+    assert equivalent_radius((x**2 + y**2 + z**2 <= 12.0**2).astype(np.float32)) == pytest.approx(12.0, rel=0.03)
+    radii_a = []
+    for px in (8.0, 10.0, 16.0):
+        t = prepare_template(map_from_model(str(BUNDLED_STRUCTURE), px), px, px)
+        radii_a.append(t.particle_radius * px)
+        assert t.particle_radius < 0.75 * t.radius
+    assert max(radii_a) / min(radii_a) < 1.03
 
 
 def test_tilt_weight_is_the_real_missing_wedge_with_ctf_and_dose():
@@ -100,6 +115,7 @@ def test_cli_match_then_extract_peaks(tmp_path, capsys):
     assert main(args) == 0
     summary = json.loads((out / "match.json").read_text())
     assert summary["n_orientations"] == 552 and 0 < summary["score_std"] < 0.2
+    assert summary["particle_radius_voxels"] == pytest.approx(template.particle_radius, rel=1e-6)  # extract-peaks' default spacing
     assert main(args) == 2  # a finished result is not overwritten
     assert main(["extract-peaks", str(out), str(tmp_path / "picks.star")]) == 0
     picks = starfile.read(tmp_path / "picks.star")

@@ -35,7 +35,7 @@ def test_digital_twin_f_beta_and_orientations():
     result = match(tomo, template, rotations, tilts=TiltWeighting.from_tilt_series(ts), settings=MatchSettings(subvolume=96, resolution_a=40.0))
     scores, orientation = dask.compute(result.scores, result.orientation)
     sigma, n_search = result.score_std()
-    particles, threshold = extract_peaks(scores, orientation, rotations, radius_a=0.8 * template.radius * px, n_false=1.0, score_std=sigma, n_search=n_search)
+    particles, threshold = extract_peaks(scores, orientation, rotations, radius_a=2 * template.particle_radius * px, n_false=1.0, score_std=sigma, n_search=n_search)
 
     model = read_atomic_model(str(BUNDLED_STRUCTURE))
     particle_radius = (3 * model.mass_da * 1.21 / (4 * np.pi)) ** (1 / 3)  # A, from the molecular volume

@@ -128,7 +128,9 @@ def extract_peaks_cmd(
     match_url: str = typer.Argument(..., help="Output folder of `cryocloud match`."),
     out_url: str = typer.Argument(..., help="Particle list: .ndjson (portal), .star (RELION 5), .json (copick) or .csv."),
     format: Optional[str] = typer.Option(None, "--format", help="ndjson | star | copick | csv (default from the name)."),
-    radius: Optional[float] = typer.Option(None, "--radius", help="Particle radius (A) for non-maximum suppression (default: the mask radius)."),
+    min_distance: Optional[float] = typer.Option(
+        None, "--min-distance", help="Minimum distance between picks (A; default the particle's diameter recorded by `match`, for older results the mask radius).",
+    ),
     n_false: Optional[float] = typer.Option(1.0, "--n-false", help="Expected false positives of the statistical cut-off (0: none)."),
     number: Optional[int] = typer.Option(None, "--number", help="Keep at most this many particles."),
     local_sigma: str = typer.Option(
@@ -145,7 +147,8 @@ def extract_peaks_cmd(
     fmt = format or format_from_name(out_url)
     scores, orientation, rotations, summary = read_match(match_url, storage_options=options)
     px = float(summary["voxel_size"])
-    radius_a = radius or float(summary["template_radius_voxels"]) * px
+    particle_radius_a = float(summary.get("particle_radius_voxels", summary["template_radius_voxels"] / 2)) * px
+    radius_a = min_distance or 2.0 * particle_radius_a
     particles, threshold = extract_peaks(
         scores, orientation, rotations, radius_a=radius_a, n_false=n_false or None, number=number,
         score_std=summary["score_std"], n_search=summary["n_search"], block_moments=block_moments_of(summary, f"{match_url}/match.json"),
@@ -154,7 +157,7 @@ def extract_peaks_cmd(
     shape = tuple(int(n) for n in summary["shape_zyx"])
     write_picks(particles, out_url, fmt, storage_options=options, pixel_size=px, shape_zyx=shape, object_name=object_name)
     cut = "none" if threshold is None else f"{threshold:.4f}"
-    console.print(f"{out_url}: {len(particles)} particles (cut-off {cut}, radius {radius_a:.1f} A)")
+    console.print(f"{out_url}: {len(particles)} particles (cut-off {cut}, at least {radius_a:.1f} A apart)")
     if figures:
-        write_score_figures(scores, particles, threshold, out_url.rsplit(".", 1)[0], radius_a=radius_a, title=match_url,
+        write_score_figures(scores, particles, threshold, out_url.rsplit(".", 1)[0], radius_a=particle_radius_a, title=match_url,
                             storage_options=options)

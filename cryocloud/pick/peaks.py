@@ -8,7 +8,8 @@ n_false expected false peaks above
 
 Candidates are local maxima (3x3x3) above the threshold, found chunk by chunk on the lazy score
 map; a greedy non-maximum suppression then keeps the highest and drops every candidate within
-the particle radius of a kept one. Only the candidate lists are computed. sigma is the standard
+the minimum distance of a kept one (callers pass the particle's diameter: closer picks would be
+overlapping particles, and the secondary peaks of the score around a particle lie there). Only the candidate lists are computed. sigma is the standard
 deviation of every score evaluated (voxels x orientations, accumulated by the search), not of the
 map of maxima.
 
@@ -163,7 +164,7 @@ def extract_peaks(
 ) -> tuple[Particles, float | None]:
     """Particles (positions in A, rotations, scores) picked from a score map; and the threshold used.
 
-    Give `n_false` (expected false positives, the statistical cut-off; needs the search's
+    `radius_a`: the minimum distance between picks (A). Give `n_false` (expected false positives, the statistical cut-off; needs the search's
     `score_std` and `n_search` = voxels x orientations, see MatchResult.score_std) and/or `number`
     (keep the best `number`). `local_sigma` "block" / "slab" (default; needs `block_moments`, the search's
     moments per block; without them, results of older searches, the global sigma is used): each

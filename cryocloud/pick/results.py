@@ -66,6 +66,7 @@ def run_match(
         "block_edges_zyx": [e.tolist() for e in blocks.edges],
         "voxel_size": tomogram.pixel_size,
         "template_radius_voxels": float(template.radius),
+        "particle_radius_voxels": float(template.particle_radius),
         "shape_zyx": list(tomogram.shape),
         "search_id": search_id,
         "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},

@@ -143,18 +143,31 @@ def shape_mask(template: np.ndarray, threshold: float | None = None, dilation: f
 @dataclass(frozen=True)
 class Template:
     """A template ready for matching: `data` (b, b, b) float32 density at `voxel_size` (A), its
-    `mask` (b, b, b) in [0, 1], whether the mask is `spherical`, and the mask `radius` (voxels)
-    that bounds it (the overlap between sub-volumes)."""
+    `mask` (b, b, b) in [0, 1], whether the mask is `spherical`, the mask `radius` (voxels)
+    that bounds it (the overlap between sub-volumes) and the `particle_radius` (voxels, see
+    `equivalent_radius`): picks closer than twice it would be overlapping particles."""
 
     data: np.ndarray
     voxel_size: float
     mask: np.ndarray
     spherical: bool
     radius: float
+    particle_radius: float
 
     @property
     def box(self) -> int:
         return self.data.shape[0]
+
+
+def equivalent_radius(volume: np.ndarray, contour: float = 0.1) -> float:
+    """Radius (voxels) of the uniform sphere with the radius of gyration of a density (z, y, x):
+    sqrt(5/3) Rg, Rg taken about the box centre over |density| above `contour` x its maximum (the
+    contour of the default mask, so noise and blur outside the particle do not count)."""
+    magnitude = np.abs(np.asarray(volume, dtype=np.float64))
+    weight = np.where(magnitude > contour * magnitude.max(), magnitude, 0.0)
+    c = np.asarray(volume.shape) // 2
+    r2 = sum((np.arange(n) - ci).reshape([-1 if a == axis else 1 for a in range(3)]) ** 2 for axis, (n, ci) in enumerate(zip(volume.shape, c)))
+    return float(np.sqrt(5.0 / 3.0 * (weight * r2).sum() / weight.sum()))
 
 
 def check_fits(shape_zyx: tuple[int, ...], voxel_size: float, tomogram_shape: tuple[int, ...], tomogram_voxel: float, *, source: str) -> None:
@@ -203,5 +216,5 @@ def prepare_template(
         c = box // 2
         z, y, x = np.nonzero(mask > 0)
         radius = float(np.sqrt((z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2).max())
-        return Template(vol, target_voxel_size, mask, False, radius)
-    return Template(vol, target_voxel_size, spherical_mask(box, radius, soft_edge), True, radius + soft_edge)
+        return Template(vol, target_voxel_size, mask, False, radius, equivalent_radius(vol))
+    return Template(vol, target_voxel_size, spherical_mask(box, radius, soft_edge), True, radius + soft_edge, equivalent_radius(vol))

@@ -109,7 +109,9 @@ class MatchParams(_Section):
 class PeaksParams(_Section):
     n_false: float | None = pydantic.Field(1.0, gt=0, description="expected false positives (statistical cut-off)")
     number: int | None = pydantic.Field(None, gt=0, description="or keep the best N")
-    radius_fraction: float = pydantic.Field(0.8, gt=0, description="NMS radius as a fraction of the template radius")
+    min_distance_a: float | None = pydantic.Field(
+        None, gt=0, description="minimum distance between picks (A); default the particle's diameter (twice the template's equivalent_radius)"
+    )
 
 
 class AverageParams(_Section):

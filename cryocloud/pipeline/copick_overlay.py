@@ -73,7 +73,7 @@ def write_overlay(ctx: RunContext, ref: Any, recomputed: set[str], *, root: str 
     particles = ctx.results.get("particles")
     if particles is not None:
         name = str(particles.class_name[0]) if len(particles) else "particle"
-        objects.append({"name": name, "is_particle": True, "radius": round(float(ctx.results["template_radius_a"]), 1)})
+        objects.append({"name": name, "is_particle": True, "radius": round(float(ctx.results["particle_radius_a"]), 1)})
         tomo = ctx.results.get("tomogram")
         record["picks"] = overlay.write_picks(particles, ref.run, name, user_id=USER_ID, session_id=SESSION_ID,
                                               voxel_spacing=None if tomo is None else tomo.pixel_size, overwrite=True)

@@ -46,6 +46,7 @@ def stage_match(ctx: RunContext, overwrite: bool) -> None:
         run_match(tomo, template, rotations, url, tilts=tilts, settings=settings, overwrite=True, storage_options=so,
                   description={"template": path, "symmetry": p.symmetry, "pyramid_level": p.pyramid_level, "whitening": whitening})
     ctx.results["template_radius_a"] = template.radius * px
+    ctx.results["particle_radius_a"] = template.particle_radius * px
     ctx.results["match_origin_a"] = np.array([float(tomo.data.coords[d].values[0]) for d in "xyz"])
     ctx.summary["match"] = {"n_orientations": int(len(rotations)), "voxel_size_a": px, "template": Path(path).name,
                             "whitening": whitening}
@@ -62,9 +63,9 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     p = ctx.config.peaks
     so = ctx.storage_options
     scores, orientation, rotations, summary = read_match(ctx.url("match"), storage_options=so)
-    radius = p.radius_fraction * ctx.results["template_radius_a"]
+    particle_radius = ctx.results["particle_radius_a"]
     particles, threshold = extract_peaks(
-        scores, orientation, rotations, radius_a=radius, n_false=p.n_false, number=p.number,
+        scores, orientation, rotations, radius_a=p.min_distance_a or 2.0 * particle_radius, n_false=p.n_false, number=p.number,
         score_std=summary["score_std"], n_search=summary["n_search"], block_moments=block_moments_of(summary, ctx.url("match", "match.json")),
         tomogram="tomogram", class_name="ribosome",
     )
@@ -73,7 +74,7 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     write_particles_csv(particles, ctx.url("peaks", "particles.csv"), overwrite=True, storage_options=so)
     write_picks(particles, ctx.url("peaks", "particles.star"), "star", storage_options=so,
                 pixel_size=float(summary["voxel_size"]), shape_zyx=tuple(summary["shape_zyx"]))
-    write_score_figures(scores, particles, threshold, ctx.url("peaks", "scores"), radius_a=radius, title="template matching",
+    write_score_figures(scores, particles, threshold, ctx.url("peaks", "scores"), radius_a=particle_radius, title="template matching",
                         storage_options=so)
     figures: dict[str, Any] = {"n_picks": len(particles), "threshold": None if threshold is None else round(threshold, 4)}
     truth = ctx.results.get("truth_particles")
