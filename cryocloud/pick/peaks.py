@@ -161,6 +161,8 @@ def extract_peaks(
     sigma_floor: bool = True,
     tomogram: str = "",
     class_name: str = "",
+    avoid_zyx: np.ndarray | None = None,
+    avoid_radius_a: float = 0.0,
 ) -> tuple[Particles, float | None]:
     """Particles (positions in A, rotations, scores) picked from a score map; and the threshold used.
 
@@ -170,7 +172,9 @@ def extract_peaks(
     moments per block; without them, results of older searches, the global sigma is used): each
     block's (z slab's) candidates are cut at the threshold of that block's own sigma, with
     `sigma_floor` never below the global sigma's (module docstring); the threshold returned is
-    then the lowest of them. Positions are voxel indices
+    then the lowest of them. Candidates within `avoid_radius_a` of any voxel of `avoid_zyx` (M, 3)
+    (e.g. gold fiducials, `cryocloud.segment.fiducials.fiducial_voxels`) are dropped before the
+    suppression, so they cannot suppress a particle next to them. Positions are voxel indices
     times the voxel size (voxel (0,0,0) at 0 A).
     """
     if n_false is None and number is None:
@@ -189,6 +193,9 @@ def extract_peaks(
     if local and len(positions):
         above = values >= false_alarm_threshold(1.0, n_search, n_false) * block_moments.at(positions, local_sigma, sigma_floor)
         positions, values = positions[above], values[above]
+    if avoid_zyx is not None and len(avoid_zyx) and len(positions):
+        clear = cKDTree(np.asarray(avoid_zyx, dtype=np.float64)).query(positions, distance_upper_bound=avoid_radius_a / px)[0] > avoid_radius_a / px
+        positions, values = positions[clear], values[clear]
     keep = non_maximum_suppression(positions, values, radius_a / px, number)
     zyx = positions[keep]
     values_at = orientation.data.vindex if isinstance(orientation.data, da.Array) else np.asarray(orientation.values)

@@ -108,6 +108,10 @@ class MatchParams(_Section):
 
 class PeaksParams(_Section):
     n_false: float | None = pydantic.Field(1.0, gt=0, description="expected false positives (statistical cut-off)")
+    fiducial_sigma: float | None = pydantic.Field(
+        20.0, gt=0, description="no picks within a particle radius of fiducials (gold: voxels beyond the searched tomogram's median "
+        "+- this many robust s.d.); None: picks may lie on them"
+    )
     number: int | None = pydantic.Field(None, gt=0, description="or keep the best N")
     min_distance_a: float | None = pydantic.Field(
         None, gt=0, description="minimum distance between picks (A); default the particle's diameter (twice the template's equivalent_radius)"

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 
 from cryocloud.pipeline.context import RunContext
@@ -58,16 +59,21 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     from cryocloud.pick.formats import write_picks
     from cryocloud.pick.peaks import extract_peaks
     from cryocloud.pick.results import block_moments_of, read_match
+    from cryocloud.segment.fiducials import fiducial_voxels
     from cryocloud.store import write_particles_csv
 
     p = ctx.config.peaks
     so = ctx.storage_options
     scores, orientation, rotations, summary = read_match(ctx.url("match"), storage_options=so)
     particle_radius = ctx.results["particle_radius_a"]
+    gold = None
+    if p.fiducial_sigma is not None:
+        searched = ctx.read_tomogram(ctx.config.match.pyramid_level)
+        gold = fiducial_voxels(da.asarray(searched.data.data), sigma=p.fiducial_sigma)
     particles, threshold = extract_peaks(
         scores, orientation, rotations, radius_a=p.min_distance_a or 2.0 * particle_radius, n_false=p.n_false, number=p.number,
         score_std=summary["score_std"], n_search=summary["n_search"], block_moments=block_moments_of(summary, ctx.url("match", "match.json")),
-        tomogram="tomogram", class_name="ribosome",
+        tomogram="tomogram", class_name="ribosome", avoid_zyx=gold, avoid_radius_a=particle_radius,
     )
     particles = replace(particles, positions=particles.positions + ctx.results["match_origin_a"])  # binned-level voxel centres
     ctx.results["particles"] = particles
@@ -76,7 +82,8 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
                 pixel_size=float(summary["voxel_size"]), shape_zyx=tuple(summary["shape_zyx"]))
     write_score_figures(scores, particles, threshold, ctx.url("peaks", "scores"), radius_a=particle_radius, title="template matching",
                         storage_options=so)
-    figures: dict[str, Any] = {"n_picks": len(particles), "threshold": None if threshold is None else round(threshold, 4)}
+    figures: dict[str, Any] = {"n_picks": len(particles), "threshold": None if threshold is None else round(threshold, 4),
+                               "fiducial_voxels": None if gold is None else len(gold)}
     truth = ctx.results.get("truth_particles")
     if truth is not None:
         expected = truth.positions + ctx.results.get("volume_offset_a", np.zeros(3))

@@ -1,10 +1,12 @@
-"""Fiducial (gold bead) rejection for membrane segmentation.
+"""Fiducials (gold beads): found in a tomogram, rejected from membranes and from particle picks.
 
 Gold beads are far denser than anything biological (tens of noise standard deviations from the
 tomogram's median, against a few for protein and membranes), and their reconstruction streaks
 (rays perpendicular to the tilt axis) respond like plates. A membrane component that has more
 than `max_fraction` of its mid-surface voxels within `margin_a` of a fiducial voxel is such a
-streak and is dropped; the others are renumbered 1..K in their order.
+streak and is dropped; the others are renumbered 1..K in their order. Template matching scores a
+bead high too (its CTF fringes correlate with any template), and a bead's pick suppresses true
+particles next to it: `fiducial_voxels` gives the picker the bead voxels to keep away from.
 """
 
 from __future__ import annotations
@@ -22,6 +24,22 @@ def volume_statistics(volume: da.Array, *, max_blocks: int = 8, quiet: bool = Tr
     """(median, robust s.d.) of a lazy volume from a bounded sample of its blocks."""
     parts = compute(*[dask.delayed(subsample)(b) for b in sample_blocks(volume, max_blocks)], description="tomogram statistics", quiet=quiet)
     return robust_statistics(np.concatenate(parts).astype(np.float64))
+
+
+def _fiducial_voxels_of(block: np.ndarray, offset: tuple[int, ...], limit: float) -> np.ndarray:
+    return np.argwhere(np.abs(block) > limit) + np.asarray(offset)
+
+
+def fiducial_voxels(volume: da.Array, *, sigma: float, quiet: bool = True) -> np.ndarray:
+    """Voxel indices (M, 3) (z, y, x) of the fiducials in a lazy volume: |volume - median| > sigma x
+    its robust s.d. (module docstring); one small list per block."""
+    median, spread = volume_statistics(volume, quiet=quiet)
+    centred = volume.astype(np.float32) - np.float32(median)
+    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in centred.chunks]
+    parts = [dask.delayed(_fiducial_voxels_of)(block, tuple(int(starts[a][i]) for a, i in enumerate(index)), sigma * spread)
+             for index, block in zip(np.ndindex(*centred.numblocks), centred.to_delayed().ravel())]
+    found = compute(*parts, description="fiducials", quiet=quiet)
+    return np.concatenate(found).astype(np.int64) if found else np.zeros((0, 3), np.int64)
 
 
 def _near_counts(labels: np.ndarray, volume: np.ndarray, limit: float, margin_vox: float, count: int, inner: tuple) -> np.ndarray:

@@ -1,0 +1,47 @@
+"""Gold fiducials and picking: beads are found in the tomogram, and a bead's high score neither
+becomes a pick nor suppresses a particle next to it."""
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from cryocloud.pick.peaks import extract_peaks
+from cryocloud.segment.fiducials import fiducial_voxels
+
+BEADS = np.array([[12, 20, 20], [30, 50, 44]])  # (z, y, x) voxels
+BEAD_RADIUS = 3.0
+
+
+def _tomogram_with_beads(seed: int = 0) -> np.ndarray:
+    """Noise of s.d. 1 with protein-like blobs of +4 and two gold beads of -60 (radius 3 voxels)."""
+    rng = np.random.default_rng(seed)
+    volume = rng.normal(size=(40, 64, 64)).astype(np.float32)
+    z, y, x = np.indices(volume.shape)
+    for centre, value, radius in ((BEADS[0], -60.0, BEAD_RADIUS), (BEADS[1], -60.0, BEAD_RADIUS), ((20, 40, 12), 4.0, 5.0)):
+        volume[(z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius**2] += value
+    return volume
+
+
+def test_fiducial_voxels_are_the_beads_and_nothing_else():
+    volume = da.from_array(_tomogram_with_beads(), chunks=(20, 32, 32))  # beads across block borders too
+    found = fiducial_voxels(volume, sigma=20.0)
+    distance = np.linalg.norm(found[:, None, :] - BEADS[None], axis=-1).min(axis=1)
+    assert len(found) > 2 * 100  # most of both beads' ~120 voxels
+    assert distance.max() <= BEAD_RADIUS
+    assert {int(i) for i in np.linalg.norm(found[:, None, :] - BEADS[None], axis=-1).argmin(axis=1)} == {0, 1}
+
+
+def test_a_bead_neither_becomes_a_pick_nor_suppresses_the_particle_next_to_it():
+    shape = (40, 64, 64)
+    scores = np.zeros(shape, np.float32)
+    particle = (12, 20, 29)  # 9 voxels from the first bead: within the 12-voxel minimum distance
+    scores[tuple(BEADS[0])] = 1.0
+    scores[particle] = 0.6
+    coords = {d: np.arange(n, dtype=np.float64) for d, n in zip("zyx", shape)}
+    maps = [xr.DataArray(a, dims=("z", "y", "x"), coords=coords, attrs={"pixel_size": 10.0}) for a in (scores, np.zeros(shape, np.int32))]
+    rotations = np.eye(3)[None]
+    plain, _ = extract_peaks(*maps, rotations, radius_a=120.0, n_false=None, number=5)
+    assert np.array_equal(plain.positions, [BEADS[0][::-1] * 10.0])  # the bead's pick hides the particle
+    gold = fiducial_voxels(da.from_array(_tomogram_with_beads()), sigma=20.0)
+    avoided, _ = extract_peaks(*maps, rotations, radius_a=120.0, n_false=None, number=5, avoid_zyx=gold, avoid_radius_a=40.0)
+    assert np.array_equal(avoided.positions, [np.array(particle[::-1]) * 10.0])
