@@ -45,3 +45,33 @@ def test_a_bead_neither_becomes_a_pick_nor_suppresses_the_particle_next_to_it():
     gold = fiducial_voxels(da.from_array(_tomogram_with_beads()), sigma=20.0)
     avoided, _ = extract_peaks(*maps, rotations, radius_a=120.0, n_false=None, number=5, avoid_zyx=gold, avoid_radius_a=40.0)
     assert np.array_equal(avoided.positions, [np.array(particle[::-1]) * 10.0])
+
+
+def test_extract_peaks_cli_avoids_the_fiducials_of_the_searched_tomogram(tmp_path, capsys):
+    import pandas as pd
+
+    from cryocloud.cli import main
+    from cryocloud.model import Tomogram
+    from cryocloud.store import write_tomogram
+    from test_pick_match import REAL, _synthetic
+
+    tomo, _, positions, _ = _synthetic()
+    data = np.asarray(tomo.data.values).copy()
+    bead = np.array([20, 36, 36])  # (z, y, x) between the four particles
+    z, y, x = np.indices(data.shape)
+    data[(z - bead[0]) ** 2 + (y - bead[1]) ** 2 + (x - bead[2]) ** 2 <= 4] -= 60 * data.std()
+    write_tomogram(Tomogram.from_array(data, pixel_size=21.0), str(tmp_path / "tomo.zarr"))
+    assert main(["match", str(tmp_path / "tomo.zarr"), str(REAL / "pytom_templates" / "human_ribo_21A.em"), str(tmp_path / "tm"),
+                 "--template-voxel-size", "21", "--angular-increment", "30", "--subvolume", "64", "--ctf", "none"]) == 0
+    picked = {}
+    for name, extra in (("plain", []), ("avoided", ["--avoid-fiducials", str(tmp_path / "tomo.zarr")])):
+        assert main(["extract-peaks", str(tmp_path / "tm"), str(tmp_path / f"{name}.csv"), "--no-figures", *extra]) == 0
+        picked[name] = pd.read_csv(tmp_path / f"{name}.csv")[["z", "y", "x"]].to_numpy() / 21.0
+    near_bead = {k: int(np.sum(np.linalg.norm(v - bead, axis=1) < 7)) for k, v in picked.items()}  # within a particle radius
+    assert near_bead["plain"] >= 1 and near_bead["avoided"] == 0  # the bead scores above the cut-off
+    for p in positions:
+        assert np.min(np.linalg.norm(picked["avoided"] - p, axis=1)) <= 1.0
+    small = Tomogram.from_array(data[:, :32], pixel_size=21.0)
+    write_tomogram(small, str(tmp_path / "small.zarr"))
+    assert main(["extract-peaks", str(tmp_path / "tm"), str(tmp_path / "bad.csv"), "--avoid-fiducials", str(tmp_path / "small.zarr")]) == 2
+    assert "small.zarr" in capsys.readouterr().err and not (tmp_path / "bad.csv").exists()

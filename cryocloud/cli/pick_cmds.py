@@ -41,6 +41,18 @@ def _tilts(tilt_series: Optional[str], tilt_range: Optional[str], tomogram, opti
     return None
 
 
+def _fiducials(url: str, shape: tuple[int, ...], sigma: float, options: dict) -> np.ndarray:
+    """Fiducial voxels (M, 3) of the searched tomogram at `url`, which must have the score map's `shape`."""
+    import dask.array as da
+
+    from cryocloud.segment.fiducials import fiducial_voxels
+
+    tomo = read_volume(url, storage_options=options)
+    if tuple(tomo.shape) != shape:
+        raise ModelError("avoid_fiducials", f"{url}: shape {tuple(tomo.shape)}, expected the score map's {shape} (give the searched tomogram)")
+    return fiducial_voxels(da.asarray(tomo.data.data), sigma=sigma)
+
+
 def _halves(urls: tuple[str, str], tomo, options: dict) -> tuple:
     """The even and odd half tomograms at `urls`, on the tomogram's grid (shape and voxel size)."""
     halves = tuple(read_volume(url, storage_options=options) for url in urls)
@@ -139,6 +151,10 @@ def extract_peaks_cmd(
     ),
     sigma_floor: bool = typer.Option(True, "--sigma-floor/--no-sigma-floor", help="A local sigma is never taken below the global one."),
     object_name: str = typer.Option("particle", "--object-name", help="Class / copick object name."),
+    avoid_fiducials: Optional[str] = typer.Option(
+        None, "--avoid-fiducials", help="The searched tomogram: no picks within a particle radius of its gold fiducials.",
+    ),
+    fiducial_sigma: float = typer.Option(20.0, "--fiducial-sigma", help="Fiducial voxels lie beyond the tomogram's median +- this many robust s.d."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Write <out>_slices.png and <out>_histogram.png."),
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint."),
 ) -> None:
@@ -149,12 +165,14 @@ def extract_peaks_cmd(
     px = float(summary["voxel_size"])
     particle_radius_a = float(summary.get("particle_radius_voxels", summary["template_radius_voxels"] / 2)) * px
     radius_a = min_distance or 2.0 * particle_radius_a
+    shape = tuple(int(n) for n in summary["shape_zyx"])
+    gold = None if avoid_fiducials is None else _fiducials(avoid_fiducials, shape, fiducial_sigma, options)
     particles, threshold = extract_peaks(
         scores, orientation, rotations, radius_a=radius_a, n_false=n_false or None, number=number,
         score_std=summary["score_std"], n_search=summary["n_search"], block_moments=block_moments_of(summary, f"{match_url}/match.json"),
         local_sigma=local_sigma, sigma_floor=sigma_floor, tomogram=str(summary.get("tomogram", "")), class_name=object_name,
+        avoid_zyx=gold, avoid_radius_a=particle_radius_a,
     )
-    shape = tuple(int(n) for n in summary["shape_zyx"])
     write_picks(particles, out_url, fmt, storage_options=options, pixel_size=px, shape_zyx=shape, object_name=object_name)
     cut = "none" if threshold is None else f"{threshold:.4f}"
     console.print(f"{out_url}: {len(particles)} particles (cut-off {cut}, at least {radius_a:.1f} A apart)")
