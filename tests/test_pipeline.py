@@ -64,6 +64,7 @@ def test_pipeline_aligns_misaligned_data_and_writes_to_s3(s3_bucket):
     assert summary["align"]["axis_error_deg"] < 0.5 and summary["align"]["shift_rms_px"] < 1.0
     assert summary["reconstruct"]["correlation_with_truth"] < -0.1
     assert summary["peaks"]["f4"] >= 0.9  # picks scored against the simulated particles
+    assert summary["peaks"]["fiducial_voxels"] > 0  # the 4 gold beads were found (read from S3) and kept out of the picks
     with open_url(f"{s3_bucket.url}/run1/summary.json", "r", storage_options=s3_bucket.storage_options) as fh:
         stored = json.load(fh)
     assert stored["reconstruct"]["shape_zyx"] == summary["reconstruct"]["shape_zyx"] == [48, 256, 256]
