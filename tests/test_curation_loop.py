@@ -13,10 +13,11 @@ SHAPE = (32, 96, 96)
 
 def test_curated_template_matching_trains_the_picker():
     """Twins of 8 ribosomes and a vesicle (16 A voxels, WBP). Template matching (30 deg) at one
-    expected false alarm finds the particles but also about as many false peaks (measured:
-    precision 0.47, recall 1.0 over the two twins); curation must lift the training picks'
-    precision to >= 0.9 and by >= 0.2 while keeping >= 7/8 of the true particles (measured: 15 of
-    34 accepted, all true; 15/16 found). The picker trained on them (160 steps, with membranes
+    expected false alarm finds the particles and some false peaks (measured: precision 0.84, recall
+    1.0 over the two twins; 0.47 before picks were kept a particle diameter apart and the score was
+    normalised over the tomogram's voxels only at its faces); curation must bring the training picks'
+    precision to >= 0.9, reject at least half of the false ones, and keep >= 7/8 of the true particles
+    (measured: 14 of 19 accepted, all true: 3 false and 2 true ones rejected; 14/16 true kept). The picker trained on them (160 steps, with membranes
     segmented by cryocloud.segment: without them it mistakes membrane for particles, F4 0.875)
     must reach F4 >= 0.85 on the held-out twin (measured 1.0): the floor of the picker trained on
     ground truth (tests/test_learn_accuracy.py), met only when at least 7 of its 8 particles are
@@ -27,7 +28,9 @@ def test_curated_template_matching_trains_the_picker():
     curated, figures = curated_training(training, radius)
     assert figures["training_tm_recall"] >= 0.85
     assert figures["training_curated_precision"] >= 0.9
-    assert figures["training_curated_precision"] >= figures["training_tm_precision"] + 0.2
+    false_tm = figures["training_tm_picks"] * (1 - figures["training_tm_precision"])
+    false_curated = figures["training_curated_picks"] * (1 - figures["training_curated_precision"])
+    assert false_tm >= 1 and false_curated <= false_tm / 2
     assert figures["training_curated_recall"] >= 7 / 8
 
     tomograms = [t[0] for t in training]
