@@ -17,8 +17,9 @@ def test_curated_template_matching_trains_the_picker():
     1.0 over the two twins; 0.47 before picks were kept a particle diameter apart and the score was
     normalised over the tomogram's voxels only at its faces); curation must bring the training picks'
     precision to >= 0.9, reject at least half of the false ones, and keep >= 7/8 of the true particles
-    (measured: 14 of 19 accepted, all true: 3 false and 2 true ones rejected; 14/16 true kept). The picker trained on them (160 steps, with membranes
-    segmented by cryocloud.segment: without them it mistakes membrane for particles, F4 0.875)
+    (measured: 14 of 19 accepted, all true: 3 false and 2 true ones rejected; 14/16 true kept).
+    The picker trained on them (160 steps, with membranes segmented by cryocloud.segment: without
+    them it mistakes membrane for particles, F4 0.875)
     must reach F4 >= 0.85 on the held-out twin (measured 1.0): the floor of the picker trained on
     ground truth (tests/test_learn_accuracy.py), met only when at least 7 of its 8 particles are
     found (6/8 caps F4 at 0.76)."""
