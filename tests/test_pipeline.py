@@ -46,6 +46,8 @@ def test_unknown_key_and_bad_value_name_the_key(tmp_path, capsys):
     bad = _write_config(tmp_path, reconstruct={"filter": "ramp"})
     with pytest.raises(CryocloudError, match="reconstruct.filter"):
         load_config(bad)
+    with pytest.raises(CryocloudError, match="peaks.local_sigma"):
+        load_config(_write_config(tmp_path, peaks={"local_sigma": "voxel"}))
     with pytest.raises(CryocloudError, match="stages.*unknown stage 'denoize'"):
         load_config(_write_config(tmp_path, stages=["denoize"]))
     (tmp_path / "list.yaml").write_text("- a\n- b\n")

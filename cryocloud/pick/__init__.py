@@ -8,12 +8,13 @@ Typical use::
 
 from cryocloud.pick.angles import crowther_increment, local_rotations, parse_angle_list, symmetry_operators, uniform_rotations
 from cryocloud.pick.match import BlockCache, MatchResult, MatchSettings, match
-from cryocloud.pick.peaks import extract_peaks, false_alarm_threshold
+from cryocloud.pick.peaks import BlockMoments, extract_peaks, false_alarm_threshold
 from cryocloud.pick.template import Template, map_from_model, prepare_template, read_map
 from cryocloud.pick.weighting import TiltWeighting
 
 __all__ = [
     "BlockCache",
+    "BlockMoments",
     "MatchResult",
     "MatchSettings",
     "Template",

@@ -10,6 +10,7 @@ import yaml
 
 from cryocloud.denoise.noise2noise import N2NConfig
 from cryocloud.errors import CryocloudError
+from cryocloud.pick.peaks import LocalSigma
 from cryocloud.segment import MembraneSettings
 
 #: every stage in pipeline order; `simulate` or `input` (or `movies`, motion from frames) supplies the tilt series
@@ -113,6 +114,10 @@ class PeaksParams(_Section):
         "+- this many robust s.d.); None: picks may lie on them"
     )
     number: int | None = pydantic.Field(None, gt=0, description="or keep the best N")
+    local_sigma: LocalSigma = pydantic.Field(
+        "slab", description="score sigma of the cut-off: global (all scores), block (each sub-volume's own), slab (each z row of "
+        "sub-volumes; never below the global one)"
+    )
     min_distance_a: float | None = pydantic.Field(
         None, gt=0, description="minimum distance between picks (A); default the particle's diameter (twice the template's equivalent_radius)"
     )

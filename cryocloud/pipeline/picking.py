@@ -73,7 +73,7 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     particles, threshold = extract_peaks(
         scores, orientation, rotations, radius_a=p.min_distance_a or 2.0 * particle_radius, n_false=p.n_false, number=p.number,
         score_std=summary["score_std"], n_search=summary["n_search"], block_moments=block_moments_of(summary, ctx.url("match", "match.json")),
-        tomogram="tomogram", class_name="ribosome", avoid_zyx=gold, avoid_radius_a=particle_radius,
+        local_sigma=p.local_sigma, tomogram="tomogram", class_name="ribosome", avoid_zyx=gold, avoid_radius_a=particle_radius,
     )
     particles = replace(particles, positions=particles.positions + ctx.results["match_origin_a"])  # binned-level voxel centres
     ctx.results["particles"] = particles
