@@ -43,14 +43,12 @@ def _tilts(tilt_series: Optional[str], tilt_range: Optional[str], tomogram, opti
 
 def _fiducials(url: str, shape: tuple[int, ...], sigma: float, options: dict) -> np.ndarray:
     """Fiducial voxels (M, 3) of the searched tomogram at `url`, which must have the score map's `shape`."""
-    import dask.array as da
-
     from cryocloud.segment.fiducials import fiducial_voxels
 
     tomo = read_volume(url, storage_options=options)
     if tuple(tomo.shape) != shape:
         raise ModelError("avoid_fiducials", f"{url}: shape {tuple(tomo.shape)}, expected the score map's {shape} (give the searched tomogram)")
-    return fiducial_voxels(da.asarray(tomo.data.data), sigma=sigma)
+    return fiducial_voxels(tomo.data.data, sigma=sigma)
 
 
 def _halves(urls: tuple[str, str], tomo, options: dict) -> tuple:

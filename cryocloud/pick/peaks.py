@@ -47,6 +47,11 @@ LocalSigma = Literal["global", "block", "slab"]
 LOCAL_SIGMA_MODES = ("global", "block", "slab")
 
 
+def _check_local_sigma(mode: str) -> None:
+    if mode not in LOCAL_SIGMA_MODES:
+        raise ModelError("local_sigma", f"expected one of {', '.join(LOCAL_SIGMA_MODES)}, got {mode!r}")
+
+
 def sigma_of(moments: np.ndarray) -> np.ndarray:
     """Standard deviation from moments (..., 3) = (sum, sum of squares, count); NaN where count is 0."""
     moments = np.asarray(moments, dtype=np.float64)
@@ -80,8 +85,7 @@ class BlockMoments:
         """sigma per block (nz, ny, nx): "block" each block's own, "slab" the blocks of one z row
         together, "global" all; blocks without scores (count 0) take the global sigma; `floor`:
         none below the global sigma."""
-        if mode not in LOCAL_SIGMA_MODES:
-            raise ModelError("local_sigma", f"expected one of {', '.join(LOCAL_SIGMA_MODES)}, got {mode!r}")
+        _check_local_sigma(mode)
         moments = np.asarray(self.moments, dtype=np.float64)
         if mode == "slab":
             moments = np.broadcast_to(moments.sum(axis=(1, 2), keepdims=True), moments.shape)
@@ -179,8 +183,7 @@ def extract_peaks(
     """
     if n_false is None and number is None:
         raise ModelError("n_false", "give a false-alarm count or a number of particles to extract")
-    if local_sigma not in LOCAL_SIGMA_MODES:
-        raise ModelError("local_sigma", f"expected one of {', '.join(LOCAL_SIGMA_MODES)}, got {local_sigma!r}")
+    _check_local_sigma(local_sigma)
     px = pixel_size_of(scores)
     threshold = None
     local = n_false is not None and local_sigma != "global" and block_moments is not None

@@ -8,7 +8,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
 
 from cryocloud.pipeline.context import RunContext
@@ -69,7 +68,7 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     gold = None
     if p.fiducial_sigma is not None:
         searched = ctx.read_tomogram(ctx.config.match.pyramid_level)
-        gold = fiducial_voxels(da.asarray(searched.data.data), sigma=p.fiducial_sigma)
+        gold = fiducial_voxels(searched.data.data, sigma=p.fiducial_sigma)
     particles, threshold = extract_peaks(
         scores, orientation, rotations, radius_a=p.min_distance_a or 2.0 * particle_radius, n_false=p.n_false, number=p.number,
         score_std=summary["score_std"], n_search=summary["n_search"], block_moments=block_moments_of(summary, ctx.url("match", "match.json")),

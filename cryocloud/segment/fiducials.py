@@ -26,20 +26,14 @@ def volume_statistics(volume: da.Array, *, max_blocks: int = 8, quiet: bool = Tr
     return robust_statistics(np.concatenate(parts).astype(np.float64))
 
 
-def _fiducial_voxels_of(block: np.ndarray, offset: tuple[int, ...], limit: float) -> np.ndarray:
-    return np.argwhere(np.abs(block) > limit) + np.asarray(offset)
-
-
-def fiducial_voxels(volume: da.Array, *, sigma: float, quiet: bool = True) -> np.ndarray:
-    """Voxel indices (M, 3) (z, y, x) of the fiducials in a lazy volume: |volume - median| > sigma x
-    its robust s.d. (module docstring); one small list per block."""
+def fiducial_voxels(volume: np.ndarray | da.Array, *, sigma: float, quiet: bool = True) -> np.ndarray:
+    """Voxel indices (M, 3) (z, y, x) of the fiducials in a volume (lazy or not): |volume - median| >
+    sigma x its robust s.d. (module docstring)."""
+    volume = da.asarray(volume)
     median, spread = volume_statistics(volume, quiet=quiet)
-    centred = volume.astype(np.float32) - np.float32(median)
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in centred.chunks]
-    parts = [dask.delayed(_fiducial_voxels_of)(block, tuple(int(starts[a][i]) for a, i in enumerate(index)), sigma * spread)
-             for index, block in zip(np.ndindex(*centred.numblocks), centred.to_delayed().ravel())]
-    found = compute(*parts, description="fiducials", quiet=quiet)
-    return np.concatenate(found).astype(np.int64) if found else np.zeros((0, 3), np.int64)
+    beads = da.absolute(volume.astype(np.float32) - np.float32(median)) > sigma * spread
+    (found,) = compute(da.argwhere(beads), description="fiducials", quiet=quiet)
+    return np.asarray(found, dtype=np.int64).reshape(-1, 3)
 
 
 def _near_counts(labels: np.ndarray, volume: np.ndarray, limit: float, margin_vox: float, count: int, inner: tuple) -> np.ndarray:
