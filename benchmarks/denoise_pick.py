@@ -9,7 +9,9 @@ tolerance half the template radius); `f4_best_n` scores the
 N best peaks instead (N = the number of true particles: the ranking, without the cut-off). The cut-off
 is extract_peaks' default (the sigma of each z slab of sub-volume blocks, never below the global
 one); `f4_global` / `f4_block` (and their n_picks_*) take it from the global sigma / each block's own
-(floored) instead. Also reports the
+(floored) instead. `f4_null` (`n_picks_null`, `null_threshold`) adds the empirical cut-off of
+`cryocloud.pick.null`: the same search on each volume's null (half the even/odd difference, filtered
+or denoised as the volume was). Also reports the
 correlation and mean FSC of each with the truth. Timing keys: ours_s / peer_s are the matching
 times on the Noise2Noise-denoised and on the raw tomogram (the same search, so ratio ~ 1); the
 result is in the f4_* keys.
@@ -26,9 +28,10 @@ import numpy as np
 PEER = "template matching on the raw tomogram"
 
 
-def _f_beta(tomo, series, workdir: str, truth_positions: np.ndarray, increment: float) -> tuple[dict, float]:
+def _f_beta(tomo, null, series, workdir: str, truth_positions: np.ndarray, increment: float) -> tuple[dict, float]:
     from cryocloud.pick import MatchSettings, TiltWeighting, map_from_model, prepare_template, uniform_rotations
     from cryocloud.pick.evaluate import f_beta
+    from cryocloud.pick.null import empirical_threshold
     from cryocloud.pick.peaks import extract_peaks
     from cryocloud.pick.results import block_moments_of, read_match, run_match
     from cryocloud.simulate.atomic import BUNDLED_STRUCTURE
@@ -36,22 +39,26 @@ def _f_beta(tomo, series, workdir: str, truth_positions: np.ndarray, increment: 
     px = tomo.pixel_size
     template = prepare_template(map_from_model(str(BUNDLED_STRUCTURE), px), px, px)
     rotations = uniform_rotations(increment, "C1")
+    search = dict(tilts=TiltWeighting.from_tilt_series(series), settings=MatchSettings(resolution_a=2.5 * px, subvolume=64), overwrite=True)
     t0 = time.perf_counter()
-    run_match(tomo, template, rotations, workdir, tilts=TiltWeighting.from_tilt_series(series),
-              settings=MatchSettings(resolution_a=2.5 * px, subvolume=64), overwrite=True)
+    run_match(tomo, template, rotations, workdir, **search)
     seconds = time.perf_counter() - t0
+    run_match(null, template, rotations, f"{workdir}_null", **search)
     scores, orientation, rots, summary = read_match(workdir)
     radius, tolerance = 2.0 * template.particle_radius * px, template.radius * px / 2
+    cut = empirical_threshold(read_match(f"{workdir}_null")[0], min_distance_voxels=radius / px, n_false=1.0)
     found = {}
-    for mode in ("global", "block", "slab"):
+    for mode, null_threshold in (("global", None), ("block", None), ("slab", None), ("null", cut)):
         particles, _ = extract_peaks(scores, orientation, rots, radius_a=radius, n_false=1.0, score_std=summary["score_std"],
-                                     n_search=summary["n_search"], block_moments=block_moments_of(summary), local_sigma=mode)
+                                     n_search=summary["n_search"], block_moments=block_moments_of(summary),
+                                     local_sigma="slab" if mode == "null" else mode, null_threshold=null_threshold)
         found[mode] = (f_beta(particles.positions, truth_positions, tolerance=tolerance), len(particles))
     best, _ = extract_peaks(scores, orientation, rots, radius_a=radius, n_false=None, number=len(truth_positions))
     ranked = f_beta(best.positions, truth_positions, tolerance=tolerance)
     score, n_picks = found["slab"]
-    local = {f"{key}_{mode}": value for mode in ("global", "block") for key, value in (("f4", round(found[mode][0]["f4"], 3)), ("n_picks", found[mode][1]))}
-    return {k: round(v, 3) for k, v in score.items()} | {"n_picks": n_picks, "f4_best_n": round(ranked["f4"], 3)} | local, seconds
+    local = {f"{key}_{mode}": value for mode in ("global", "block", "null") for key, value in (("f4", round(found[mode][0]["f4"], 3)), ("n_picks", found[mode][1]))}
+    return ({k: round(v, 3) for k, v in score.items()} | {"n_picks": n_picks, "f4_best_n": round(ranked["f4"], 3)} | local
+            | {"null_threshold": round(cut, 4)}), seconds
 
 
 def run(quick: bool = False, seed: int = 3) -> dict:
@@ -65,6 +72,7 @@ def run(quick: bool = False, seed: int = 3) -> dict:
     from cryocloud.denoise.noise2noise import N2NConfig, denoise_halves, train
     from cryocloud.denoise.simulated import simulated_halves
     from cryocloud.model import Tomogram
+    from cryocloud.pick.null import halves_difference
     from cryocloud.simulate import preset
 
     torch.set_num_threads(1)
@@ -79,19 +87,24 @@ def run(quick: bool = False, seed: int = 3) -> dict:
     defocus = halves.even.data.attrs["defocus_a"]
     print("training the Noise2Noise model", file=sys.stderr)
     model = train(e, o, N2NConfig(channels=4, patch=16, n_patches=64, steps=150 if quick else 300, learning_rate=3e-3))
-    volumes = {
-        "raw": raw,
-        "deconv": Tomogram.from_array(deconvolve(raw, defocus_a=defocus, tile=64, depth=32).data.values, pixel_size=px),
-        "noise2noise": Tomogram.from_array(denoise_halves(e, o, model, tile=32, depth=16).data.values, pixel_size=px),
+    null = halves_difference(e, o)
+
+    def in_memory(tomo: Tomogram) -> Tomogram:
+        return Tomogram.from_array(tomo.data.values, pixel_size=px)
+
+    volumes = {  # name: (volume, its null)
+        "raw": (raw, null),
+        "deconv": tuple(in_memory(deconvolve(v, defocus_a=defocus, tile=64, depth=32)) for v in (raw, null)),
+        "noise2noise": tuple(in_memory(denoise_halves(e, o, model, difference=d, tile=32, depth=16)) for d in (False, True)),
     }
     series = halves.simulation.tilt_series.with_per_tilt(defocus_u=halves.simulation.truth.defocus_u_a,
                                                          defocus_v=halves.simulation.truth.defocus_v_a)
     result: dict = {"name": "denoise-pick", "peer": PEER, "seed": seed, "shape_zyx": list(shape), "n_particles": len(halves.simulation.particles)}
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, tomo in volumes.items():
+        for name, (tomo, null) in volumes.items():
             print(f"matching {name}", file=sys.stderr)
-            score, times[name] = _f_beta(tomo, series, f"{tmp}/{name}", halves.simulation.particles.positions, 30.0 if quick else 20.0)
+            score, times[name] = _f_beta(tomo, null, series, f"{tmp}/{name}", halves.simulation.particles.positions, 30.0 if quick else 20.0)
             quality = compare_with_truth(tomo.data.values, truth, px)
             result[name] = score | {"correlation": round(quality["correlation"], 4), "fsc_mean": round(quality["fsc_mean"], 4)}
     result.update(ours_s=round(times["noise2noise"], 2), peer_s=round(times["raw"], 2),

@@ -135,6 +135,13 @@ def test_cli_train_and_predict(halves, tmp_path, capsys):
                 "--scheduler", cluster.scheduler_address]
         assert main(args) == 0
         assert main(args) == 2
-    expected = denoise_halves(even, odd, load_model(m_url), tile=32).data.values
+        null = str(tmp_path / "null.zarr")
+        assert main([*args[:4], null, *args[5:], "--difference"]) == 0  # the null volume for extract-peaks --null-match
+    model = load_model(m_url)
+    expected = denoise_halves(even, odd, model, tile=32).data.values
     np.testing.assert_allclose(read_tomogram(out).data.values, expected, atol=1e-4)
     assert (tmp_path / "n2n_after.png").stat().st_size > 0
+    a, b = (denoise(half, model, tile=32).data.values for half in (even, odd))
+    np.testing.assert_allclose(read_tomogram(null).data.values, 0.5 * (a - b), atol=1e-4)
+    assert main(["denoise", "predict", e_url, m_url, str(tmp_path / "n.zarr"), "--difference"]) == 2
+    assert "--odd" in capsys.readouterr().err and not (tmp_path / "n.zarr").exists()

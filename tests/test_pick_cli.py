@@ -124,6 +124,22 @@ def test_cli_match_then_extract_peaks(tmp_path, capsys):
     for p in positions[:, ::-1]:
         assert np.min(np.linalg.norm(found - p, axis=1)) <= 1.0
     assert len(picks) <= len(positions) + 1
+    # an empirical cut-off from the same search on a null volume (noise of the tomogram's level, no particles)
+    noise = np.random.default_rng(5).normal(scale=float(tomo.data.std()), size=tomo.shape).astype(np.float32)
+    write_tomogram(Tomogram.from_array(noise, pixel_size=21.0), str(tmp_path / "null.zarr"))
+    template_path, options = args[2], args[4:]
+    assert main(["match", str(tmp_path / "null.zarr"), template_path, str(tmp_path / "tm_null"), *options]) == 0
+    capsys.readouterr()
+    assert main(["extract-peaks", str(out), str(tmp_path / "null_picks.csv"), "--null-match", str(tmp_path / "tm_null")]) == 0
+    assert "the null search's" in capsys.readouterr().err
+    with_null = pd.read_csv(tmp_path / "null_picks.csv")
+    assert len(with_null) == len(positions)  # the null's cut-off keeps the particles and nothing else
+    coarser = list(options)
+    coarser[coarser.index("--angular-increment") + 1] = "45"  # another search
+    assert main(["match", str(tmp_path / "null.zarr"), template_path, str(tmp_path / "tm_45"), *coarser]) == 0
+    assert main(["extract-peaks", str(out), str(tmp_path / "bad_null.csv"), "--null-match", str(tmp_path / "tm_45")]) == 2
+    err = capsys.readouterr().err
+    assert "search_id" in err and "tm_45" in err and not (tmp_path / "bad_null.csv").exists()
     slices, histogram = (plt.imread(tmp_path / f"picks_{name}.png") for name in ("slices", "histogram"))  # decodable PNGs
     assert slices.shape[0] > 300 and slices.shape[1] >= slices.shape[0] and histogram.shape[0] > 300
     assert main(["extract-peaks", str(tmp_path / "nothing"), str(tmp_path / "x.csv")]) == 2

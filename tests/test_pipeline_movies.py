@@ -13,10 +13,11 @@ from cryocloud.store import read_tilt_series, read_tomogram
 
 CONFIG = dict(
     simulate={"preset": "toy", "overrides": {"n_particles": 4, "seed": 1, "frames_per_tilt": 4, "drift_a": 20.0}},
-    stages=["ctf", "align", "reconstruct", "denoise"],
+    stages=["ctf", "align", "reconstruct", "denoise", "match", "peaks"],
     align={"refine": "projection-matching", "iterations": 1, "estimate_axis": False},
     denoise={"method": "noise2noise", "tile": 32, "overlap": 16,
              "noise2noise": {"channels": 4, "patch": 16, "n_patches": 48, "steps": 100, "learning_rate": 3e-3}},
+    match={"input": "denoised"},
 )
 
 
@@ -31,7 +32,7 @@ def one_thread():
 def test_movies_motion_halves_and_noise2noise_persist_score_and_resume(tmp_path):
     out = tmp_path / "run"
     summary = run_pipeline(PipelineConfig(output=str(out), **CONFIG))
-    assert summary["stages"] == ["simulate", "motion", "ctf", "align", "reconstruct", "denoise"]
+    assert summary["stages"] == ["simulate", "motion", "ctf", "align", "reconstruct", "denoise", "match", "peaks"]
     motion = summary["motion"]
     assert motion["frames_per_tilt"] == 4 and motion["n_tilts"] == 21
     # the frames drift by ~9 A RMS (0.9 px); the measured shifts follow them to within 0.2 px
@@ -53,12 +54,23 @@ def test_movies_motion_halves_and_noise2noise_persist_score_and_resume(tmp_path)
     page = (out / "report.html").read_text()
     assert "<section id='motion'>" in page and "noise2noise training: loss per step" in page
     assert json.loads((out / "summary.json").read_text())["denoise"]["correlation_with_truth"] == denoised["correlation_with_truth"]
+    # template matching on the denoised tomogram: the same search on the denoised halves' difference sets the cut-off
+    assert denoised["null"] == "denoise/null.zarr" and read_tomogram(str(out / "denoise" / "null.zarr")).shape == (64, 64, 64)
+    assert summary["match"]["input"] == "denoised" and summary["match"]["null_search"] == "match/null"
+    assert summary["match"]["whitening"] == "none (denoised input)"
+    null_search = json.loads((out / "match" / "null" / "match.json").read_text())
+    assert null_search["search_id"] == json.loads((out / "match" / "match.json").read_text())["search_id"]
+    peaks = summary["peaks"]
+    assert peaks["null_threshold"] > 0 and peaks["threshold"] >= peaks["null_threshold"]
+    assert peaks["recall"] >= 0.75 and peaks["precision"] >= 0.75
 
-    written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in ("summary.json", "report.html")}
+    # the peaks stage (seconds) always reruns; everything before it is kept
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*")
+               if p.is_file() and p.name not in ("summary.json", "report.html") and p.parent.name != "peaks"}
     again = run_pipeline(PipelineConfig(output=str(out), **CONFIG))  # resume: nothing recomputed or rewritten
     assert {p: p.stat().st_mtime_ns for p in written} == written
-    assert set(p for p in out.rglob("*") if p.is_file() and p.name not in ("summary.json", "report.html")) == set(written)
-    for stage in ("motion", "reconstruct", "denoise"):
+    assert set(p for p in out.rglob("*") if p.is_file() and p.name not in ("summary.json", "report.html") and p.parent.name != "peaks") == set(written)
+    for stage in ("motion", "reconstruct", "denoise", "match", "peaks"):
         assert {k: v for k, v in again[stage].items() if k != "seconds"} == {k: v for k, v in summary[stage].items() if k != "seconds"}
 
 
@@ -78,3 +90,11 @@ def test_noise2noise_without_half_reconstructions_names_the_key(tmp_path):
     with pytest.raises(CryocloudError, match="denoise.method.*frames_per_tilt"):
         run_pipeline(cfg)
     assert not (tmp_path / "o" / "denoise" / "model").exists()
+
+
+def test_matching_the_denoised_tomogram_without_the_denoise_stage_names_the_key(tmp_path):
+    cfg = PipelineConfig(output=str(tmp_path / "o"), simulate={"preset": "toy", "overrides": {"n_particles": 2}},
+                         stages=["reconstruct", "match"], match={"input": "denoised"})
+    with pytest.raises(CryocloudError, match="match.input.*denoise stage"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "o" / "match").exists()

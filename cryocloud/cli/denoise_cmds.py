@@ -141,6 +141,10 @@ def predict_command(
     model_url: str = typer.Argument(..., help="Model folder written by 'cryocloud denoise train'."),
     out_url: str = typer.Argument(..., help="Output tomogram, OME-Zarr."),
     odd_url: Optional[str] = typer.Option(None, "--odd", help="Odd half: output the mean of both denoised halves."),
+    difference: bool = typer.Option(
+        False, "--difference", help="With --odd: output half the difference of the denoised halves instead, the null volume for "
+        "`extract-peaks --null-match` (search it as the denoised tomogram).",
+    ),
     tile: int = typer.Option(64, "--tile", help="Tile edge (voxels)."),
     depth: int = typer.Option(16, "--overlap", help="Tile overlap on each side (voxels)."),
     device: Optional[str] = typer.Option(None, "--device", help="torch device (default: the model's, else cuda/cpu)."),
@@ -156,6 +160,8 @@ def predict_command(
 
     read_options, write_options = read_write_options(endpoint_url, anon)
     _refuse_existing(out_url, overwrite, write_options)
+    if difference and odd_url is None:
+        raise ModelError("difference", "needs the odd half (--odd): the null volume is half the difference of the denoised halves")
     model = load_model(model_url, storage_options=read_options)
     tomo = read_tomogram(in_url, storage_options=read_options)
     if odd_url is None:
@@ -163,9 +169,10 @@ def predict_command(
         before = tomo
     else:
         odd = read_tomogram(odd_url, storage_options=read_options)
-        result = denoise_halves(tomo, odd, model, tile=tile, depth=depth, device=device)
-        before = tomo.with_data(tomo.data.data + odd.data.data)
+        result = denoise_halves(tomo, odd, model, difference=difference, tile=tile, depth=depth, device=device)
+        before = tomo.with_data(tomo.data.data + (-1 if difference else 1) * odd.data.data)
     console.print(f"{in_url}: {tomo.shape} voxels, tiles of {tile} overlapping by {depth}")
-    _write(result, before, out_url, stage="denoise-noise2noise", parameters=result.data.attrs["denoise"], label="noise2noise",
+    _write(result, before, out_url, stage="denoise-noise2noise", parameters=result.data.attrs["denoise"],
+           label="noise2noise difference" if difference else "noise2noise",
            tile=tile, extra={}, ngff_version=ngff_version, levels=levels, overwrite=overwrite, storage_options=write_options,
            scheduler=scheduler)

@@ -51,6 +51,18 @@ def _fiducials(url: str, shape: tuple[int, ...], sigma: float, options: dict) ->
     return fiducial_voxels(tomo.data.data, sigma=sigma)
 
 
+def _null_threshold(url: str, summary: dict, min_distance_voxels: float, n_false: float | None, options: dict) -> float:
+    """Empirical cut-off (cryocloud.pick.null) from the finished null search at `url`, which must be
+    `summary`'s search (same fingerprint) on a volume of the same shape."""
+    from cryocloud.pick.null import check_same_search, empirical_threshold
+
+    if not n_false:
+        raise ModelError("null_match", "sets the false-alarm cut-off; give --n-false > 0 with it")
+    null_scores, _, _, null_summary = read_match(url, storage_options=options)
+    check_same_search(summary, null_summary, source=f"{url}/match.json")
+    return empirical_threshold(null_scores, min_distance_voxels=min_distance_voxels, n_false=n_false, source=url)
+
+
 def _halves(urls: tuple[str, str], tomo, options: dict) -> tuple:
     """The even and odd half tomograms at `urls`, on the tomogram's grid (shape and voxel size)."""
     halves = tuple(read_volume(url, storage_options=options) for url in urls)
@@ -153,6 +165,10 @@ def extract_peaks_cmd(
         None, "--avoid-fiducials", help="The searched tomogram: no picks within a particle radius of its gold fiducials.",
     ),
     fiducial_sigma: float = typer.Option(20.0, "--fiducial-sigma", help="Fiducial voxels lie beyond the tomogram's median +- this many robust s.d."),
+    null_match: Optional[str] = typer.Option(
+        None, "--null-match", help="`cryocloud match` output of the same search on the tomogram's null volume (half the even/odd "
+        "difference, denoised alike: `denoise predict --difference`): the cut-off is never below its empirical one.",
+    ),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Write <out>_slices.png and <out>_histogram.png."),
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint."),
 ) -> None:
@@ -165,15 +181,17 @@ def extract_peaks_cmd(
     radius_a = min_distance or 2.0 * particle_radius_a
     shape = tuple(int(n) for n in summary["shape_zyx"])
     gold = None if avoid_fiducials is None else _fiducials(avoid_fiducials, shape, fiducial_sigma, options)
+    null = None if null_match is None else _null_threshold(null_match, summary, radius_a / px, n_false, options)
     particles, threshold = extract_peaks(
         scores, orientation, rotations, radius_a=radius_a, n_false=n_false or None, number=number,
         score_std=summary["score_std"], n_search=summary["n_search"], block_moments=block_moments_of(summary, f"{match_url}/match.json"),
         local_sigma=local_sigma, sigma_floor=sigma_floor, tomogram=str(summary.get("tomogram", "")), class_name=object_name,
-        avoid_zyx=gold, avoid_radius_a=particle_radius_a,
+        avoid_zyx=gold, avoid_radius_a=particle_radius_a, null_threshold=null,
     )
     write_picks(particles, out_url, fmt, storage_options=options, pixel_size=px, shape_zyx=shape, object_name=object_name)
     cut = "none" if threshold is None else f"{threshold:.4f}"
-    console.print(f"{out_url}: {len(particles)} particles (cut-off {cut}, at least {radius_a:.1f} A apart)")
+    empirical = "" if null is None else f", the null search's {null:.4f}"
+    console.print(f"{out_url}: {len(particles)} particles (cut-off {cut}{empirical}, at least {radius_a:.1f} A apart)")
     if figures:
         write_score_figures(scores, particles, threshold, out_url.rsplit(".", 1)[0], radius_a=particle_radius_a, title=match_url,
                             storage_options=options)

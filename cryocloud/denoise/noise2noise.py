@@ -246,12 +246,15 @@ def denoise(tomo: Tomogram, model: N2NModel, *, tile: int = 64, depth: int = 16,
     return result
 
 
-def denoise_halves(even: Tomogram, odd: Tomogram, model: N2NModel, **kwargs: Any) -> Tomogram:
-    """Mean of the denoised even and odd reconstructions (the cryoCARE output), lazy."""
+def denoise_halves(even: Tomogram, odd: Tomogram, model: N2NModel, *, difference: bool = False, **kwargs: Any) -> Tomogram:
+    """Mean of the denoised even and odd reconstructions (the cryoCARE output), lazy. With
+    `difference`, half their difference instead: the mean's residual noise without its signal, the
+    null volume for template matching's empirical cut-off (`cryocloud.pick.null`)."""
     _check_halves(even, odd, 1)
     a, b = denoise(even, model, **kwargs), denoise(odd, model, **kwargs)
-    result = a.with_data(0.5 * (a.data.data + b.data.data))
-    result.data.attrs["denoise"] = dict(a.data.attrs["denoise"], halves="even+odd")
+    sign = -1.0 if difference else 1.0
+    result = a.with_data(0.5 * (a.data.data + sign * b.data.data))
+    result.data.attrs["denoise"] = dict(a.data.attrs["denoise"], halves="(even-odd)/2" if difference else "even+odd")
     return result
 
 

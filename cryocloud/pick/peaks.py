@@ -167,6 +167,7 @@ def extract_peaks(
     class_name: str = "",
     avoid_zyx: np.ndarray | None = None,
     avoid_radius_a: float = 0.0,
+    null_threshold: float | None = None,
 ) -> tuple[Particles, float | None]:
     """Particles (positions in A, rotations, scores) picked from a score map; and the threshold used.
 
@@ -178,8 +179,10 @@ def extract_peaks(
     `sigma_floor` never below the global sigma's (module docstring); the threshold returned is
     then the lowest of them. Candidates within `avoid_radius_a` of any voxel of `avoid_zyx` (M, 3)
     (e.g. gold fiducials, `cryocloud.segment.fiducials.fiducial_voxels`) are dropped before the
-    suppression, so they cannot suppress a particle next to them. Positions are voxel indices
-    times the voxel size (voxel (0,0,0) at 0 A).
+    suppression, so they cannot suppress a particle next to them. `null_threshold`: an empirical
+    cut-off for the same n_false (`cryocloud.pick.null.empirical_threshold`, from a search of the
+    tomogram's noise); every pick must clear it as well, and the threshold returned is never below
+    it. Positions are voxel indices times the voxel size (voxel (0,0,0) at 0 A).
     """
     if n_false is None and number is None:
         raise ModelError("n_false", "give a false-alarm count or a number of particles to extract")
@@ -192,6 +195,10 @@ def extract_peaks(
             raise ModelError("score_std", "the false-alarm cut-off needs the search's score standard deviation and N_search")
         lowest = float(np.min(block_moments.sigma_blocks(local_sigma, sigma_floor))) if local else score_std
         threshold = false_alarm_threshold(lowest, n_search, n_false)
+        if null_threshold is not None:
+            threshold = max(threshold, float(null_threshold))
+    elif null_threshold is not None:
+        raise ModelError("null_threshold", "is an n_false cut-off; give n_false with it")
     positions, values = candidates(scores, threshold if threshold is not None else 1e-12)
     if local and len(positions):
         above = values >= false_alarm_threshold(1.0, n_search, n_false) * block_moments.at(positions, local_sigma, sigma_floor)

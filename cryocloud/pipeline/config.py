@@ -102,6 +102,10 @@ class MatchParams(_Section):
     pyramid_level: int = pydantic.Field(1, ge=0, description="tomogram level to search (1 = binned by 2)")
     resolution_a: float | None = pydantic.Field(None, gt=0)
     subvolume: int = pydantic.Field(96, ge=16)
+    input: Literal["tomogram", "denoised"] = pydantic.Field(
+        "tomogram", description="volume to search: the reconstruction, or the denoise stage's output (then, with even/odd half "
+        "tomograms, the cut-off also comes from the same search on their denoised half difference, cryocloud.pick.null; no whitening)"
+    )
     whiten: bool = pydantic.Field(True, description="spectral whitening by the noise spectrum of the even/odd half tomograms when the "
                                   "reconstruct stage built them (movies); without them no whitening (the tomogram's own power "
                                   "spectrum is a poor proxy for its noise: it lowered F4 on twins)")

@@ -1,6 +1,8 @@
 """Stages that find particles: `match` (template matching on a pyramid level of the tomogram, whitened
-by the noise spectrum of the even/odd half tomograms when they exist and `match.whiten` is on) and
-`peaks` (picks as CSV and RELION 5 STAR, scored against the simulated particles when known)."""
+by the noise spectrum of the even/odd half tomograms when they exist and `match.whiten` is on; or of
+the denoised tomogram, `match.input: denoised`, with the same search on the denoise stage's null volume
+into `match/null/`) and `peaks` (picks as CSV and RELION 5 STAR, scored against the simulated particles
+when known; the cut-off never below the null search's empirical one when there is one)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def stage_match(ctx: RunContext, overwrite: bool) -> None:
     p = ctx.config.match
     so = ctx.storage_options
     url = ctx.url("match")
-    tomo = ctx.read_tomogram(p.pyramid_level)
+    tomo = _searched(ctx, "tomogram.zarr")
     px = tomo.pixel_size
     path = p.template or str(ctx.results.get("structure") or BUNDLED_STRUCTURE)
     if path.endswith((".mrc", ".map", ".em", ".rec")):
@@ -37,25 +39,46 @@ def stage_match(ctx: RunContext, overwrite: bool) -> None:
     rotations = uniform_rotations(p.angular_increment_deg, p.symmetry)
     tilts = TiltWeighting.from_tilt_series(ctx.results["tilt_series"])
     settings = MatchSettings(resolution_a=p.resolution_a or 2.5 * px, subvolume=p.subvolume)
-    with_halves = p.whiten and all(ctx.exists("reconstruct", f"{h}.zarr") for h in HALVES)
-    whitening = "noise of the even/odd halves" if with_halves else "none (no half tomograms)" if p.whiten else "none"
+    denoised = p.input == "denoised"
+    with_halves = p.whiten and not denoised and all(ctx.exists("reconstruct", f"{h}.zarr") for h in HALVES)
+    whitening = ("noise of the even/odd halves" if with_halves else "none (denoised input)" if denoised and p.whiten
+                 else "none (no half tomograms)" if p.whiten else "none")
+    description = {"template": path, "symmetry": p.symmetry, "pyramid_level": p.pyramid_level, "whitening": whitening, "input": p.input}
     if overwrite or not ctx.exists("match", "match.json"):
         if with_halves:
             halves = [read_tomogram(ctx.url("reconstruct", f"{h}.zarr"), level=p.pyramid_level, storage_options=so) for h in HALVES]
             settings = replace(settings, whiten=True, noise=noise_spectrum(*halves))
-        run_match(tomo, template, rotations, url, tilts=tilts, settings=settings, overwrite=True, storage_options=so,
-                  description={"template": path, "symmetry": p.symmetry, "pyramid_level": p.pyramid_level, "whitening": whitening})
+        run_match(tomo, template, rotations, url, tilts=tilts, settings=settings, overwrite=True, storage_options=so, description=description)
+    null = denoised and ctx.exists("denoise", "null.zarr")
+    if null and (overwrite or not ctx.exists("match", "null", "match.json")):  # after the search above, which may clear match/
+        run_match(_searched(ctx, "null.zarr"), template, rotations, ctx.url("match", "null"), tilts=tilts, settings=settings, overwrite=True,
+                  storage_options=so, description={**description, "input": "null: the denoised even/odd half difference"})
     ctx.results["template_radius_a"] = template.radius * px
     ctx.results["particle_radius_a"] = template.particle_radius * px
     ctx.results["match_origin_a"] = np.array([float(tomo.data.coords[d].values[0]) for d in "xyz"])
     ctx.summary["match"] = {"n_orientations": int(len(rotations)), "voxel_size_a": px, "template": Path(path).name,
-                            "whitening": whitening}
+                            "whitening": whitening, "input": p.input, "null_search": "match/null" if null else None}
+
+
+def _searched(ctx: RunContext, name: str) -> Any:
+    """The volume the match stage searches, at its pyramid level: the tomogram (`match.input:
+    tomogram`) or the denoise stage's `denoise/<name>` (`tomogram.zarr`, or the `null.zarr` volume)."""
+    from cryocloud.errors import ModelError
+    from cryocloud.store import read_tomogram
+
+    level = ctx.config.match.pyramid_level
+    if ctx.config.match.input == "tomogram":
+        return ctx.read_tomogram(level)
+    if not ctx.exists("denoise", name):
+        raise ModelError("match.input", f"is 'denoised' but {ctx.url('denoise', name)} does not exist; run the denoise stage first")
+    return read_tomogram(ctx.url("denoise", name), level=level, storage_options=ctx.storage_options)
 
 
 def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     from cryocloud.pick.evaluate import f_beta
     from cryocloud.pick.figures import write_score_figures
     from cryocloud.pick.formats import write_picks
+    from cryocloud.pick.null import check_same_search, empirical_threshold
     from cryocloud.pick.peaks import extract_peaks
     from cryocloud.pick.results import block_moments_of, read_match
     from cryocloud.segment.fiducials import fiducial_voxels
@@ -69,10 +92,18 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     if p.fiducial_sigma is not None:
         searched = ctx.read_tomogram(ctx.config.match.pyramid_level)
         gold = fiducial_voxels(searched.data.data, sigma=p.fiducial_sigma)
+    min_distance = p.min_distance_a or 2.0 * particle_radius
+    null = None
+    if p.n_false is not None and ctx.exists("match", "null", "match.json") and ctx.config.match.input == "denoised":
+        null_scores, _, _, null_summary = read_match(ctx.url("match", "null"), storage_options=so)
+        check_same_search(summary, null_summary, source=ctx.url("match", "null", "match.json"))
+        null = empirical_threshold(null_scores, min_distance_voxels=min_distance / float(summary["voxel_size"]), n_false=p.n_false,
+                                   source=ctx.url("match", "null"))
     particles, threshold = extract_peaks(
-        scores, orientation, rotations, radius_a=p.min_distance_a or 2.0 * particle_radius, n_false=p.n_false, number=p.number,
+        scores, orientation, rotations, radius_a=min_distance, n_false=p.n_false, number=p.number,
         score_std=summary["score_std"], n_search=summary["n_search"], block_moments=block_moments_of(summary, ctx.url("match", "match.json")),
         local_sigma=p.local_sigma, tomogram="tomogram", class_name="ribosome", avoid_zyx=gold, avoid_radius_a=particle_radius,
+        null_threshold=null,
     )
     particles = replace(particles, positions=particles.positions + ctx.results["match_origin_a"])  # binned-level voxel centres
     ctx.results["particles"] = particles
@@ -82,7 +113,7 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     write_score_figures(scores, particles, threshold, ctx.url("peaks", "scores"), radius_a=particle_radius, title="template matching",
                         storage_options=so)
     figures: dict[str, Any] = {"n_picks": len(particles), "threshold": None if threshold is None else round(threshold, 4),
-                               "fiducial_voxels": None if gold is None else len(gold)}
+                               "null_threshold": None if null is None else round(null, 4), "fiducial_voxels": None if gold is None else len(gold)}
     truth = ctx.results.get("truth_particles")
     if truth is not None:
         expected = truth.positions + ctx.results.get("volume_offset_a", np.zeros(3))
