@@ -12,6 +12,7 @@ from cryocloud.errors import ModelError
 from cryocloud.model import Tomogram
 from cryocloud.optics import frequency_grid
 from cryocloud.pick import MatchSettings
+from cryocloud.pick.null import halves_difference
 from cryocloud.pick.spectrum import chunk_power, noise_spectrum, shell_grid
 
 PX = 8.0
@@ -107,6 +108,15 @@ def test_cli_match_whitens_with_the_halves_noise(tmp_path, capsys):
     assert main([*base, str(tmp_path / "bad"), *options, "--whiten-halves", str(tmp_path / "even.zarr"), str(tmp_path / "small.zarr")]) == 2
     err = capsys.readouterr().err
     assert "small.zarr" in err and "(40, 72, 72)" in err and not (tmp_path / "bad" / "match.json").exists()
+    # --whiten-null: the spectrum of the null volume (even - odd) / 2, a quarter of the halves' (the mean's noise)
+    write_tomogram(halves_difference(even, odd), str(tmp_path / "null.zarr"))
+    assert main([*base, str(tmp_path / "tm_null"), *options, "--whiten-null", str(tmp_path / "null.zarr")]) == 0
+    step, power = json.loads((tmp_path / "tm_null" / "match.json").read_text())["settings"]["noise"]
+    assert step == pytest.approx(expected.step)
+    np.testing.assert_allclose(power, np.asarray(expected.power) / 4, rtol=1e-4)
+    both = ["--whiten-halves", str(tmp_path / "even.zarr"), str(tmp_path / "odd.zarr"), "--whiten-null", str(tmp_path / "null.zarr")]
+    assert main([*base, str(tmp_path / "bad"), *options, *both]) == 2
+    assert "whiten_null" in capsys.readouterr().err and not (tmp_path / "bad" / "match.json").exists()
 
 
 def test_noise_whitening_on_a_reconstructed_twin(tmp_path):

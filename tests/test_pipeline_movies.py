@@ -57,7 +57,7 @@ def test_movies_motion_halves_and_noise2noise_persist_score_and_resume(tmp_path)
     # template matching on the denoised tomogram: the same search on the denoised halves' difference sets the cut-off
     assert denoised["null"] == "denoise/null.zarr" and read_tomogram(str(out / "denoise" / "null.zarr")).shape == (64, 64, 64)
     assert summary["match"]["input"] == "denoised" and summary["match"]["null_search"] == "match/null"
-    assert summary["match"]["whitening"] == "none (denoised input)"
+    assert summary["match"]["whitening"] == "noise of the null volume"
     null_search = json.loads((out / "match" / "null" / "match.json").read_text())
     assert null_search["search_id"] == json.loads((out / "match" / "match.json").read_text())["search_id"]
     peaks = summary["peaks"]

@@ -18,7 +18,7 @@ from cryocloud.pick.formats import format_from_name, write_picks
 from cryocloud.pick.match import MatchSettings
 from cryocloud.pick.peaks import extract_peaks
 from cryocloud.pick.results import block_moments_of, read_match, run_match
-from cryocloud.pick.spectrum import noise_spectrum
+from cryocloud.pick.spectrum import noise_spectrum, null_spectrum
 from cryocloud.pick.template import check_fits, map_from_model, prepare_template, read_map
 from cryocloud.pick.weighting import TiltWeighting
 from cryocloud.store import open_url, read_tilt_series, read_volume
@@ -63,13 +63,14 @@ def _null_threshold(url: str, summary: dict, min_distance_voxels: float, n_false
     return empirical_threshold(null_scores, min_distance_voxels=min_distance_voxels, n_false=n_false, source=url)
 
 
-def _halves(urls: tuple[str, str], tomo, options: dict) -> tuple:
-    """The even and odd half tomograms at `urls`, on the tomogram's grid (shape and voxel size)."""
-    halves = tuple(read_volume(url, storage_options=options) for url in urls)
-    for url, half in zip(urls, halves):
-        if half.shape != tomo.shape or abs(half.pixel_size - tomo.pixel_size) > 1e-3 * tomo.pixel_size:
-            raise ModelError("whiten_halves", f"{url}: shape {half.shape} at {half.pixel_size} A, expected the tomogram's {tomo.shape} at {tomo.pixel_size} A")
-    return halves
+def _on_grid(urls: tuple[str, ...], tomo, options: dict, field: str) -> tuple:
+    """The volumes at `urls` (half tomograms, a null volume), which must lie on the tomogram's grid
+    (shape and voxel size); a ModelError naming `field` and the file otherwise."""
+    volumes = tuple(read_volume(url, storage_options=options) for url in urls)
+    for url, volume in zip(urls, volumes):
+        if volume.shape != tomo.shape or abs(volume.pixel_size - tomo.pixel_size) > 1e-3 * tomo.pixel_size:
+            raise ModelError(field, f"{url}: shape {volume.shape} at {volume.pixel_size} A, expected the tomogram's {tomo.shape} at {tomo.pixel_size} A")
+    return volumes
 
 
 @app.command()
@@ -93,7 +94,11 @@ def match(
         None, "--whiten-halves", metavar="EVEN ODD",
         help="Spectral whitening by the noise spectrum of the even/odd half tomograms (the tomogram is their sum or mean).",
     ),
-    noise_chunk: int = typer.Option(64, "--noise-chunk", help="Cube edge (voxels) for the half tomograms' noise spectrum."),
+    whiten_null: Optional[str] = typer.Option(
+        None, "--whiten-null", metavar="NULL",
+        help="Spectral whitening by the power spectrum of the tomogram's null volume (a denoised tomogram's: `denoise predict --difference`).",
+    ),
+    noise_chunk: int = typer.Option(64, "--noise-chunk", help="Cube edge (voxels) for the half tomograms' (null volume's) noise spectrum."),
     defocus_gradient: bool = typer.Option(
         True, "--defocus-gradient/--no-defocus-gradient", help="CTF weight at each sub-volume's own defocus (depth, distance from the tilt axis)."
     ),
@@ -120,11 +125,14 @@ def match(
         volume, template_px = read_map(template_path, voxel_size=template_voxel_size, storage_options=read_options)
     check_fits(volume.shape, template_px, tomo.shape, px, source=template_path)
     template = prepare_template(volume, template_px, px, mask_radius_a=mask_radius, non_spherical=non_spherical_mask, invert=invert)
+    if whiten_halves is not None and whiten_null is not None:
+        raise ModelError("whiten_null", "give one noise source for the whitening: --whiten-halves or --whiten-null")
     settings = MatchSettings(
-        resolution_a=resolution, subvolume=subvolume, batch_size=batch_size, ctf=ctf, whiten=whiten or whiten_halves is not None,
-        defocus_gradient=defocus_gradient, background=background,
+        resolution_a=resolution, subvolume=subvolume, batch_size=batch_size, ctf=ctf,
+        whiten=whiten or whiten_halves is not None or whiten_null is not None, defocus_gradient=defocus_gradient, background=background,
     )
-    halves = None if whiten_halves is None else _halves(whiten_halves, tomo, read_options)
+    halves = None if whiten_halves is None else _on_grid(whiten_halves, tomo, read_options, "whiten_halves")
+    null = None if whiten_null is None else _on_grid((whiten_null,), tomo, read_options, "whiten_null")[0]
     if angle_list:
         with open_url(angle_list, "r", storage_options=read_options) as f:
             rotations = parse_angle_list(f.read(), source=angle_list)
@@ -138,9 +146,11 @@ def match(
         console.print(describe(client))
         if halves is not None:
             settings = replace(settings, noise=noise_spectrum(*halves, chunk=noise_chunk))
+        if null is not None:
+            settings = replace(settings, noise=null_spectrum(null, chunk=noise_chunk))
         summary = run_match(
             tomo, template, rotations, out_url, tilts=tilts, settings=settings, tomogram_mask=mask, overwrite=overwrite, storage_options=write_options,
-            description={"tomogram": tomogram_url, "template": template_path, "symmetry": symmetry, "whiten_halves": list(whiten_halves or [])},
+            description={"tomogram": tomogram_url, "template": template_path, "symmetry": symmetry, "whiten_halves": list(whiten_halves or []), "whiten_null": whiten_null},
         )
     console.print(f"{out_url}: {summary['n_orientations']:,} orientations, score std {summary['score_std']:.4f}")
 

@@ -115,3 +115,10 @@ def noise_spectrum(even: Tomogram, odd: Tomogram, *, chunk: int = 64, quiet: boo
                            "noise spectrum from the half tomograms", quiet)
     return from_sums(step, parts)
 
+
+
+def null_spectrum(null: Tomogram, *, chunk: int = 64, quiet: bool = False) -> RadialSpectrum:
+    """Noise power spectrum of a denoised (or filtered) tomogram from its null volume, half the
+    difference of its denoised halves (`cryocloud.pick.null`): P(null), on `noise_spectrum`'s grid."""
+    step, parts = _chunked([null.data.data], null.shape, null.pixel_size, chunk, chunk_power, "noise spectrum from the null volume", quiet)
+    return from_sums(step, parts)

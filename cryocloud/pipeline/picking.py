@@ -1,7 +1,7 @@
 """Stages that find particles: `match` (template matching on a pyramid level of the tomogram, whitened
 by the noise spectrum of the even/odd half tomograms when they exist and `match.whiten` is on; or of
 the denoised tomogram, `match.input: denoised`, with the same search on the denoise stage's null volume
-into `match/null/`) and `peaks` (picks as CSV and RELION 5 STAR, scored against the simulated particles
+into `match/null/`, both whitened by the null volume's spectrum) and `peaks` (picks as CSV and RELION 5 STAR, scored against the simulated particles
 when known; the cut-off never below the null search's empirical one when there is one)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from cryocloud.pipeline.context import RunContext
 def stage_match(ctx: RunContext, overwrite: bool) -> None:
     from cryocloud.pick import MatchSettings, TiltWeighting, map_from_model, prepare_template, read_map, uniform_rotations
     from cryocloud.pick.results import run_match
-    from cryocloud.pick.spectrum import noise_spectrum
+    from cryocloud.pick.spectrum import noise_spectrum, null_spectrum
     from cryocloud.pick.template import check_fits
     from cryocloud.reconstruct import HALVES
     from cryocloud.simulate.atomic import BUNDLED_STRUCTURE
@@ -40,24 +40,29 @@ def stage_match(ctx: RunContext, overwrite: bool) -> None:
     tilts = TiltWeighting.from_tilt_series(ctx.results["tilt_series"])
     settings = MatchSettings(resolution_a=p.resolution_a or 2.5 * px, subvolume=p.subvolume)
     denoised = p.input == "denoised"
+    null = _searched(ctx, "null.zarr") if denoised and ctx.exists("denoise", "null.zarr") else None
     with_halves = p.whiten and not denoised and all(ctx.exists("reconstruct", f"{h}.zarr") for h in HALVES)
-    whitening = ("noise of the even/odd halves" if with_halves else "none (denoised input)" if denoised and p.whiten
+    whitening = ("noise of the even/odd halves" if with_halves else "noise of the null volume" if p.whiten and null is not None
                  else "none (no half tomograms)" if p.whiten else "none")
     description = {"template": path, "symmetry": p.symmetry, "pyramid_level": p.pyramid_level, "whitening": whitening, "input": p.input}
-    if overwrite or not ctx.exists("match", "match.json"):
+    searches = [(tomo, url, overwrite or not ctx.exists("match", "match.json"))]
+    if null is not None:  # after the search above, which may clear match/
+        searches.append((null, ctx.url("match", "null"), overwrite or not ctx.exists("match", "null", "match.json")))
+    if p.whiten and any(todo for _, _, todo in searches):
         if with_halves:
             halves = [read_tomogram(ctx.url("reconstruct", f"{h}.zarr"), level=p.pyramid_level, storage_options=so) for h in HALVES]
             settings = replace(settings, whiten=True, noise=noise_spectrum(*halves))
-        run_match(tomo, template, rotations, url, tilts=tilts, settings=settings, overwrite=True, storage_options=so, description=description)
-    null = denoised and ctx.exists("denoise", "null.zarr")
-    if null and (overwrite or not ctx.exists("match", "null", "match.json")):  # after the search above, which may clear match/
-        run_match(_searched(ctx, "null.zarr"), template, rotations, ctx.url("match", "null"), tilts=tilts, settings=settings, overwrite=True,
-                  storage_options=so, description={**description, "input": "null: the denoised even/odd half difference"})
+        elif null is not None:
+            settings = replace(settings, whiten=True, noise=null_spectrum(null))
+    for volume, out, todo in searches:
+        if todo:
+            run_match(volume, template, rotations, out, tilts=tilts, settings=settings, overwrite=True, storage_options=so,
+                      description=description if volume is tomo else {**description, "input": "null: the denoised even/odd half difference"})
     ctx.results["template_radius_a"] = template.radius * px
     ctx.results["particle_radius_a"] = template.particle_radius * px
     ctx.results["match_origin_a"] = np.array([float(tomo.data.coords[d].values[0]) for d in "xyz"])
     ctx.summary["match"] = {"n_orientations": int(len(rotations)), "voxel_size_a": px, "template": Path(path).name,
-                            "whitening": whitening, "input": p.input, "null_search": "match/null" if null else None}
+                            "whitening": whitening, "input": p.input, "null_search": None if null is None else "match/null"}
 
 
 def _searched(ctx: RunContext, name: str) -> Any:
