@@ -51,16 +51,16 @@ def _fiducials(url: str, shape: tuple[int, ...], sigma: float, options: dict) ->
     return fiducial_voxels(tomo.data.data, sigma=sigma)
 
 
-def _null_threshold(url: str, summary: dict, min_distance_voxels: float, n_false: float | None, options: dict) -> float:
-    """Empirical cut-off (cryocloud.pick.null) from the finished null search at `url`, which must be
-    `summary`'s search (same fingerprint) on a volume of the same shape."""
+def _null_threshold(url: str, summary: dict, min_distance_voxels: float, n_false: float | None, options: dict) -> tuple[float, object]:
+    """(empirical cut-off (cryocloud.pick.null), score map) of the finished null search at `url`,
+    which must be `summary`'s search (same fingerprint) on a volume of the same shape."""
     from cryocloud.pick.null import check_same_search, empirical_threshold
 
     if not n_false:
         raise ModelError("null_match", "sets the false-alarm cut-off; give --n-false > 0 with it")
     null_scores, _, _, null_summary = read_match(url, storage_options=options)
     check_same_search(summary, null_summary, source=f"{url}/match.json")
-    return empirical_threshold(null_scores, min_distance_voxels=min_distance_voxels, n_false=n_false, source=url)
+    return empirical_threshold(null_scores, min_distance_voxels=min_distance_voxels, n_false=n_false, source=url), null_scores
 
 
 def _on_grid(urls: tuple[str, ...], tomo, options: dict, field: str) -> tuple:
@@ -191,7 +191,7 @@ def extract_peaks_cmd(
     radius_a = min_distance or 2.0 * particle_radius_a
     shape = tuple(int(n) for n in summary["shape_zyx"])
     gold = None if avoid_fiducials is None else _fiducials(avoid_fiducials, shape, fiducial_sigma, options)
-    null = None if null_match is None else _null_threshold(null_match, summary, radius_a / px, n_false, options)
+    null, null_scores = (None, None) if null_match is None else _null_threshold(null_match, summary, radius_a / px, n_false, options)
     particles, threshold = extract_peaks(
         scores, orientation, rotations, radius_a=radius_a, n_false=n_false or None, number=number,
         score_std=summary["score_std"], n_search=summary["n_search"], block_moments=block_moments_of(summary, f"{match_url}/match.json"),
@@ -204,4 +204,4 @@ def extract_peaks_cmd(
     console.print(f"{out_url}: {len(particles)} particles (cut-off {cut}{empirical}, at least {radius_a:.1f} A apart)")
     if figures:
         write_score_figures(scores, particles, threshold, out_url.rsplit(".", 1)[0], radius_a=particle_radius_a, title=match_url,
-                            storage_options=options)
+                            null_scores=null_scores, null_threshold=null, storage_options=options)

@@ -1,5 +1,5 @@
 """Figures of a template-matching result (matplotlib, Agg): score-map slices with the picks, and the
-score histogram with the cut-off. Each function writes a PNG to an open binary file."""
+score histogram with the cut-off (and the null search's histogram when there is one). Each function writes a PNG to an open binary file."""
 
 from __future__ import annotations
 
@@ -36,12 +36,18 @@ def score_slices_png(slices: dict[int, np.ndarray], particles: Particles, pixel_
     fig.savefig(out, format="png", dpi=100)
 
 
-def score_histogram_png(counts: np.ndarray, edges: np.ndarray, threshold: float | None, out: IO[bytes], *, picks: Particles | None = None, title: str = "") -> None:
+def score_histogram_png(counts: np.ndarray, edges: np.ndarray, threshold: float | None, out: IO[bytes], *, picks: Particles | None = None,
+                        null_counts: np.ndarray | None = None, null_threshold: float | None = None, title: str = "") -> None:
     """Histogram (log counts; `counts` per bin between `edges`) of the score map with the cut-off
-    and the picked scores."""
+    and the picked scores; with `null_counts` (same bins) and `null_threshold`, the null search's
+    histogram and empirical cut-off over it."""
     fig, ax = subplots(figsize=(6, 4))
     ax.stairs(np.maximum(counts, 0.5), edges, color="0.3", fill=True, label="score map (best per voxel)")
+    if null_counts is not None:
+        ax.stairs(np.where(null_counts > 0, null_counts, np.nan), edges, color="tab:orange", lw=1.5, label="null search (noise only)")
     ax.set_yscale("log")
+    if null_threshold is not None:
+        ax.axvline(null_threshold, color="tab:orange", ls="--", label=f"null's cut-off {null_threshold:.3f}")
     if threshold is not None:
         ax.axvline(threshold, color="red", label=f"cut-off {threshold:.3f}")
     if picks is not None and len(picks):
@@ -56,10 +62,11 @@ def score_histogram_png(counts: np.ndarray, edges: np.ndarray, threshold: float 
 
 def write_score_figures(
     scores, particles: Particles, threshold: float | None, stem_url: str, *, radius_a: float, title: str = "",
-    storage_options: dict | None = None,
+    null_scores=None, null_threshold: float | None = None, storage_options: dict | None = None,
 ) -> None:
     """Write `<stem>_slices.png` (score slices with the picks) and `<stem>_histogram.png` (scores
-    with the cut-off) for a score map (xarray (z, y, x), lazy or not)."""
+    with the cut-off, and those of `null_scores`, the null search's map, with its `null_threshold`
+    when given) for a score map (xarray (z, y, x), lazy or not)."""
     import dask.array as da
 
     from cryocloud.model import pixel_size_of
@@ -68,10 +75,12 @@ def write_score_figures(
     px = pixel_size_of(scores)
     planes = slice_planes(scores.shape[0], particles, px)
     slices = dict(zip(planes, (np.asarray(scores.data[z]) for z in planes)))
-    values = scores.data if isinstance(scores.data, da.Array) else da.from_array(np.asarray(scores.values))
-    lo, hi = da.compute(values.min(), values.max())
-    counts, edges = da.histogram(values, bins=200, range=(float(lo), float(hi) + 1e-6))
+    maps = [m.data if isinstance(m.data, da.Array) else da.from_array(np.asarray(m.values)) for m in (scores, null_scores) if m is not None]
+    lo, hi = da.compute(da.stack([m.min() for m in maps]).min(), da.stack([m.max() for m in maps]).max())
+    histograms = [da.histogram(m, bins=200, range=(float(lo), float(hi) + 1e-6)) for m in maps]
+    (counts, edges), null_counts = histograms[0], (histograms[1][0].compute() if null_scores is not None else None)
     with open_url(f"{stem_url}_slices.png", "wb", storage_options=storage_options) as f:
         score_slices_png(slices, particles, px, f, radius_a=radius_a, title=f"{title} scores")
     with open_url(f"{stem_url}_histogram.png", "wb", storage_options=storage_options) as f:
-        score_histogram_png(counts.compute(), edges, threshold, f, picks=particles, title=f"{title}: {len(particles)} picks")
+        score_histogram_png(counts.compute(), edges, threshold, f, picks=particles, null_counts=null_counts, null_threshold=null_threshold,
+                            title=f"{title}: {len(particles)} picks")

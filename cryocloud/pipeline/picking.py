@@ -98,7 +98,7 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
         searched = ctx.read_tomogram(ctx.config.match.pyramid_level)
         gold = fiducial_voxels(searched.data.data, sigma=p.fiducial_sigma)
     min_distance = p.min_distance_a or 2.0 * particle_radius
-    null = None
+    null = null_scores = None
     if p.n_false is not None and ctx.exists("match", "null", "match.json") and ctx.config.match.input == "denoised":
         null_scores, _, _, null_summary = read_match(ctx.url("match", "null"), storage_options=so)
         check_same_search(summary, null_summary, source=ctx.url("match", "null", "match.json"))
@@ -116,7 +116,7 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     write_picks(particles, ctx.url("peaks", "particles.star"), "star", storage_options=so,
                 pixel_size=float(summary["voxel_size"]), shape_zyx=tuple(summary["shape_zyx"]))
     write_score_figures(scores, particles, threshold, ctx.url("peaks", "scores"), radius_a=particle_radius, title="template matching",
-                        storage_options=so)
+                        null_scores=null_scores, null_threshold=null, storage_options=so)
     figures: dict[str, Any] = {"n_picks": len(particles), "threshold": None if threshold is None else round(threshold, 4),
                                "null_threshold": None if null is None else round(null, 4), "fiducial_voxels": None if gold is None else len(gold)}
     truth = ctx.results.get("truth_particles")
