@@ -57,7 +57,7 @@ def test_movies_motion_halves_and_noise2noise_persist_score_and_resume(tmp_path)
     # template matching on the denoised tomogram: the same search on the denoised halves' difference sets the cut-off
     assert denoised["null"] == "denoise/null.zarr" and read_tomogram(str(out / "denoise" / "null.zarr")).shape == (64, 64, 64)
     assert summary["match"]["input"] == "denoised" and summary["match"]["null_search"] == "match/null"
-    assert summary["match"]["whitening"] == "noise of the null volume"
+    assert summary["match"]["whitening"] == "none (noise2noise input)"
     null_search = json.loads((out / "match" / "null" / "match.json").read_text())
     assert null_search["search_id"] == json.loads((out / "match" / "match.json").read_text())["search_id"]
     peaks = summary["peaks"]
@@ -98,3 +98,24 @@ def test_matching_the_denoised_tomogram_without_the_denoise_stage_names_the_key(
     with pytest.raises(CryocloudError, match="match.input.*denoise stage"):
         run_pipeline(cfg)
     assert not (tmp_path / "o" / "match").exists()
+
+
+def test_deconvolved_input_is_whitened_by_its_null_volume(tmp_path):
+    """match.input: denoised after the deconvolution filter: the denoise stage writes the filtered half
+    difference, both searches are whitened by its spectrum, and its search sets a cut-off floor."""
+    import numpy as np
+
+    from cryocloud.pick.spectrum import null_spectrum
+
+    out = tmp_path / "run"
+    cfg = PipelineConfig(output=str(out), simulate={"preset": "toy", "overrides": {"n_particles": 4, "seed": 2, "frames_per_tilt": 2, "drift_a": 0.0}},
+                         stages=["ctf", "reconstruct", "denoise", "match", "peaks"], denoise={"tile": 32, "overlap": 8},
+                         match={"input": "denoised"})
+    summary = run_pipeline(cfg)
+    assert summary["denoise"]["null"] == "denoise/null.zarr"
+    assert summary["match"]["whitening"] == "noise of the null volume" and summary["match"]["null_search"] == "match/null"
+    step, power = json.loads((out / "match" / "null" / "match.json").read_text())["settings"]["noise"]
+    expected = null_spectrum(read_tomogram(str(out / "denoise" / "null.zarr"), level=1), quiet=True)
+    assert step == pytest.approx(expected.step)
+    np.testing.assert_allclose(power, expected.power, rtol=1e-4)
+    assert summary["peaks"]["null_threshold"] > 0 and summary["peaks"]["recall"] >= 0.75

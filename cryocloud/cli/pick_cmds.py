@@ -96,7 +96,8 @@ def match(
     ),
     whiten_null: Optional[str] = typer.Option(
         None, "--whiten-null", metavar="NULL",
-        help="Spectral whitening by the power spectrum of the tomogram's null volume (a denoised tomogram's: `denoise predict --difference`).",
+        help="Spectral whitening by the power spectrum of the tomogram's null volume (for a deconvolved tomogram; after Noise2Noise it "
+        "raised false picks on twins).",
     ),
     noise_chunk: int = typer.Option(64, "--noise-chunk", help="Cube edge (voxels) for the half tomograms' (null volume's) noise spectrum."),
     defocus_gradient: bool = typer.Option(

@@ -104,11 +104,11 @@ class MatchParams(_Section):
     subvolume: int = pydantic.Field(96, ge=16)
     input: Literal["tomogram", "denoised"] = pydantic.Field(
         "tomogram", description="volume to search: the reconstruction, or the denoise stage's output (then, with even/odd half "
-        "tomograms, the cut-off also comes from the same search on their denoised half difference, cryocloud.pick.null, and whitening "
-        "uses its spectrum)"
+        "tomograms, the cut-off also comes from the same search on their denoised half difference, cryocloud.pick.null, and after "
+        "deconv whitening uses its spectrum)"
     )
     whiten: bool = pydantic.Field(True, description="spectral whitening by the noise spectrum of the even/odd half tomograms when the "
-                                  "reconstruct stage built them (movies; for denoised input, of the null volume); without them no "
+                                  "reconstruct stage built them (movies; for deconvolved input, of the null volume); without them no "
                                   "whitening (the tomogram's own power spectrum is a poor proxy for its noise: it lowered F4 on twins)")
 
 
