@@ -43,8 +43,13 @@ def test_a_bead_neither_becomes_a_pick_nor_suppresses_the_particle_next_to_it():
     plain, _ = extract_peaks(*maps, rotations, radius_a=120.0, n_false=None, number=5)
     assert np.array_equal(plain.positions, [BEADS[0][::-1] * 10.0])  # the bead's pick hides the particle
     gold = fiducial_voxels(da.from_array(_tomogram_with_beads()), sigma=20.0)
-    avoided, _ = extract_peaks(*maps, rotations, radius_a=120.0, n_false=None, number=5, avoid_zyx=gold, avoid_radius_a=40.0)
+    avoided, _ = extract_peaks(*maps, rotations, radius_a=120.0, n_false=None, number=5, avoid=[(gold, 40.0)])
     assert np.array_equal(avoided.positions, [np.array(particle[::-1]) * 10.0])
+    # each avoided set keeps its own radius: a membrane voxel (half a voxel) under the particle drops
+    # only that pick, one voxel beside it none
+    for membrane, expected in (([particle], []), ([(12, 20, 30)], [np.array(particle[::-1]) * 10.0])):
+        both, _ = extract_peaks(*maps, rotations, radius_a=120.0, n_false=None, number=5, avoid=[(gold, 40.0), (np.array(membrane), 5.0)])
+        assert np.array_equal(both.positions.reshape(-1, 3), np.reshape(expected, (-1, 3)))
 
 
 def test_extract_peaks_cli_avoids_the_fiducials_of_the_searched_tomogram(tmp_path, capsys):

@@ -98,19 +98,28 @@ def test_matching_the_denoised_tomogram_without_the_denoise_stage_names_the_key(
     with pytest.raises(CryocloudError, match="match.input.*denoise stage"):
         run_pipeline(cfg)
     assert not (tmp_path / "o" / "match").exists()
+    cfg = PipelineConfig(output=str(tmp_path / "p"), simulate={"preset": "toy", "overrides": {"n_particles": 2}},
+                         stages=["reconstruct", "match", "peaks"], peaks={"avoid_membranes": True})
+    with pytest.raises(CryocloudError, match="peaks.avoid_membranes.*segment stage"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "p" / "peaks").exists()
 
 
 def test_deconvolved_input_is_whitened_by_its_null_volume(tmp_path):
     """match.input: denoised after the deconvolution filter: the denoise stage writes the filtered half
     difference, both searches are whitened by its spectrum, and its search sets a cut-off floor."""
     import numpy as np
+    import pandas as pd
 
     from cryocloud.pick.spectrum import null_spectrum
+    from cryocloud.store import read_labels
 
     out = tmp_path / "run"
-    cfg = PipelineConfig(output=str(out), simulate={"preset": "toy", "overrides": {"n_particles": 4, "seed": 2, "frames_per_tilt": 2, "drift_a": 0.0}},
-                         stages=["ctf", "reconstruct", "denoise", "match", "peaks"], denoise={"tile": 32, "overlap": 8},
-                         match={"input": "denoised"})
+    overrides = {"n_particles": 4, "seed": 1, "frames_per_tilt": 2, "drift_a": 0.0, "membranes": {"vesicles": 1, "vesicle_radius_a": [180.0, 220.0]}}
+    cfg = PipelineConfig(output=str(out), simulate={"preset": "toy", "overrides": overrides},
+                         stages=["ctf", "reconstruct", "denoise", "segment", "match", "peaks"], denoise={"tile": 32, "overlap": 8},
+                         segment={"low": 2.5, "high": 6.0},  # the toy's weaker membrane, as in test_pipeline_stages
+                         match={"input": "denoised"}, peaks={"avoid_membranes": True})
     summary = run_pipeline(cfg)
     assert summary["denoise"]["null"] == "denoise/null.zarr"
     assert summary["match"]["whitening"] == "noise of the null volume" and summary["match"]["null_search"] == "match/null"
@@ -119,3 +128,10 @@ def test_deconvolved_input_is_whitened_by_its_null_volume(tmp_path):
     assert step == pytest.approx(expected.step)
     np.testing.assert_allclose(power, expected.power, rtol=1e-4)
     assert summary["peaks"]["null_threshold"] > 0 and summary["peaks"]["recall"] >= 0.75
+    # peaks.avoid_membranes: no pick centred on a voxel of the segment stage's membranes (at the searched level)
+    membranes = np.asarray(read_labels(str(out / "segment" / "membranes.zarr"), level=1).values) > 0
+    assert summary["peaks"]["membrane_voxels"] == int(membranes.sum()) > 0
+    picks = pd.read_csv(out / "peaks" / "particles.csv")[["z", "y", "x"]].to_numpy()
+    origin = np.array([float(read_labels(str(out / "segment" / "membranes.zarr"), level=1).coords[d].values[0]) for d in "zyx"])
+    voxels = np.round((picks - origin) / summary["match"]["voxel_size_a"]).astype(int)
+    assert len(voxels) and not membranes[tuple(voxels.T)].any()

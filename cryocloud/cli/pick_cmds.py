@@ -197,7 +197,7 @@ def extract_peaks_cmd(
         scores, orientation, rotations, radius_a=radius_a, n_false=n_false or None, number=number,
         score_std=summary["score_std"], n_search=summary["n_search"], block_moments=block_moments_of(summary, f"{match_url}/match.json"),
         local_sigma=local_sigma, sigma_floor=sigma_floor, tomogram=str(summary.get("tomogram", "")), class_name=object_name,
-        avoid_zyx=gold, avoid_radius_a=particle_radius_a, null_threshold=null,
+        avoid=[] if gold is None else [(gold, particle_radius_a)], null_threshold=null,
     )
     write_picks(particles, out_url, fmt, storage_options=options, pixel_size=px, shape_zyx=shape, object_name=object_name)
     cut = "none" if threshold is None else f"{threshold:.4f}"

@@ -30,7 +30,7 @@ lowered cut-off in quiet blocks admits those (benchmark denoise-pick), the floor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import dask
 import dask.array as da
@@ -165,8 +165,7 @@ def extract_peaks(
     sigma_floor: bool = True,
     tomogram: str = "",
     class_name: str = "",
-    avoid_zyx: np.ndarray | None = None,
-    avoid_radius_a: float = 0.0,
+    avoid: Sequence[tuple[np.ndarray, float]] = (),
     null_threshold: float | None = None,
 ) -> tuple[Particles, float | None]:
     """Particles (positions in A, rotations, scores) picked from a score map; and the threshold used.
@@ -177,9 +176,11 @@ def extract_peaks(
     moments per block; without them, results of older searches, the global sigma is used): each
     block's (z slab's) candidates are cut at the threshold of that block's own sigma, with
     `sigma_floor` never below the global sigma's (module docstring); the threshold returned is
-    then the lowest of them. Candidates within `avoid_radius_a` of any voxel of `avoid_zyx` (M, 3)
-    (e.g. gold fiducials, `cryocloud.segment.fiducials.fiducial_voxels`) are dropped before the
-    suppression, so they cannot suppress a particle next to them. `null_threshold`: an empirical
+    then the lowest of them. `avoid`: pairs (voxel indices (M, 3) on the score map's grid, radius in
+    A); candidates within the radius of any of those voxels are dropped before the suppression, so
+    they cannot suppress a particle next to them (gold fiducials,
+    `cryocloud.segment.fiducials.fiducial_voxels`, with the particle's radius; segmented membranes
+    with half a voxel: no pick centred on them). `null_threshold`: an empirical
     cut-off for the same n_false (`cryocloud.pick.null.empirical_threshold`, from a search of the
     tomogram's noise); every pick must clear it as well, and the threshold returned is never below
     it. Positions are voxel indices times the voxel size (voxel (0,0,0) at 0 A).
@@ -203,9 +204,11 @@ def extract_peaks(
     if local and len(positions):
         above = values >= false_alarm_threshold(1.0, n_search, n_false) * block_moments.at(positions, local_sigma, sigma_floor)
         positions, values = positions[above], values[above]
-    if avoid_zyx is not None and len(avoid_zyx) and len(positions):
-        clear = cKDTree(np.asarray(avoid_zyx, dtype=np.float64)).query(positions, distance_upper_bound=avoid_radius_a / px)[0] > avoid_radius_a / px
-        positions, values = positions[clear], values[clear]
+    for avoid_zyx, avoid_radius_a in avoid:
+        if len(avoid_zyx) and len(positions):
+            radius = avoid_radius_a / px
+            clear = cKDTree(np.asarray(avoid_zyx, dtype=np.float64)).query(positions, distance_upper_bound=radius)[0] > radius
+            positions, values = positions[clear], values[clear]
     keep = non_maximum_suppression(positions, values, radius_a / px, number)
     zyx = positions[keep]
     values_at = orientation.data.vindex if isinstance(orientation.data, da.Array) else np.asarray(orientation.values)

@@ -119,6 +119,10 @@ class PeaksParams(_Section):
         "+- this many robust s.d.); None: picks may lie on them"
     )
     number: int | None = pydantic.Field(None, gt=0, description="or keep the best N")
+    avoid_membranes: bool = pydantic.Field(
+        False, description="no picks centred on a membrane of the segment stage (soluble complexes; off for membrane proteins, "
+        "whose centres lie there)"
+    )
     local_sigma: LocalSigma = pydantic.Field(
         "slab", description="score sigma of the cut-off: global (all scores), block (each sub-volume's own), slab (each z row of "
         "sub-volumes; never below the global one)"

@@ -62,6 +62,25 @@ def stage_match(ctx: RunContext, overwrite: bool) -> None:
                             "whitening": whitening, "input": p.input, "null_search": None if null is None else "match/null"}
 
 
+def _membrane_voxels(ctx: RunContext, shape: tuple[int, ...]) -> Any:
+    """Voxel indices (M, 3) (z, y, x) of the segment stage's membranes on the searched pyramid level's
+    grid, which has the score map's `shape`."""
+    import dask.array as da
+
+    from cryocloud.errors import ModelError
+    from cryocloud.progress import compute
+    from cryocloud.store import read_labels
+
+    if not ctx.exists("segment", "membranes.zarr"):
+        raise ModelError("peaks.avoid_membranes", f"needs the segment stage's membranes ({ctx.url('segment', 'membranes.zarr')} does not exist)")
+    labels = read_labels(ctx.url("segment", "membranes.zarr"), level=ctx.config.match.pyramid_level, storage_options=ctx.storage_options)
+    if tuple(labels.shape) != tuple(shape):
+        raise ModelError("peaks.avoid_membranes", f"membranes of shape {tuple(labels.shape)} at pyramid level {ctx.config.match.pyramid_level}, "
+                                                  f"expected the score map's {tuple(shape)}")
+    (found,) = compute(da.argwhere(da.asarray(labels.data) > 0), description="membrane voxels", quiet=True)
+    return np.asarray(found, dtype=np.int64).reshape(-1, 3)
+
+
 HALVES_NOISE, NULL_NOISE = "noise of the even/odd halves", "noise of the null volume"
 
 
@@ -111,10 +130,14 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     so = ctx.storage_options
     scores, orientation, rotations, summary = read_match(ctx.url("match"), storage_options=so)
     particle_radius = ctx.results["particle_radius_a"]
-    gold = None
+    avoid, gold, membrane = [], None, None
     if p.fiducial_sigma is not None:
         searched = ctx.read_tomogram(ctx.config.match.pyramid_level)
         gold = fiducial_voxels(searched.data.data, sigma=p.fiducial_sigma)
+        avoid.append((gold, particle_radius))
+    if p.avoid_membranes:
+        membrane = _membrane_voxels(ctx, tuple(summary["shape_zyx"]))
+        avoid.append((membrane, 0.5 * float(summary["voxel_size"])))
     min_distance = p.min_distance_a or 2.0 * particle_radius
     null = null_scores = None
     if p.n_false is not None and ctx.exists("match", "null", "match.json") and ctx.config.match.input == "denoised":
@@ -125,7 +148,7 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     particles, threshold = extract_peaks(
         scores, orientation, rotations, radius_a=min_distance, n_false=p.n_false, number=p.number,
         score_std=summary["score_std"], n_search=summary["n_search"], block_moments=block_moments_of(summary, ctx.url("match", "match.json")),
-        local_sigma=p.local_sigma, tomogram="tomogram", class_name="ribosome", avoid_zyx=gold, avoid_radius_a=particle_radius,
+        local_sigma=p.local_sigma, tomogram="tomogram", class_name="ribosome", avoid=avoid,
         null_threshold=null,
     )
     particles = replace(particles, positions=particles.positions + ctx.results["match_origin_a"])  # binned-level voxel centres
@@ -136,7 +159,8 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     write_score_figures(scores, particles, threshold, ctx.url("peaks", "scores"), radius_a=particle_radius, title="template matching",
                         null_scores=null_scores, null_threshold=null, storage_options=so)
     figures: dict[str, Any] = {"n_picks": len(particles), "threshold": None if threshold is None else round(threshold, 4),
-                               "null_threshold": None if null is None else round(null, 4), "fiducial_voxels": None if gold is None else len(gold)}
+                               "null_threshold": None if null is None else round(null, 4), "fiducial_voxels": None if gold is None else len(gold),
+                               "membrane_voxels": None if membrane is None else len(membrane)}
     truth = ctx.results.get("truth_particles")
     if truth is not None:
         expected = truth.positions + ctx.results.get("volume_offset_a", np.zeros(3))
