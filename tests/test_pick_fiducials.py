@@ -57,7 +57,7 @@ def test_extract_peaks_cli_avoids_the_fiducials_of_the_searched_tomogram(tmp_pat
 
     from cryocloud.cli import main
     from cryocloud.model import Tomogram
-    from cryocloud.store import write_tomogram
+    from cryocloud.store import write_labels, write_tomogram
     from test_pick_match import REAL, _synthetic
 
     tomo, _, positions, _ = _synthetic()
@@ -68,15 +68,25 @@ def test_extract_peaks_cli_avoids_the_fiducials_of_the_searched_tomogram(tmp_pat
     write_tomogram(Tomogram.from_array(data, pixel_size=21.0), str(tmp_path / "tomo.zarr"))
     assert main(["match", str(tmp_path / "tomo.zarr"), str(REAL / "pytom_templates" / "human_ribo_21A.em"), str(tmp_path / "tm"),
                  "--template-voxel-size", "21", "--angular-increment", "30", "--subvolume", "64", "--ctf", "none"]) == 0
+    hidden = positions[0]  # a mask (as a membrane segmentation) over one particle's centre
+    mask = np.zeros(data.shape, np.uint8)
+    mask[hidden[0] - 1 : hidden[0] + 2, hidden[1] - 1 : hidden[1] + 2, hidden[2] - 1 : hidden[2] + 2] = 1
+    write_labels(mask, str(tmp_path / "mask.zarr"), pixel_size=21.0)
     picked = {}
-    for name, extra in (("plain", []), ("avoided", ["--avoid-fiducials", str(tmp_path / "tomo.zarr")])):
+    for name, extra in (("plain", []), ("avoided", ["--avoid-fiducials", str(tmp_path / "tomo.zarr")]),
+                        ("masked", ["--avoid-fiducials", str(tmp_path / "tomo.zarr"), "--avoid-mask", str(tmp_path / "mask.zarr")])):
         assert main(["extract-peaks", str(tmp_path / "tm"), str(tmp_path / f"{name}.csv"), "--no-figures", *extra]) == 0
         picked[name] = pd.read_csv(tmp_path / f"{name}.csv")[["z", "y", "x"]].to_numpy() / 21.0
     near_bead = {k: int(np.sum(np.linalg.norm(v - bead, axis=1) < 7)) for k, v in picked.items()}  # within a particle radius
     assert near_bead["plain"] >= 1 and near_bead["avoided"] == 0  # the bead scores above the cut-off
     for p in positions:
         assert np.min(np.linalg.norm(picked["avoided"] - p, axis=1)) <= 1.0
+    assert np.min(np.linalg.norm(picked["masked"] - hidden, axis=1)) > 1.5  # gone; the other three kept
+    assert all(np.min(np.linalg.norm(picked["masked"] - p, axis=1)) <= 1.0 for p in positions[1:])
     small = Tomogram.from_array(data[:, :32], pixel_size=21.0)
     write_tomogram(small, str(tmp_path / "small.zarr"))
     assert main(["extract-peaks", str(tmp_path / "tm"), str(tmp_path / "bad.csv"), "--avoid-fiducials", str(tmp_path / "small.zarr")]) == 2
     assert "small.zarr" in capsys.readouterr().err and not (tmp_path / "bad.csv").exists()
+    assert main(["extract-peaks", str(tmp_path / "tm"), str(tmp_path / "bad.csv"), "--avoid-mask", str(tmp_path / "small.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "avoid_mask" in err and "small.zarr" in err and not (tmp_path / "bad.csv").exists()

@@ -51,6 +51,16 @@ def _fiducials(url: str, shape: tuple[int, ...], sigma: float, options: dict) ->
     return fiducial_voxels(tomo.data.data, sigma=sigma)
 
 
+def _mask_voxels(url: str, shape: tuple[int, ...], options: dict) -> np.ndarray:
+    """Voxel indices (M, 3) where the label image / mask at `url` (the score map's `shape`) is > 0."""
+    import dask.array as da
+
+    volume = read_volume(url, storage_options=options)
+    if tuple(volume.shape) != shape:
+        raise ModelError("avoid_mask", f"{url}: shape {tuple(volume.shape)}, expected the score map's {shape}")
+    return np.asarray(da.argwhere(da.asarray(volume.data.data) > 0).compute(), dtype=np.int64).reshape(-1, 3)
+
+
 def _null_threshold(url: str, summary: dict, min_distance_voxels: float, n_false: float | None, options: dict) -> tuple[float, object]:
     """(empirical cut-off (cryocloud.pick.null), score map) of the finished null search at `url`,
     which must be `summary`'s search (same fingerprint) on a volume of the same shape."""
@@ -176,6 +186,9 @@ def extract_peaks_cmd(
         None, "--avoid-fiducials", help="The searched tomogram: no picks within a particle radius of its gold fiducials.",
     ),
     fiducial_sigma: float = typer.Option(20.0, "--fiducial-sigma", help="Fiducial voxels lie beyond the tomogram's median +- this many robust s.d."),
+    avoid_mask: Optional[str] = typer.Option(
+        None, "--avoid-mask", help="Label image or mask on the searched grid (e.g. `segment membranes` output): no pick centred where it is > 0.",
+    ),
     null_match: Optional[str] = typer.Option(
         None, "--null-match", help="`cryocloud match` output of the same search on the tomogram's null volume (half the even/odd "
         "difference, denoised alike: `denoise predict --difference`): the cut-off is never below its empirical one.",
@@ -192,12 +205,15 @@ def extract_peaks_cmd(
     radius_a = min_distance or 2.0 * particle_radius_a
     shape = tuple(int(n) for n in summary["shape_zyx"])
     gold = None if avoid_fiducials is None else _fiducials(avoid_fiducials, shape, fiducial_sigma, options)
+    avoid = [] if gold is None else [(gold, particle_radius_a)]
+    if avoid_mask is not None:
+        avoid.append((_mask_voxels(avoid_mask, shape, options), 0.5 * px))
     null, null_scores = (None, None) if null_match is None else _null_threshold(null_match, summary, radius_a / px, n_false, options)
     particles, threshold = extract_peaks(
         scores, orientation, rotations, radius_a=radius_a, n_false=n_false or None, number=number,
         score_std=summary["score_std"], n_search=summary["n_search"], block_moments=block_moments_of(summary, f"{match_url}/match.json"),
         local_sigma=local_sigma, sigma_floor=sigma_floor, tomogram=str(summary.get("tomogram", "")), class_name=object_name,
-        avoid=[] if gold is None else [(gold, particle_radius_a)], null_threshold=null,
+        avoid=avoid, null_threshold=null,
     )
     write_picks(particles, out_url, fmt, storage_options=options, pixel_size=px, shape_zyx=shape, object_name=object_name)
     cut = "none" if threshold is None else f"{threshold:.4f}"
