@@ -53,12 +53,12 @@ def _fiducials(url: str, shape: tuple[int, ...], sigma: float, options: dict) ->
 
 def _mask_voxels(url: str, shape: tuple[int, ...], options: dict) -> np.ndarray:
     """Voxel indices (M, 3) where the label image / mask at `url` (the score map's `shape`) is > 0."""
-    import dask.array as da
+    from cryocloud.segment.components import voxels_where
 
     volume = read_volume(url, storage_options=options)
     if tuple(volume.shape) != shape:
         raise ModelError("avoid_mask", f"{url}: shape {tuple(volume.shape)}, expected the score map's {shape}")
-    return np.asarray(da.argwhere(da.asarray(volume.data.data) > 0).compute(), dtype=np.int64).reshape(-1, 3)
+    return voxels_where(volume.data.data > 0, description="mask voxels")
 
 
 def _null_threshold(url: str, summary: dict, min_distance_voxels: float, n_false: float | None, options: dict) -> tuple[float, object]:

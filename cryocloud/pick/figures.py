@@ -78,9 +78,10 @@ def write_score_figures(
     maps = [m.data if isinstance(m.data, da.Array) else da.from_array(np.asarray(m.values)) for m in (scores, null_scores) if m is not None]
     lo, hi = da.compute(da.stack([m.min() for m in maps]).min(), da.stack([m.max() for m in maps]).max())
     histograms = [da.histogram(m, bins=200, range=(float(lo), float(hi) + 1e-6)) for m in maps]
-    (counts, edges), null_counts = histograms[0], (histograms[1][0].compute() if null_scores is not None else None)
+    edges = histograms[0][1]
+    counts = da.compute(*(h for h, _ in histograms))  # one pass over the score map and the null's
     with open_url(f"{stem_url}_slices.png", "wb", storage_options=storage_options) as f:
         score_slices_png(slices, particles, px, f, radius_a=radius_a, title=f"{title} scores")
     with open_url(f"{stem_url}_histogram.png", "wb", storage_options=storage_options) as f:
-        score_histogram_png(counts.compute(), edges, threshold, f, picks=particles, null_counts=null_counts, null_threshold=null_threshold,
-                            title=f"{title}: {len(particles)} picks")
+        score_histogram_png(counts[0], edges, threshold, f, picks=particles, null_counts=counts[1] if len(counts) > 1 else None,
+                            null_threshold=null_threshold, title=f"{title}: {len(particles)} picks")

@@ -65,10 +65,8 @@ def stage_match(ctx: RunContext, overwrite: bool) -> None:
 def _membrane_voxels(ctx: RunContext, shape: tuple[int, ...]) -> Any:
     """Voxel indices (M, 3) (z, y, x) of the segment stage's membranes on the searched pyramid level's
     grid, which has the score map's `shape`."""
-    import dask.array as da
-
     from cryocloud.errors import ModelError
-    from cryocloud.progress import compute
+    from cryocloud.segment.components import voxels_where
     from cryocloud.store import read_labels
 
     if not ctx.exists("segment", "membranes.zarr"):
@@ -77,8 +75,7 @@ def _membrane_voxels(ctx: RunContext, shape: tuple[int, ...]) -> Any:
     if tuple(labels.shape) != tuple(shape):
         raise ModelError("peaks.avoid_membranes", f"membranes of shape {tuple(labels.shape)} at pyramid level {ctx.config.match.pyramid_level}, "
                                                   f"expected the score map's {tuple(shape)}")
-    (found,) = compute(da.argwhere(da.asarray(labels.data) > 0), description="membrane voxels", quiet=True)
-    return np.asarray(found, dtype=np.int64).reshape(-1, 3)
+    return voxels_where(labels.data > 0, description="membrane voxels")
 
 
 HALVES_NOISE, NULL_NOISE = "noise of the even/odd halves", "noise of the null volume"

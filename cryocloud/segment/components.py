@@ -36,6 +36,13 @@ STRUCTURE = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity: thin, oblique sur
 FORWARD_OFFSETS = [o for o in itertools.product((-1, 0, 1), repeat=3) if o > (0, 0, 0)]
 
 
+def voxels_where(mask: np.ndarray | da.Array, *, description: str = "voxels", quiet: bool = True) -> np.ndarray:
+    """Voxel indices (M, 3) (z, y, x) where a boolean volume (lazy or not) is true; one Dask pass,
+    only the indices come back."""
+    (found,) = compute(da.argwhere(da.asarray(mask)), description=description, quiet=quiet)
+    return np.asarray(found, dtype=np.int64).reshape(-1, 3)
+
+
 @dataclass(frozen=True)
 class BlockSummary:
     """Local components of one block: count, size and peak per label (1..n), boundary-plane labels."""

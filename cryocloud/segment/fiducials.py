@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from cryocloud.progress import compute
+from cryocloud.segment.components import voxels_where
 from cryocloud.segment.threshold import robust_statistics, sample_blocks, subsample
 
 
@@ -31,9 +32,7 @@ def fiducial_voxels(volume: np.ndarray | da.Array, *, sigma: float, quiet: bool 
     sigma x its robust s.d. (module docstring)."""
     volume = da.asarray(volume)
     median, spread = volume_statistics(volume, quiet=quiet)
-    beads = da.absolute(volume.astype(np.float32) - np.float32(median)) > sigma * spread
-    (found,) = compute(da.argwhere(beads), description="fiducials", quiet=quiet)
-    return np.asarray(found, dtype=np.int64).reshape(-1, 3)
+    return voxels_where(da.absolute(volume.astype(np.float32) - np.float32(median)) > sigma * spread, description="fiducials", quiet=quiet)
 
 
 def _near_counts(labels: np.ndarray, volume: np.ndarray, limit: float, margin_vox: float, count: int, inner: tuple) -> np.ndarray:
