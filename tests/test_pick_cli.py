@@ -135,6 +135,8 @@ def test_cli_match_then_extract_peaks(tmp_path, capsys):
     with_null = pd.read_csv(tmp_path / "null_picks.csv")
     assert len(with_null) == len(positions)  # the null's cut-off keeps the particles and nothing else
     assert plt.imread(tmp_path / "null_picks_histogram.png").shape[0] > 300  # with the null's histogram
+    assert main(["extract-peaks", str(out), str(tmp_path / "no_cut.csv"), "--null-match", str(tmp_path / "tm_null"), "--n-false", "0"]) == 2
+    assert "null_match" in capsys.readouterr().err and not (tmp_path / "no_cut.csv").exists()  # the null sets a cut-off
     coarser = list(options)
     coarser[coarser.index("--angular-increment") + 1] = "45"  # another search
     assert main(["match", str(tmp_path / "null.zarr"), template_path, str(tmp_path / "tm_45"), *coarser]) == 0
