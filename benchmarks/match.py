@@ -46,7 +46,7 @@ from cryocloud.pick.template import prepare_template, read_map
 from cryocloud.pick.weighting import TiltWeighting
 
 PEER = "scipy.signal.fftconvolve per orientation"
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+REAL = Path(__file__).resolve().parents[1] / "tests" / "data" / "real"
 
 
 def _best_time(fn, repeats: int) -> float:

@@ -1,7 +1,7 @@
 """Shared pytest fixtures.
 
-Real data: ``real_data`` (session) is the folder of real test data (../shared/data/real,
-read-only); ``REAL_DATA`` is the same path for module-level use (``from conftest import REAL_DATA``).
+Real data: ``real_data`` (session) is the folder of real test data (tests/data/real, kept in
+the repository, read-only); ``REAL_DATA`` is the same path for module-level use (``from conftest import REAL_DATA``).
 
 S3 (a real HTTP endpoint, no mocks of the client side):
 
@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import pytest
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+REAL_DATA = Path(__file__).resolve().parent / "data" / "real"
 
 _S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",

@@ -25,7 +25,7 @@ from cryocloud.model import Microscope
 from cryocloud.optics import ctf_2d
 from test_average_core import PX, place, ribosome  # noqa: F401  (fixture)
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "tomodrgn_empiar10499"
+REAL = Path(__file__).resolve().parent / "data" / "real" / "tomodrgn_empiar10499"
 OPTIMISATION_SET = REAL / "warptools_test_4-tomos_10-ptcls_box-32_angpix-12_optimisation_set.star"
 DEFOCUS = 80000.0  # A: first CTF zero near 1 / 40 A, inside the band (Nyquist 1 / 32 A)
 TILTS = np.arange(-60.0, 60.1, 6.0)

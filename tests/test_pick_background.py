@@ -8,7 +8,7 @@ from cryocloud.pick import MatchSettings, match, prepare_template
 from cryocloud.pick.template import phase_randomised, read_map
 from test_pick_score import rotate_real_space
 
-REAL = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+REAL = __import__("pathlib").Path(__file__).resolve().parent / "data" / "real"
 
 
 def _ribosome():

@@ -14,7 +14,7 @@ from cryocloud.pick.evaluate import f_beta, match_picks
 from cryocloud.pick.template import read_map
 from test_pick_score import rotate_real_space
 
-REAL = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+REAL = __import__("pathlib").Path(__file__).resolve().parent / "data" / "real"
 
 
 @pytest.mark.slow

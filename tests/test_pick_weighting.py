@@ -126,7 +126,7 @@ def test_whitening_rescues_a_search_in_coloured_noise():
     from cryocloud.pick.template import read_map
     from test_pick_score import rotate_real_space
 
-    real = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+    real = __import__("pathlib").Path(__file__).resolve().parent / "data" / "real"
     volume, _ = read_map(str(real / "pytom_templates" / "human_ribo_21A.em"), voxel_size=21.0)
     template = prepare_template(volume, 21.0, 21.0)
     rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ from cryocloud.optics import ctf_2d, frequency_grid
 from cryocloud.preprocess.ctf_estimate import CtfSearch, estimate_ctf, fit_ctf, tile_offsets
 from cryocloud.preprocess.ctffind_io import apply_ctf_table, format_ctffind, parse_ctffind
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+REAL = Path(__file__).resolve().parent / "data" / "real"
 PX = 2.0
 N = 384
 
