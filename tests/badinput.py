@@ -4,8 +4,8 @@ A case is a function `make(case: Case) -> (argv, fragments)`: it builds its inpu
 its outputs under `case.out` (or an S3 bucket) and returns the CLI arguments and the fragments the one
 `error:` line must contain. `check_bad_input` runs it through the CLI and asserts: exit 2, exactly one
 error line holding every fragment, no traceback, inputs byte-identical (sha256 before and after), no output
-that looks complete (an OME-Zarr without its multiscales metadata or a `.partial` file is not), and nothing
-written to the case's bucket.
+that looks complete (an OME-Zarr without its multiscales metadata or a `.partial` file is not), and the case's
+bucket (inputs the case put there included) unchanged.
 """
 
 from __future__ import annotations
@@ -122,6 +122,11 @@ def small_cluster():
         yield
 
 
+def bucket_state(bucket) -> dict[str, tuple]:
+    """Every object of a test bucket: key -> (size, ETag)."""
+    return {key: (info.get("size"), info.get("ETag")) for key, info in bucket.fs().find(bucket.url, detail=True).items()}
+
+
 def check_bad_input(make: Callable, tmp_path: Path, capsys, request) -> None:
     """Run one case (see the module docstring); cases whose name starts with `s3_` get `case.s3`."""
     case = Case(tmp_path / "in", tmp_path / "out")
@@ -131,6 +136,7 @@ def check_bad_input(make: Callable, tmp_path: Path, capsys, request) -> None:
         case.s3 = request.getfixturevalue("s3_bucket")
     argv, fragments = make(case)
     before = tree_hashes(case.inp)
+    bucket_before = bucket_state(case.s3) if case.s3 is not None else None
     capsys.readouterr()
     code = main(argv)
     err = capsys.readouterr().err
@@ -144,4 +150,4 @@ def check_bad_input(make: Callable, tmp_path: Path, capsys, request) -> None:
     assert tree_hashes(case.inp) == before, "an input was modified"
     assert complete_looking_outputs(case.out) == []
     if case.s3 is not None:
-        assert case.s3.fs().find(case.s3.url) == []
+        assert bucket_state(case.s3) == bucket_before, "the bucket was written to"

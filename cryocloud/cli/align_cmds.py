@@ -12,13 +12,14 @@ from rich.logging import RichHandler
 from cryocloud.alignment import align_tilt_series
 from cryocloud.alignment.outputs import write_alignment
 from cryocloud.cli.app import app
-from cryocloud.cli.options import read_write_options
+from cryocloud.cli.options import guarded, read_write_options
 from cryocloud.store import read_tilt_series
 
 console = Console(highlight=False, stderr=True)
 
 
 @app.command()
+@guarded(inputs=("in_url",), outputs=("out_url", "xf", "tlt"))
 def align(
     in_url: str = typer.Argument(..., help="Raw tilt series, OME-Zarr (local path, file:// or s3://)."),
     out_url: str = typer.Argument(..., help="Output tilt series with the alignment in its metadata, OME-Zarr."),

@@ -11,6 +11,7 @@ from rich.console import Console
 from cryocloud.average import Poses, SearchSettings, Wedges, extract, refine
 from cryocloud.average.figures import fsc_png, slices_png
 from cryocloud.cli.app import app
+from cryocloud.cli.options import guarded
 from cryocloud.errors import ModelError
 from cryocloud.model import Tomogram
 from cryocloud.progress import compute
@@ -20,6 +21,7 @@ console = Console(highlight=False, stderr=True)
 
 
 @app.command()
+@guarded(inputs=("tomogram_url", "particles_url", "reference"), outputs=("out_dir",))
 def average(
     tomogram_url: str = typer.Argument(..., help="Tomogram, OME-Zarr or MRC."),
     particles_url: str = typer.Argument(..., help="Particles CSV (x, y, z in A; r00..r22 rotations)."),
@@ -70,6 +72,7 @@ def average(
 
 
 @app.command("average-relion")
+@guarded(inputs=("particles_star", "tomograms_star", "compare"), outputs=("out_dir",))
 def average_relion(
     particles_star: str = typer.Argument(..., help="RELION-5 optimisation set STAR (or particle STAR with --tomograms)."),
     out_dir: str = typer.Argument(..., help="Output folder: half maps and average (MRC), fsc.csv, figures."),

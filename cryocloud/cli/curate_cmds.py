@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
-from cryocloud.cli.options import read_write_options
+from cryocloud.cli.options import guarded, read_write_options
 from cryocloud.errors import ModelError
 from cryocloud.model import Particles
 from cryocloud.store import read_volume, resolve
@@ -39,6 +39,7 @@ def _inputs(picks_url: str, tomogram_url: str, options: dict | None):
 
 
 @curate_app.command("gallery")
+@guarded(inputs=("picks_url", "tomogram_url"), outputs=("out_url",))
 def gallery(
     picks_url: str = typer.Argument(..., help="Pick list (.csv, .ndjson, .star, copick .json)."),
     tomogram_url: str = typer.Argument(..., help="Tomogram the picks belong to (OME-Zarr / MRC)."),
@@ -85,6 +86,7 @@ def gallery(
 
 
 @curate_app.command("apply")
+@guarded(inputs=("picks_url", "decisions_url", "tomogram_url"), outputs=("out_url",))
 def apply(
     picks_url: str = typer.Argument(..., help="The pick list the decisions refer to."),
     decisions_url: str = typer.Argument(..., help="decisions.csv (index, accept) or JSON {\"accept\": [...]} / {\"reject\": [...]}."),
@@ -115,6 +117,7 @@ def apply(
 
 
 @curate_app.command("export")
+@guarded(inputs=("picks_url", "tomogram_url", "decisions_url"), outputs=("out_url",))
 def export(
     picks_url: str = typer.Argument(..., help="Pick list."),
     tomogram_url: str = typer.Argument(..., help="Tomogram the picks belong to."),
@@ -144,6 +147,7 @@ def export(
 
 
 @curate_app.command("auto")
+@guarded(inputs=("picks_url", "tomogram_url"), outputs=("out_url",))
 def auto(
     picks_url: str = typer.Argument(..., help="Pick list (e.g. template matching's, .csv, .ndjson, .star, copick .json)."),
     tomogram_url: str = typer.Argument(..., help="Tomogram the picks belong to (OME-Zarr / MRC)."),

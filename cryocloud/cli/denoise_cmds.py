@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cryocloud.cli.app import app
-from cryocloud.cli.options import read_write_options
+from cryocloud.cli.options import guarded, read_write_options
 from cryocloud.cluster import describe, session
 from cryocloud.errors import ModelError, OutputExistsError
 from cryocloud.model import Tomogram
@@ -61,6 +61,7 @@ def _refuse_existing(out_url: str, overwrite: bool, storage_options: dict | None
 
 
 @denoise_app.command("deconv")
+@guarded(inputs=("in_url",), outputs=("out_url",))
 def deconv_command(
     in_url: str = typer.Argument(..., help="Tomogram, OME-Zarr (local path, file:// or s3://)."),
     out_url: str = typer.Argument(..., help="Output tomogram, OME-Zarr."),
@@ -98,6 +99,7 @@ def deconv_command(
 
 
 @denoise_app.command("train")
+@guarded(inputs=("even_url", "odd_url"), outputs=("model_url",))
 def train_command(
     even_url: str = typer.Argument(..., help="Even-frame reconstruction, OME-Zarr."),
     odd_url: str = typer.Argument(..., help="Odd-frame reconstruction, OME-Zarr (same shape)."),
@@ -136,6 +138,7 @@ def train_command(
 
 
 @denoise_app.command("predict")
+@guarded(inputs=("in_url", "model_url", "odd_url"), outputs=("out_url",))
 def predict_command(
     in_url: str = typer.Argument(..., help="Tomogram to denoise (the even half when --odd is given), OME-Zarr."),
     model_url: str = typer.Argument(..., help="Model folder written by 'cryocloud denoise train'."),

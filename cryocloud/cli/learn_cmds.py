@@ -9,14 +9,25 @@ import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
-from cryocloud.cli.options import read_write_options
+from cryocloud.cli.options import guarded, read_write_options
 from cryocloud.errors import ModelError
 from cryocloud.store import open_url, read_volume
 
 console = Console(highlight=False, stderr=True)
 
 
+def training_inputs(arguments: dict) -> list[str]:
+    """train-picker's TOMO... PICKS...: every positional argument but the last."""
+    return list(arguments["inputs"][:-1])
+
+
+def model_folder(arguments: dict) -> list[str]:
+    """train-picker's MODEL_DIR: the last positional argument."""
+    return list(arguments["inputs"][-1:])
+
+
 @app.command("train-picker")
+@guarded(inputs=(training_inputs, "membranes"), outputs=(model_folder,))
 def train_picker(
     inputs: List[str] = typer.Argument(..., help="TOMO... PICKS... MODEL_DIR: tomograms (OME-Zarr / MRC), one pick list each (same order), the output folder."),
     radius: float = typer.Option(..., "--radius", help="Particle radius (A): targets are balls of this radius."),
@@ -59,6 +70,7 @@ def train_picker(
 
 
 @app.command("pick")
+@guarded(inputs=("tomogram_url", "model_dir"), outputs=("out_url", "probabilities"))
 def pick(
     tomogram_url: str = typer.Argument(..., help="Tomogram: OME-Zarr or MRC."),
     model_dir: str = typer.Argument(..., help="Folder of `cryocloud train-picker`."),

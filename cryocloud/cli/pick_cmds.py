@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
-from cryocloud.cli.options import storage_options
+from cryocloud.cli.options import guarded, storage_options
 from cryocloud.errors import ModelError
 from cryocloud.pick.angles import crowther_increment, parse_angle_list, uniform_rotations
 from cryocloud.pick.figures import write_score_figures
@@ -84,6 +84,7 @@ def _on_grid(urls: tuple[str, ...], tomo, options: dict, field: str) -> tuple:
 
 
 @app.command()
+@guarded(inputs=("tomogram_url", "template_path", "angle_list", "tilt_series", "whiten_halves", "whiten_null", "tomogram_mask"), outputs=("out_url",))
 def match(
     tomogram_url: str = typer.Argument(..., help="Tomogram: OME-Zarr or MRC (local path, file:// or s3://)."),
     template_path: str = typer.Argument(..., help="Template: MRC / EM map, or an atomic model (.cif/.pdb, local)."),
@@ -167,6 +168,7 @@ def match(
 
 
 @app.command("extract-peaks")
+@guarded(inputs=("match_url", "avoid_fiducials", "avoid_mask", "null_match"), outputs=("out_url",))
 def extract_peaks_cmd(
     match_url: str = typer.Argument(..., help="Output folder of `cryocloud match`."),
     out_url: str = typer.Argument(..., help="Particle list: .ndjson (portal), .star (RELION 5), .json (copick) or .csv."),

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
-from cryocloud.cli.options import storage_options
+from cryocloud.cli.options import guarded, storage_options
 from cryocloud.errors import StoreError
 from cryocloud.store import image_info
 from cryocloud.store.portal import PORTAL_BUCKET, list_runs, parse_portal_url, portal_options, portal_run, read_portal_tilt_series, resolve_portal
@@ -61,6 +61,7 @@ def portal_info(url: str, options: dict | None) -> dict:
 
 
 @portal_app.command("info")
+@guarded(inputs=("url",))
 def info(
     url: str = typer.Argument(..., help="portal://DATASET/RUN[/vs/SPACING][/tomogram/ID | /tiltseries[/ID]] or an s3:// key in the portal bucket."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
@@ -86,6 +87,7 @@ def info(
 
 
 @portal_app.command("ls")
+@guarded()
 def ls(
     dataset: str = typer.Argument(..., help="Dataset id, e.g. 10445."),
     run: Optional[list[str]] = typer.Option(None, "--run", help="Only these runs (repeatable); default all."),
@@ -114,6 +116,7 @@ def ls(
 
 
 @portal_app.command("copick")
+@guarded(inputs=("run_url", "picks", "tomogram"), outputs=("output",))
 def copick(
     output: str = typer.Argument(..., help="Overlay root: your output URL (folder or s3://bucket/prefix)."),
     run_url: str = typer.Option(..., "--run", help="The portal run the results belong to: portal://DATASET/RUN."),

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
-from cryocloud.cli.options import read_write_options
+from cryocloud.cli.options import guarded, read_write_options
 from cryocloud.errors import ModelError
 from cryocloud.model import TiltSeries
 from cryocloud.preprocess.assemble import assemble as assemble_series, stack_movies
@@ -83,6 +83,7 @@ DARK = typer.Option(0.3, "--dark-fraction", help="Drop tilts darker than this fr
 
 
 @app.command()
+@guarded(inputs=("movies", "mdoc"), outputs=("out_url",))
 def assemble(
     movies: str = MOVIES,
     out_url: str = typer.Argument(..., help="Output tilt series (OME-Zarr) of the plain frame sums."),
@@ -104,6 +105,7 @@ def assemble(
 
 
 @app.command()
+@guarded(inputs=("movies", "mdoc"), outputs=("out_url",))
 def motion(
     movies: str = MOVIES,
     out_url: str = typer.Argument(..., help="Output tilt series (OME-Zarr) of the aligned sums."),
@@ -145,6 +147,7 @@ def motion(
 
 
 @app.command()
+@guarded(inputs=("in_url",), outputs=("out_url", "ctffind"))
 def ctf(
     in_url: str = typer.Argument(..., help="Tilt series (OME-Zarr)."),
     out_url: Optional[str] = typer.Option(None, "--output", help="Also write the tilt series with its defocus values (OME-Zarr)."),
@@ -187,6 +190,7 @@ def ctf(
 
 
 @app.command("ctf-correct")
+@guarded(inputs=("in_url", "ctffind"), outputs=("out_url",))
 def ctf_correct(
     in_url: str = typer.Argument(..., help="Tilt series (OME-Zarr) with defocus values, or give --ctffind."),
     out_url: str = typer.Argument(..., help="Corrected tilt series (OME-Zarr)."),
@@ -212,6 +216,7 @@ def ctf_correct(
 
 
 @app.command("dose-weight")
+@guarded(inputs=("in_url",), outputs=("out_url",))
 def dose_weight(
     in_url: str = typer.Argument(..., help="Tilt series (OME-Zarr) with exposure and pre-exposure per tilt."),
     out_url: str = typer.Argument(..., help="Dose-weighted tilt series (OME-Zarr)."),

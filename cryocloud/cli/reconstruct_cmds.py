@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
-from cryocloud.cli.options import read_write_options
+from cryocloud.cli.options import guarded, read_write_options
 from cryocloud.cluster import describe, session
 from cryocloud.reconstruct import reconstruct as reconstruct_tomogram
 from cryocloud.report import save_slices_png
@@ -25,6 +25,7 @@ def figure_url(out_url: str) -> str:
 
 
 @app.command()
+@guarded(inputs=("in_url",), outputs=("out_url",))
 def reconstruct(
     in_url: str = typer.Argument(..., help="Aligned tilt series, OME-Zarr (local path, file:// or s3://)."),
     out_url: str = typer.Argument(..., help="Output tomogram, OME-Zarr."),

@@ -8,9 +8,11 @@ from pathlib import Path
 import typer
 
 from cryocloud.cli.app import app
+from cryocloud.cli.options import guarded
 
 
 @app.command()
+@guarded(inputs=("config",), outputs=("output",))
 def run(
     config: Path = typer.Argument(None, help="pipeline config (YAML); omit to simulate a dataset and process it"),
     output: str = typer.Option(None, "--output", "-o", help="output URL; overrides the config's `output`"),

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
-from cryocloud.cli.options import read_write_options
+from cryocloud.cli.options import guarded, read_write_options
 from cryocloud.cluster import describe, session
 from cryocloud.errors import OutputExistsError
 from cryocloud.segment import MembraneSettings, segment_membranes
@@ -35,6 +35,7 @@ def overlay_url(out_url: str) -> str:
 
 
 @segment_app.command("membranes")
+@guarded(inputs=("in_url",), outputs=("out_url", "mrc"), labels=True)
 def membranes(
     in_url: str = typer.Argument(..., help="Tomogram: OME-Zarr or MRC (local path, file:// or s3://)."),
     out_url: str = typer.Argument(..., help="Label image (OME-Zarr); IN.zarr/labels/NAME writes it as a label of the input image."),

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
-from cryocloud.cli.options import storage_options
+from cryocloud.cli.options import guarded, storage_options
 from cryocloud.simulate import preset, simulate, write_simulation
 from cryocloud.simulate.config import PRESETS
 
@@ -16,6 +16,7 @@ console = Console(highlight=False, stderr=True)
 
 
 @app.command("simulate")
+@guarded(inputs=("structure",), outputs=("out_url",))
 def simulate_command(
     out_url: str = typer.Argument(..., help="Output folder (local path, file:// or s3://)."),
     preset_name: str = typer.Option("toy", "--preset", help=f"Size preset: {', '.join(PRESETS)}."),

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
-from cryocloud.cli.options import read_write_options, storage_options
+from cryocloud.cli.options import guarded, read_write_options, storage_options
 from cryocloud.errors import StoreError
 from cryocloud.store import (
     image_info, is_mrc, mrc_info, read_mrc, read_tilt_series, read_tilt_series_mrc, read_tomogram, write_mrc, write_tilt_series,
@@ -32,6 +32,7 @@ def _angles_text(angles: list[float]) -> str:
 
 
 @app.command()
+@guarded(inputs=("url",))
 def info(
     url: str = typer.Argument(..., help="OME-Zarr image or MRC file (local path, file:// or s3://)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
@@ -57,8 +58,12 @@ def info(
         return
     console.print(f"axes        {tuple(summary['axes'])}")
     for level in summary["levels"]:
+        lost = level["n_chunks"] - level["stored_chunks"]
+        stored = f"{level['stored_chunks']}/{level['n_chunks']} stored" + (
+            f" ({lost} MISSING: data lost)" if lost and summary["every_chunk_stored"] else f" ({lost} read as the fill value)" if lost else ""
+        )
         console.print(
-            f"level {level['path']:<5} shape {tuple(level['shape'])}  chunks {tuple(level['chunks'])}  "
+            f"level {level['path']:<5} shape {tuple(level['shape'])}  chunks {tuple(level['chunks'])} {stored}  "
             f"scale {tuple(round(s, 4) for s in level['scale'])} translation {tuple(round(t, 4) for t in level['translation'])}"
         )
     block = summary.get("cryocloud")
@@ -81,6 +86,7 @@ def info(
 
 
 @app.command()
+@guarded(inputs=("source", "tilt_angles", "mdoc"), outputs=("target",))
 def convert(
     source: str = typer.Argument(..., help="Input: MRC file or OME-Zarr image (URL)."),
     target: str = typer.Argument(..., help="Output: OME-Zarr image (.zarr) or MRC file (.mrc, .st, ...)."),

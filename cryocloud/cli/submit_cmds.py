@@ -7,9 +7,11 @@ from pathlib import Path
 import typer
 
 from cryocloud.cli.app import app
+from cryocloud.cli.options import guarded
 
 
 @app.command()
+@guarded(inputs=("config",))
 def submit(
     config: Path = typer.Argument(..., help="pipeline config (YAML), as for `cryocloud run`; output must be an object-store URL"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the manifests (YAML) instead of creating them"),

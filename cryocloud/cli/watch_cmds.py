@@ -9,9 +9,11 @@ from typing import Optional
 import typer
 
 from cryocloud.cli.app import app
+from cryocloud.cli.options import guarded
 
 
 @app.command()
+@guarded(inputs=("input_url", "config"), outputs=("output_url",))
 def watch(
     input_url: str = typer.Argument(..., help="Folder or bucket prefix where movies (MRC/TIFF) and .mdoc files appear."),
     output_url: str = typer.Argument(..., help="Output URL: one folder per tilt series, watch_summary.json."),

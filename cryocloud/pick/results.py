@@ -51,6 +51,7 @@ def run_match(
     if summary_loc.exists():
         if not overwrite:
             raise OutputExistsError(f"{summary_loc.url}: a finished template-matching result exists; use overwrite=True (--overwrite)")
+        out.require_writable()
         out.filesystem().rm(out.path, recursive=True)
     search_id = fingerprint(template, rotations, tilts, settings, tomogram.shape)
     cache = BlockCache(out.child("blocks", search_id).url, out.storage_options)

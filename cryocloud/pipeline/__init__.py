@@ -25,15 +25,29 @@ from cryocloud.pipeline.config import STAGE_NAMES, PipelineConfig, load_config
 from cryocloud.pipeline.context import RunContext
 from cryocloud.pipeline.run import STAGES, run_series
 from cryocloud.pipeline.tomo import alignment_errors, correlation_with_truth
+from cryocloud.store.guard import protect, refuse_input_overlap
+from cryocloud.store.location import Location, resolve, resolve_all
+
+
+def configured_inputs(config: PipelineConfig) -> list[Location]:
+    """The locations a run reads and never writes: `input` (a tilt series, tomogram, .mdoc or a prefix of
+    them), every entry of `inputs`, and `match.template`; CryoET Data Portal inputs are read-only anyway."""
+    return resolve_all([config.input, config.inputs, config.match.template], config.storage_options)
 
 
 def run_pipeline(config: PipelineConfig, *, rerun_from: str | None = None) -> dict:
     """Run the configured stages on one tilt series (summary returned, also in summary.json) or,
-    when the config names several inputs, on all of them (the batch summary)."""
-    inputs = batch_inputs(config)
-    if inputs is None:
-        return run_series(config, rerun_from=rerun_from)
-    return run_batch(config, inputs, rerun_from=rerun_from)
+    when the config names several inputs, on all of them (the batch summary).
+
+    The output may not be, hold or lie inside an input (StoreError naming `output`, before any stage runs),
+    and no stage writes over an input while the run lasts (`cryocloud.store.guard`)."""
+    inputs = configured_inputs(config)
+    refuse_input_overlap([resolve(config.output, config.storage_options)], inputs)
+    with protect(inputs):
+        series = batch_inputs(config)
+        if series is None:
+            return run_series(config, rerun_from=rerun_from)
+        return run_batch(config, series, rerun_from=rerun_from)
 
 
 __all__ = [
@@ -42,6 +56,7 @@ __all__ = [
     "PipelineConfig",
     "RunContext",
     "alignment_errors",
+    "configured_inputs",
     "correlation_with_truth",
     "load_config",
     "run_batch",

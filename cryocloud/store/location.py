@@ -19,11 +19,12 @@ import posixpath
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 import fsspec
 
 from cryocloud.errors import CryocloudError, StoreError
+from cryocloud.store.guard import refuse_protected
 
 # one GET per chunk object: s3fs's concurrent ranged download (max_concurrency > 1) costs a HEAD
 # request per object to learn its size, and chunks are far smaller than its block size
@@ -99,11 +100,13 @@ class Location:
 
     def require_writable(self) -> None:
         """StoreError unless writes may go here: never with anonymous access, never into a public
-        read-only bucket (the CryoET Data Portal's)."""
+        read-only bucket (the CryoET Data Portal's), never onto, inside or over an input of the running
+        command (`cryocloud.store.guard`). Every write path calls it before it creates, replaces or deletes."""
         if self.storage_options.get("anon"):
             raise StoreError(self.url, "anonymous access is read-only: public data are never written; write with credentials to your own location", field="anon")
         if self.protocol == "s3" and self.path.split("/", 1)[0] in READ_ONLY_BUCKETS:
             raise StoreError(self.url, "is a public read-only bucket (CryoET Data Portal); write results to your own bucket", field="url")
+        refuse_protected(self)
 
     def filesystem(self) -> fsspec.AbstractFileSystem:
         """A fresh fsspec filesystem for this location (asynchronous for S3)."""
@@ -194,6 +197,18 @@ def resolve(url: str | os.PathLike | Location, storage_options: dict | None = No
     if protocol in ("gs", "gcs", "az", "abfs"):
         return Location(protocol, rest.strip("/"), dict(storage_options or {}))
     raise StoreError(text, f"unsupported URL scheme '{protocol}'; expected a local path, file:// or s3://", field="url")
+
+
+def resolve_all(urls: Iterable[Any], storage_options: dict | None = None) -> list[Location]:
+    """The locations of `urls` (strings, paths or Locations, nested lists flattened); None, empty strings and
+    CryoET Data Portal URLs (``portal://``, read-only by construction) are skipped."""
+    found = []
+    for url in urls:
+        if isinstance(url, (list, tuple)):
+            found.extend(resolve_all(url, storage_options))
+        elif url is not None and not (isinstance(url, str) and (not url or url.lower().startswith("portal://"))):
+            found.append(resolve(url, storage_options))
+    return found
 
 
 def open_url(url: str | os.PathLike, mode: str = "rb", *, storage_options: dict | None = None) -> IO[Any]:
