@@ -19,7 +19,7 @@ from cryocloud.errors import ModelError, StoreError
 from cryocloud.model import OPTIONAL_TILT_COORDS, REQUIRED_TILT_COORDS, Microscope, TiltSeries, Tomogram, pixel_size_of
 from cryocloud.store.location import Location, resolve
 from cryocloud.store.metadata import ATTRS_KEY, CryocloudAttrs, split_caller_metadata, validation_problems
-from cryocloud.store.ngff import NgffImage, open_image, write_multiscale
+from cryocloud.store.ngff import NgffImage, all_chunk_keys, missing_chunk_keys, open_image, write_multiscale
 
 TOMOGRAM_AXES = [{"name": d, "type": "space", "unit": "angstrom"} for d in ("z", "y", "x")]
 TILT_SERIES_AXES = [{"name": "tilt", "type": "other"}] + TOMOGRAM_AXES[1:]
@@ -216,14 +216,18 @@ def read_tilt_series(url: str, *, level: int = 0, storage_options: dict | None =
 
 
 def image_info(url: str, *, storage_options: dict | None = None) -> dict:
-    """Summary of an OME-Zarr image: shape, dtype, chunks and scale per level, and the cryocloud block."""
+    """Summary of an OME-Zarr image: shape, dtype, chunks (grid size and how many are stored) and scale per
+    level, whether every chunk must be stored (`every_chunk_stored`: written by cryocloud), and the cryocloud block."""
     image = open_image(resolve(url, storage_options))
     levels = []
     for n in range(image.n_levels):
         arr = image.zarr_array(n)
         scale, translation = image.scale_translation(n)
+        n_chunks = len(all_chunk_keys(arr))
+        lost = missing_chunk_keys(arr, image.location, image.dataset_paths[n])
         levels.append({"path": image.dataset_paths[n], "shape": list(arr.shape), "chunks": list(arr.chunks),
-                       "scale": scale.tolist(), "translation": translation.tolist()})
+                       "scale": scale.tolist(), "translation": translation.tolist(),
+                       "n_chunks": n_chunks, "stored_chunks": n_chunks - len(lost)})
     block = cryocloud_attrs(image)
     return {
         "url": image.url,
@@ -232,6 +236,7 @@ def image_info(url: str, *, storage_options: dict | None = None) -> dict:
         "dtype": str(image.zarr_array(0).dtype),
         "pixel_size": float(image.scale_translation(0)[0][-1]),
         "levels": levels,
+        "every_chunk_stored": image.is_strict,
         ATTRS_KEY: None if block is None else block.model_dump(mode="json"),
     }
 

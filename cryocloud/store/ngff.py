@@ -16,6 +16,17 @@ the image complete. Re-running after an interruption writes only the blocks with
 
 Reads are lazy: a Dask array whose tasks read only the zarr chunks they cover; a chunk that
 cannot be decoded raises StoreError naming the chunk.
+
+Completeness (nothing lost is ever read as zeros): cryocloud stores every chunk, empty ones too, and
+writes a completion record (`COMPLETION_KEY`: the number of chunks of each level) with the multiscales,
+last. An image that carries it is strict: reading any level lists the chunks of every level (one listing
+request per level and 1000 chunks on object storage) and a missing one is a StoreError naming the array
+and the chunk key, wherever it lies.
+Float arrays are created with fill value NaN, so a chunk lost after that listing reads as NaN, which
+every read refuses, and is then reported as missing. Images cryocloud did not write (the CryoET Data
+Portal's, ome-zarr-py's) follow the zarr specification: a chunk that is not stored holds the array's
+fill value (writers skip empty chunks), so their missing chunks cannot be told from empty ones;
+`image_info` reports how many are stored.
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ TOMOGRAM_CHUNK_BYTES = 8 * 2**20
 TILT_SLAB_ROWS = 256
 TILT_CHUNK_BYTES = 8 * 2**20
 READ_CHUNK_BYTES = 32 * 2**20
+#: group attribute written last with the multiscales: {"version": 1, "chunks_per_level": [n0, n1, ...]}
+COMPLETION_KEY = "cryocloud_completion"
 
 
 # ----------------------------------------------------------------------------------------- layout
@@ -141,12 +154,35 @@ def _chunk_keys(array: zarr.Array, key: tuple) -> list[str]:
     return [array.metadata.encode_chunk_key(idx) for idx in itertools.product(*ranges)]
 
 
+def all_chunk_keys(array: zarr.Array) -> list[str]:
+    """Every chunk key (relative to the array) of the array's chunk grid."""
+    return _chunk_keys(array, tuple(slice(0, n) for n in array.shape))
+
+
+def missing_chunk_keys(array: zarr.Array, location: Location, array_path: str, keys: Sequence[str] | None = None) -> list[str]:
+    """The chunk keys of `keys` (default: the whole grid) that are not stored."""
+    stored = _existing_chunk_keys(location, array_path)
+    return [k for k in (all_chunk_keys(array) if keys is None else keys) if k not in stored]
+
+
+def missing_chunks_error(url: str, missing: Sequence[str]) -> StoreError:
+    """The StoreError for lost chunks of the array at `url`."""
+    more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+    return StoreError(
+        f"{url}/{missing[0]}",
+        f"chunk {missing[0]}{more} of {url} is missing: the image was written with every chunk stored, so these data are lost "
+        "(never read as zeros); restore them or rewrite the image",
+        field="chunk",
+    )
+
+
 class ChunkReader:
     """Array-like over a zarr array for `dask.array.from_array`; read errors become StoreError."""
 
     def __init__(self, array: zarr.Array, location: Location, array_path: str):
         self.array = array
         self.location = location
+        self.array_path = array_path
         self.url = f"{location.url}/{array_path}"
         self.shape = array.shape
         self.dtype = array.dtype
@@ -170,6 +206,10 @@ class ChunkReader:
                 source, f"chunk(s) [{shown}] cannot be read ({type(exc).__name__}: {exc}); the data are truncated or corrupt", field="chunk"
             ) from exc
         if not all_finite(block):
+            touched = _chunk_keys(self.array, key) if all(isinstance(k, (slice, int)) for k in key) else []
+            missing = missing_chunk_keys(self.array, self.location, self.array_path, touched) if touched else []
+            if missing:
+                raise missing_chunks_error(self.url, missing)
             source, shown = self._chunks_named(key)
             raise StoreError(source, f"chunk(s) [{shown}] contain NaN or infinite values; expected finite numbers", field="chunk")
         return block
@@ -227,6 +267,7 @@ class NgffImage:
         reads whole Dask chunks); or explicit Dask chunks.
         """
         arr = self.zarr_array(level)
+        self.require_all_chunks()
         reader = ChunkReader(arr, self.location, self.dataset_paths[level])
         name = f"read-ngff-{dask.base.tokenize(self.url, level, arr.shape, str(arr.dtype), arr.chunks, chunks)}"
         if chunks is None:
@@ -234,6 +275,22 @@ class NgffImage:
         elif isinstance(chunks, str) and chunks == "auto":
             chunks = read_chunks(arr.shape, arr.chunks, arr.dtype.itemsize)
         return da.from_array(reader, chunks=chunks, name=name, asarray=False, fancy=False)
+
+    @property
+    def is_strict(self) -> bool:
+        """True when the image carries cryocloud's completion record: every chunk of it must be stored."""
+        return COMPLETION_KEY in self.attrs
+
+    def require_all_chunks(self) -> None:
+        """StoreError naming the first missing chunk of a strict image, at any level (nothing for other images):
+        data lost anywhere in an input is reported, not only in the level read."""
+        if not self.is_strict:
+            return
+        for level, path in enumerate(self.dataset_paths):
+            with os_errors_as_store_errors(self.url, "listed"):
+                missing = missing_chunk_keys(self.zarr_array(level), self.location, path)
+            if missing:
+                raise missing_chunks_error(f"{self.url}/{path}", missing)
 
     def scale_translation(self, level: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Scale and translation of a level in Angstrom for spatial axes (unit-converted)."""
@@ -456,7 +513,7 @@ def _level_array(group: zarr.Group, path: str, shape, chunks, dtype, zarr_format
         chunks=tuple(chunks),
         dtype=dtype,
         compressors=_compressors(zarr_format),
-        fill_value=0,
+        fill_value=np.nan if np.issubdtype(dtype, np.floating) else 0,  # a lost float chunk reads as NaN: refused
         config={"write_empty_chunks": True},
         **kwargs,
     )
@@ -510,6 +567,7 @@ def write_multiscale(
             pooled = downsample(stored, binned, arrays[n].chunks, pooling)
             written.append(write_level(pooled, arrays[n], loc, str(n), description=f"writing {loc.url} level {n}"))
         attrs = multiscales_attrs(axes, len(shapes), pixel_size, binned, ngff_version, name, pooling)
+        attrs[COMPLETION_KEY] = {"version": 1, "chunks_per_level": [len(all_chunk_keys(a)) for a in arrays]}
         attrs.update(extra_attrs or {})
         group.attrs.update(attrs)
         return {"levels": shapes, "written_blocks": written, "chunks": [a.chunks for a in arrays]}
