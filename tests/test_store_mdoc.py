@@ -17,13 +17,12 @@ from cryocloud.store import parse_mdoc, read_mdoc, read_tilt_series, read_tlt
 REAL_MDOCS = ["tiltstack_ts01_mdoc/TS_01.mrc.mdoc", "cryocat_ts017/017.mdoc"]
 
 
-def write_stack(path, n: int, pixel_size: float = 4.0) -> np.ndarray:
+def write_stack(path, n: int, pixel_size: float = 4.0) -> None:
     """A stack whose image k is filled with the value k (so each image is recognisable)."""
     data = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None], (n, 8, 8)).copy()
     with mrcfile.new(path) as mrc:
         mrc.set_data(data)
         mrc.voxel_size = pixel_size
-    return data
 
 
 def section(z: int, angle: float, dose: float = 3.0, minute: int = 0) -> str:
