@@ -129,7 +129,8 @@ def test_cli_train_and_predict(halves, tmp_path, capsys):
     assert main(train_args) == 0
     assert main(train_args) == 2 and "--overwrite" in capsys.readouterr().err
     assert main(["denoise", "train", e_url, str(tmp_path / "none.zarr"), str(tmp_path / "m2")]) == 2
-    assert main(["denoise", "predict", e_url, str(tmp_path), out]) == 2 and "model.json" in capsys.readouterr().err
+    (tmp_path / "not_a_model").mkdir()
+    assert main(["denoise", "predict", e_url, str(tmp_path / "not_a_model"), out]) == 2 and "model.json" in capsys.readouterr().err
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
         args = ["denoise", "predict", e_url, m_url, out, "--odd", o_url, "--tile", "32", "--levels", "1",
                 "--scheduler", cluster.scheduler_address]
