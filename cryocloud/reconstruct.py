@@ -6,8 +6,10 @@ from detector position x' = x cos t + z sin t (relative to nx // 2) of tilt t, w
 interpolation: the back-projector is the exact adjoint of `cryocloud.project.project_volume`.
 Per-tilt `shift_x` / `shift_y` coordinates (A), when present, are applied on the fly: the
 aligned image at (x', y') is read from the stored image at (x' + shift_x, y' + shift_y)
-(geometry.aligned_to_raw with a zero tilt-axis angle). A non-zero `tilt_axis_angle` must be
-removed (images rotated) before reconstruction.
+(geometry.aligned_to_raw with a zero tilt-axis angle). A tilt series with a non-zero
+`tilt_axis_angle` carries a stored alignment (`cryocloud align`): it is applied here, lazily, by
+`cryocloud.alignment.apply_alignment` with one block per tilt and slab, so each task resamples only
+its own rows (a series with a tilted axis and no shifts is refused as not aligned).
 
 Every XZ slice is independent, so the graph has one task per slab of Y rows: it reads those rows
 (plus the margin the y shifts need) of all tilts from the lazy tilt series, bins them, filters
@@ -29,7 +31,7 @@ import numpy as np
 
 from cryocloud.errors import ModelError
 from cryocloud.model import TiltSeries, Tomogram
-from cryocloud.recon_filters import FilterSpec, apply_filter, filter_response
+from cryocloud.recon_filters import FilterSpec, apply_filter, filter_response, padded_length
 
 HALVES = ("even", "odd")
 SLAB_TARGET_BYTES = 64 * 2**20
@@ -226,7 +228,7 @@ def reconstruct(
     slab_rows: int | None = None,
     halves: str | None = None,
 ) -> Tomogram:
-    """Lazy weighted back-projection of an aligned tilt series into a Tomogram (z, y, x).
+    """Lazy weighted back-projection of an aligned tilt series, or one with a stored alignment, into a Tomogram (z, y, x).
 
     thickness_px: z size in binned voxels (default `default_thickness`: max(64, width / 4)).
     binning: mean-pooling factor of the tilt images (voxel size = pixel size x binning).
@@ -242,11 +244,6 @@ def reconstruct(
     """
     if ts.has_frames:
         raise ModelError("data", "reconstruction needs images (tilt, y, x); sum the movie frames first")
-    if abs(ts.tilt_axis_angle) > 1e-6:
-        raise ModelError(
-            "tilt_axis_angle",
-            f"is {ts.tilt_axis_angle} deg; reconstruction needs aligned images with the tilt axis along y (0)",
-        )
     if halves is not None and halves not in HALVES:
         raise ModelError("halves", f"expected one of {HALVES} or None, got {halves!r}")
     if int(binning) != binning or binning < 1:
@@ -261,10 +258,17 @@ def reconstruct(
     if nz < 1:
         raise ModelError("thickness_px", f"expected a positive number of voxels, got {thickness_px}")
     data = ts.data.data
-    input_rows = data.chunks[1][0] // binning if isinstance(data, da.Array) else None
+    stored_axis = float(ts.tilt_axis_angle)
+    apply = abs(stored_axis) > 1e-6  # a stored alignment: resampled per slab, so the input's chunks do not matter
+    input_rows = data.chunks[1][0] // binning if isinstance(data, da.Array) and not apply else None
     rows = default_slab_rows(ny, nx, nz, input_rows) if slab_rows is None else int(slab_rows)
     if rows < 1:
         raise ModelError("slab_rows", f"expected a positive number of rows, got {slab_rows}")
+    if apply:
+        from cryocloud.alignment.apply import apply_alignment  # here: cryocloud.alignment imports this module
+
+        ts = apply_alignment(ts, slab_rows=rows * binning)
+        data = ts.data.data
     if not isinstance(data, da.Array):  # in memory: each task gets only its own rows, not the whole array
         data = np.asarray(data)
 
@@ -295,6 +299,7 @@ def reconstruct(
         "binning": binning,
         "thickness_px": nz,
         "half": halves,
+        "applied_alignment_axis_deg": stored_axis if apply else None,
     }
     defocus = mean_defocus(ts)
     if defocus is not None:
@@ -315,3 +320,37 @@ def mean_defocus(ts: TiltSeries) -> float | None:
 def _per_tilt_px(ts: TiltSeries, name: str, pixel_a: float) -> np.ndarray:
     values = ts.per_tilt(name)
     return np.zeros(ts.n_tilts) if values is None else np.asarray(values, dtype=np.float64) / pixel_a
+
+
+def slab_task_bytes(ts: TiltSeries, tomo: Tomogram) -> int:
+    """Peak memory (bytes) of the largest slab task of `tomo = reconstruct(ts, ...)`, the largest of its steps:
+    reading (the stored chunks it touches, decoded, and the raw rows joined from them; when binning, the raw
+    rows and the float64 pooling), filtering (the binned rows and three arrays of the padded row length:
+    padded rows, spectrum, filtered) and back-projecting (binned rows, filtered, their transposed copy, one z
+    block of the kernel's accumulator and the output slab). Checked against tracemalloc in the tests."""
+    nz, ny, nx = tomo.shape
+    binning = int(tomo.data.attrs["reconstruction"]["binning"])
+    shift_y = _per_tilt_px(ts, "shift_y", tomo.pixel_size)
+    data = ts.data.data
+    bounds = np.cumsum((0, *data.chunks[1])) if isinstance(data, da.Array) else np.array([0, data.shape[1]])
+    raw_rows = touched_rows = 0
+    for y0, y1 in _slab_bounds(tomo.data.data.chunks[1]):
+        lo = max(0, y0 + int(np.floor(shift_y.min())))
+        hi = min(ny, y1 + int(np.ceil(shift_y.max())) + 1) if shift_y.any() else y1
+        first = bounds[np.searchsorted(bounds, lo * binning, side="right") - 1]
+        last = bounds[np.searchsorted(bounds, hi * binning, side="left")]
+        raw_rows, touched_rows = max(raw_rows, (hi - lo) * binning), max(touched_rows, last - first)
+    row_bytes = ts.n_tilts * nx * binning * data.dtype.itemsize
+    rows = max(tomo.data.data.chunks[1])
+    binned = ts.n_tilts * rows * nx * 4
+    padded = binned * padded_length(nx) // nx
+    reading = raw_rows * row_bytes + max(touched_rows * row_bytes, 5 * binned if binning > 1 else 0)
+    filtering = binned + 3 * padded
+    backprojecting = 2 * binned + padded + 4 * (Z_BLOCK + nz) * rows * nx
+    return int(max(reading, filtering, backprojecting))
+
+
+def _slab_bounds(chunks: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(y0, y1) of each slab, from the output's y chunks."""
+    ends = np.cumsum(chunks)
+    return [(int(e - c), int(e)) for c, e in zip(chunks, ends)]

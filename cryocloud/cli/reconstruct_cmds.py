@@ -10,6 +10,7 @@ from rich.console import Console
 from cryocloud.cli.app import app
 from cryocloud.cli.options import guarded, read_write_options
 from cryocloud.cluster import describe, session
+from cryocloud.errors import ModelError
 from cryocloud.reconstruct import reconstruct as reconstruct_tomogram
 from cryocloud.report import save_slices_png
 from cryocloud.store import open_url, read_tilt_series, read_tomogram, write_tomogram
@@ -27,7 +28,7 @@ def figure_url(out_url: str) -> str:
 @app.command()
 @guarded(inputs=("in_url",), outputs=("out_url",))
 def reconstruct(
-    in_url: str = typer.Argument(..., help="Aligned tilt series, OME-Zarr (local path, file:// or s3://)."),
+    in_url: str = typer.Argument(..., help="Aligned tilt series, or one with its alignment stored by `cryocloud align`, OME-Zarr (local path, file:// or s3://)."),
     out_url: str = typer.Argument(..., help="Output tomogram, OME-Zarr."),
     thickness: Optional[int] = typer.Option(None, "--thickness", help="Z size in binned voxels (default max(64, width/4))."),
     binning: int = typer.Option(1, "--binning", help="Mean-pool the tilt images by this factor first."),
@@ -44,20 +45,28 @@ def reconstruct(
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Dask scheduler address (default: cryocloud.cluster)."),
 ) -> None:
-    """Reconstruct a tomogram; writes OME-Zarr and a PNG of the central XY and XZ slices next to it."""
+    """Reconstruct a tomogram; writes OME-Zarr and a PNG of the central XY and XZ slices next to it.
+
+    A tilt series written by `cryocloud align` is resampled with its stored alignment on the fly.
+    """
     read_options, write_options = read_write_options(endpoint_url, anon)
     ts = read_tilt_series(in_url, storage_options=read_options)
-    tomo = reconstruct_tomogram(
-        ts,
-        thickness_px=thickness,
-        binning=binning,
-        filter=filter,
-        radial_cutoff=radial_cutoff,
-        radial_falloff=radial_falloff,
-        sirt_iterations=sirt_iterations,
-        slab_rows=slab_rows,
-        halves=halves,
-    )
+    try:
+        tomo = reconstruct_tomogram(
+            ts,
+            thickness_px=thickness,
+            binning=binning,
+            filter=filter,
+            radial_cutoff=radial_cutoff,
+            radial_falloff=radial_falloff,
+            sirt_iterations=sirt_iterations,
+            slab_rows=slab_rows,
+            halves=halves,
+        )
+    except ModelError as exc:
+        raise ModelError(exc.field, exc.problem, source=exc.source or in_url) from exc
+    if tomo.data.attrs["reconstruction"]["applied_alignment_axis_deg"] is not None:
+        console.print(f"{in_url}: applying its stored alignment (tilt axis {ts.tilt_axis_angle:.2f} deg and per-tilt shifts)")
     nz, ny, nx = tomo.shape
     rows = tomo.data.data.chunks[1][0]
     console.print(f"{in_url}: {ts.n_tilts} tilts of {ts.data.shape[1]} x {ts.data.shape[2]} px -> {nx} x {ny} x {nz} voxels "

@@ -69,7 +69,7 @@ def stage_ctf(ctx: RunContext, overwrite: bool) -> None:
 
 
 def stage_align(ctx: RunContext, overwrite: bool) -> None:
-    from cryocloud.alignment import align_tilt_series, apply_alignment
+    from cryocloud.alignment import align_tilt_series
     from cryocloud.alignment.outputs import write_alignment
     from cryocloud.store import read_tilt_series
 
@@ -82,9 +82,9 @@ def stage_align(ctx: RunContext, overwrite: bool) -> None:
         result = align_tilt_series(ts, refine=p.refine, iterations=p.iterations, estimate_axis=p.estimate_axis, binning=p.binning)
         write_alignment(ts, result, url, parameters=p.model_dump(), overwrite=True, storage_options=so, title="alignment")
         stored = read_tilt_series(url, storage_options=so)
-    ctx.results["tilt_series"] = apply_alignment(stored)
+    ctx.results["tilt_series"] = stored  # the reconstruct stage applies the stored alignment, slab by slab
     if ctx.results.get("halves"):
-        ctx.results["halves"] = {h: apply_alignment(aligned_like(stored, half)) for h, half in ctx.results["halves"].items()}
+        ctx.results["halves"] = {h: aligned_like(stored, half) for h, half in ctx.results["halves"].items()}
     figures: dict[str, Any] = {"tilt_axis_angle_deg": round(stored.tilt_axis_angle, 3)}
     truth = ctx.results.get("truth")
     if truth is not None:
