@@ -14,8 +14,8 @@ from cryocloud.cli.app import app
 from cryocloud.cli.options import guarded, read_write_options, storage_options
 from cryocloud.errors import StoreError
 from cryocloud.store import (
-    image_info, is_mrc, mrc_info, read_mrc, read_tilt_series, read_tilt_series_mrc, read_tomogram, write_mrc, write_tilt_series,
-    write_tlt, write_tomogram,
+    image_info, is_mrc, mrc_info, read_mrc, read_tilt_series, read_tilt_series_mrc, read_tomogram, require_volume, write_mrc,
+    write_tilt_series, write_tlt, write_tomogram,
 )
 from cryocloud.store.portal import is_portal_url
 
@@ -116,7 +116,7 @@ def convert(
                                       tilt_axis_angle=tilt_axis_angle, storage_options=options)
             write_tilt_series(ts, target, **write_kwargs)
         else:
-            write_tomogram(read_mrc(source, pixel_size=pixel_size, storage_options=options), target, **write_kwargs)
+            write_tomogram(require_volume(read_mrc(source, pixel_size=pixel_size, storage_options=options), source), target, **write_kwargs)
         console.print(f"wrote {target}")
         return
     kind = (image_info(source, storage_options=options).get("cryocloud") or {}).get("kind", "tomogram")

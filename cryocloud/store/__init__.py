@@ -12,7 +12,7 @@ from cryocloud.store.mdoc import Mdoc, parse_mdoc, read_mdoc
 from cryocloud.store.mrc import mrc_info, read_mrc, read_tilt_series_mrc, write_mrc
 from cryocloud.store.particles_csv import read_particles_csv, write_particles_csv
 from cryocloud.store.tiltfiles import alignments_from_xf, read_tlt, read_xf, write_tlt, write_xf, xf_from_alignments
-from cryocloud.store.volume import MRC_SUFFIXES, is_mrc, read_volume
+from cryocloud.store.volume import MRC_SUFFIXES, is_mrc, read_volume, require_contrast, require_volume
 
 __all__ = [
     "MRC_SUFFIXES",
@@ -34,6 +34,8 @@ __all__ = [
     "read_tomogram",
     "read_volume",
     "read_xf",
+    "require_contrast",
+    "require_volume",
     "resolve",
     "write_labels",
     "write_mrc",

@@ -122,10 +122,15 @@ def _voxel_size(loc: Location, header: Any, override: float | None) -> float:
 def read_mrc(url: str | os.PathLike, *, pixel_size: float | None = None, storage_options: dict | None = None) -> Tomogram:
     """Lazily read an MRC volume or stack as a Tomogram (z, y, x); a 2D image gives z = 1.
 
-    The voxel size (A) is the header's unless `pixel_size` is given; StoreError when neither.
+    The voxel size (A) is the header's unless `pixel_size` is given; StoreError when neither. A
+    stack of volumes (4D, space group 401-630) is a StoreError: it is neither a volume nor an image stack.
     """
     loc = resolve(url, storage_options)
     header, data = _open_header(loc)
+    stored = mrcfile.utils.data_shape_from_header(header)
+    if len(stored) == 4:
+        raise StoreError(loc.url, f"holds a stack of {stored[0]} volumes, shape {stored} (4D, space group {int(header.ispg)}); "
+                         "expected one volume or image stack (z, y, x)", field="shape")
     shape = (int(header.nz), int(header.ny), int(header.nx))
     px = _voxel_size(loc, header, pixel_size)
     if data is None:

@@ -1,4 +1,5 @@
-"""Read a volume (z, y, x) whichever its format: MRC by file suffix, else OME-Zarr (or a portal address)."""
+"""Read a volume (z, y, x) whichever its format: MRC by file suffix, else OME-Zarr (or a portal address);
+refuse what is not one (a 2D image) or has no contrast (a constant volume or tilt series)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import os
 from pathlib import PurePosixPath
 from typing import Any
 
+import dask.array as da
+import numpy as np
+
 from cryocloud.errors import StoreError
 from cryocloud.model import Tomogram
+from cryocloud.progress import compute
 from cryocloud.store.images import read_tomogram
 from cryocloud.store.mrc import read_mrc
 
@@ -23,9 +28,26 @@ def read_volume(url: str | os.PathLike, *, level: int = 0, storage_options: dict
     """Lazily read a tomogram (z, y, x): MRC (see `is_mrc`, voxel size in A from the header) or OME-Zarr level `level`.
 
     An MRC file has a single level: `level` > 0 raises StoreError; `chunks` applies to OME-Zarr only.
+    A 2D image (one section) is a StoreError (see `require_volume`).
     """
     if is_mrc(url):
         if level != 0:
             raise StoreError(os.fspath(url), f"is an MRC file with one level; level {level} was asked for, expected 0", field="level")
-        return read_mrc(url, storage_options=storage_options)
-    return read_tomogram(os.fspath(url), level=level, storage_options=storage_options, chunks=chunks)
+        return require_volume(read_mrc(url, storage_options=storage_options), url)
+    return require_volume(read_tomogram(os.fspath(url), level=level, storage_options=storage_options, chunks=chunks), url)
+
+
+def require_volume(tomogram: Tomogram, url: str | os.PathLike) -> Tomogram:
+    """`tomogram` (read from `url`) when it has more than one section; a StoreError for a 2D image."""
+    if tomogram.shape[0] < 2:
+        raise StoreError(os.fspath(url), f"is a 2D image (shape {tomogram.shape}); expected a volume (z, y, x) of more than one section",
+                         field="shape")
+    return tomogram
+
+
+def require_contrast(data: np.ndarray | da.Array, url: str | os.PathLike, *, what: str = "the volume") -> None:
+    """StoreError naming `url` when `data`, `what` was read from it, is constant (all zero, say). A
+    lazy array takes one pass over the data (its NaN check included), on the current Dask client if any."""
+    low, high = compute(data.min(), data.max(), quiet=True) if isinstance(data, da.Array) else (data.min(), data.max())
+    if not low < high:
+        raise StoreError(os.fspath(url), f"{what} is constant (every value {float(low):g}); expected contrast", field="data")
