@@ -50,7 +50,7 @@ import numpy as np
 from cryocloud.errors import ModelError, StoreError
 from cryocloud.model import Microscope, TiltSeries, Tomogram, accumulated_pre_exposure
 from cryocloud.store.images import spatial_array
-from cryocloud.store.location import PORTAL_BUCKET, Location
+from cryocloud.store.location import PORTAL_BUCKET, Location, describe_os_error, transport_errors
 from cryocloud.store.ngff import open_image
 from cryocloud.store.portal.annotations import from_ndjson
 
@@ -229,6 +229,8 @@ def read_json(fs, path: str, *, missing_ok: bool = False) -> dict | None:
         if missing_ok:
             return None
         raise StoreError(f"s3://{path}", "does not exist") from None
+    except transport_errors() as exc:  # the endpoint unreachable, access denied (after the retries)
+        raise StoreError(f"s3://{path}", f"cannot be read: {describe_os_error(exc)}") from exc
     return _parse_json(path, content)
 
 
@@ -248,8 +250,8 @@ def read_jsons(fs, paths: list[str]) -> dict[str, dict]:
         return {}
     try:
         contents = fs.cat(list(paths), on_error="return")
-    except (PermissionError, OSError) as exc:
-        raise StoreError(f"s3://{paths[0]}", f"cannot be read: {exc}") from exc
+    except transport_errors() as exc:
+        raise StoreError(f"s3://{paths[0]}", f"cannot be read: {describe_os_error(exc)}") from exc
     out = {}
     for path in paths:
         content = contents.get(path)
@@ -325,8 +327,8 @@ def list_runs(dataset: str, *, storage_options: dict | None = None, bucket: str 
         entries = fs.ls(loc.path, detail=True)
     except FileNotFoundError:
         raise StoreError(loc.url, f"dataset '{dataset}' does not exist in the portal bucket", field="dataset") from None
-    except (PermissionError, OSError) as exc:
-        raise StoreError(loc.url, f"cannot be listed: {exc}") from exc
+    except transport_errors() as exc:
+        raise StoreError(loc.url, f"cannot be listed: {describe_os_error(exc)}") from exc
     runs = sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory")
     if not runs:
         raise StoreError(loc.url, f"dataset '{dataset}' has no runs (or does not exist)", field="dataset")
@@ -355,8 +357,8 @@ def portal_run(dataset: str, run: str, *, storage_options: dict | None = None, b
     fs = root.filesystem()
     try:
         found = sorted(p for p in fs.find(root.path) if p.endswith(".json"))
-    except (PermissionError, OSError) as exc:
-        raise StoreError(root.url, f"cannot be listed: {exc}") from exc
+    except transport_errors() as exc:
+        raise StoreError(root.url, f"cannot be listed: {describe_os_error(exc)}") from exc
     if not found:
         raise StoreError(root.url, f"run '{run}' of dataset '{dataset}' does not exist (nothing under this prefix)", field="run")
     prefix = root.path + "/"
