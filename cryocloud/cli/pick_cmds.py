@@ -21,7 +21,8 @@ from cryocloud.pick.results import block_moments_of, read_match, run_match
 from cryocloud.pick.spectrum import noise_spectrum, null_spectrum
 from cryocloud.pick.template import check_fits, map_from_model, prepare_template, read_map
 from cryocloud.pick.weighting import TiltWeighting
-from cryocloud.store import open_url, read_tilt_series, read_volume
+from cryocloud.progress import compute
+from cryocloud.store import open_url, read_tilt_series, read_volume, require_contrast
 
 console = Console(highlight=False, stderr=True)
 MODEL_SUFFIXES = (".cif", ".cif.gz", ".mmcif", ".pdb", ".pdb.gz", ".ent")
@@ -136,7 +137,7 @@ def match(
     else:
         volume, template_px = read_map(template_path, voxel_size=template_voxel_size, storage_options=read_options)
     check_fits(volume.shape, template_px, tomo.shape, px, source=template_path)
-    template = prepare_template(volume, template_px, px, mask_radius_a=mask_radius, non_spherical=non_spherical_mask, invert=invert)
+    template = prepare_template(volume, template_px, px, mask_radius_a=mask_radius, non_spherical=non_spherical_mask, invert=invert, source=template_path)
     if whiten_halves is not None and whiten_null is not None:
         raise ModelError("whiten_null", "give one noise source for the whitening: --whiten-halves or --whiten-null")
     settings = MatchSettings(
@@ -152,10 +153,13 @@ def match(
         increment = angular_increment or crowther_increment(resolution or 3.0 * px, 2.0 * template.radius * px)
         rotations = uniform_rotations(increment, symmetry)
         console.print(f"angular increment {increment:.2f} deg, symmetry {symmetry}: {len(rotations):,} rotations")
-    mask = None if tomogram_mask is None else read_volume(tomogram_mask, storage_options=read_options).data > 0
+    mask = None if tomogram_mask is None else _on_grid((tomogram_mask,), tomo, read_options, "tomogram_mask")[0].data > 0
     tilts = _tilts(tilt_series, tilt_range, tomo, read_options)
     with session(scheduler) as client:
         console.print(describe(client))
+        require_contrast(tomo.data.data, tomogram_url, what="the tomogram")
+        if mask is not None and not compute(mask.data.any(), quiet=True)[0]:
+            raise ModelError("tomogram_mask", "has no voxel > 0; expected the region to search", source=tomogram_mask)
         if halves is not None:
             settings = replace(settings, noise=noise_spectrum(*halves, chunk=noise_chunk))
         if null is not None:

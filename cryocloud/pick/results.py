@@ -100,6 +100,10 @@ def read_match(url: str, *, storage_options: dict | None = None) -> tuple[xr.Dat
         raise StoreError(summary_url, f"is not JSON ({exc}); expected the summary `cryocloud match` writes") from exc
     if not isinstance(summary, dict):
         raise StoreError(summary_url, f"holds a {type(summary).__name__}, expected a JSON object (the match summary)")
+    for key in ("score_std", "n_search"):  # zero or NaN: the search scored nothing (a constant tomogram, an empty mask)
+        value = summary.get(key)
+        if not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
+            raise StoreError(summary_url, f"is {value!r}; expected a positive number: the search found no score variation to pick from", field=key)
     rotations = _read_rotations(out.child("angles.npy").url, summary.get("n_orientations"), storage_options)
     scores = read_tomogram(out.child("scores.zarr").url, storage_options=storage_options).data
     orientation = read_tomogram(out.child("orientation.zarr").url, storage_options=storage_options).data

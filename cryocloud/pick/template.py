@@ -182,6 +182,19 @@ def check_fits(shape_zyx: tuple[int, ...], voxel_size: float, tomogram_shape: tu
         )
 
 
+def check_template(volume: np.ndarray, *, source: str | None = None, field: str = "template") -> np.ndarray:
+    """`volume` as float32 when it is a usable map: cubic (b, b, b), finite and not constant; a
+    ModelError naming `source` and `field` otherwise."""
+    vol = np.asarray(volume, dtype=np.float32)
+    if vol.ndim != 3 or len(set(vol.shape)) != 1 or vol.shape[0] < 2:
+        raise ModelError(field, f"expected a cubic volume (b, b, b), got shape {vol.shape}", source=source)
+    if not np.all(np.isfinite(vol)):
+        raise ModelError(field, "contains NaN or infinite values; expected finite numbers", source=source)
+    if vol.min() == vol.max():
+        raise ModelError(field, f"is constant (every voxel {float(vol.flat[0]):g}); expected a density with contrast", source=source)
+    return vol
+
+
 def prepare_template(
     volume: np.ndarray,
     voxel_size: float,
@@ -191,16 +204,17 @@ def prepare_template(
     non_spherical: bool = False,
     invert: bool = False,
     soft_edge: float = 2.0,
+    source: str | None = None,
 ) -> Template:
     """Resample a map to the tomogram's voxel size, invert its contrast if asked, and mask it.
 
     The spherical mask radius defaults to the radius that holds the template's density above
     10 % of its maximum plus 2 voxels; the box is cropped / padded to fit the mask with its edge.
+    A map that is not cubic, not finite or constant (see `check_template`), or constant under its
+    mask, is a ModelError naming `source` (the template's file).
     """
-    vol = np.asarray(volume, dtype=np.float32)
-    if vol.ndim != 3 or len(set(vol.shape)) != 1:
-        raise ModelError("template", f"expected a cubic volume, got shape {vol.shape}")
-    vol = resample(vol, voxel_size, target_voxel_size)
+    vol = check_template(volume, source=source)
+    vol = check_template(resample(vol, voxel_size, target_voxel_size), source=source)  # detail finer than the new voxels is lost
     if invert:
         vol = -vol
     if mask_radius_a is None:
@@ -215,6 +229,11 @@ def prepare_template(
         mask = shape_mask(vol, soft_edge=soft_edge)
         c = box // 2
         z, y, x = np.nonzero(mask > 0)
-        radius = float(np.sqrt((z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2).max())
-        return Template(vol, target_voxel_size, mask, False, radius, equivalent_radius(vol))
-    return Template(vol, target_voxel_size, spherical_mask(box, radius, soft_edge), True, radius + soft_edge, equivalent_radius(vol))
+        spherical, radius = False, float(np.sqrt((z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2).max())
+    else:
+        mask = spherical_mask(box, radius, soft_edge)
+        spherical, radius = True, radius + soft_edge
+    if np.ptp(vol[mask > 0]) == 0:
+        raise ModelError("template" if mask_radius_a is None else "mask_radius",
+                         f"the template is constant under its mask ({radius * target_voxel_size:g} A); expected a mask around the density", source=source)
+    return Template(vol, target_voxel_size, mask, spherical, radius, equivalent_radius(vol))

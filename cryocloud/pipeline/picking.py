@@ -35,7 +35,7 @@ def stage_match(ctx: RunContext, overwrite: bool) -> None:
     else:
         volume, template_px = map_from_model(path, px), px
     check_fits(volume.shape, template_px, tomo.shape, px, source=path)  # before resampling allocates it
-    template = prepare_template(volume, template_px, px)
+    template = prepare_template(volume, template_px, px, source=path)
     rotations = uniform_rotations(p.angular_increment_deg, p.symmetry)
     tilts = TiltWeighting.from_tilt_series(ctx.results["tilt_series"])
     settings = MatchSettings(resolution_a=p.resolution_a or 2.5 * px, subvolume=p.subvolume)
