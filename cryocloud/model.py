@@ -359,6 +359,17 @@ class Particles:
     def __len__(self) -> int:
         return self.positions.shape[0]
 
+    def require_inside(self, shape_zyx: tuple[int, ...], pixel_size: float, *, source: str | None = None) -> None:
+        """ModelError naming `source` when no particle lies in a volume of `shape_zyx` voxels of
+        `pixel_size` A (its nearest voxel outside; voxel (0, 0, 0) at 0 A): positions in other units
+        or of another tomogram."""
+        voxel = np.rint(self.positions[:, ::-1] / pixel_size)
+        if not np.all((voxel >= 0) & (voxel < np.asarray(shape_zyx)), axis=1).any():
+            extent = ", ".join(f"{a} 0..{(n - 1) * pixel_size:g}" for a, n in zip("xyz", shape_zyx[::-1]))
+            span = ", ".join(f"{a} {lo:g}..{hi:g}" for a, lo, hi in zip("xyz", self.positions.min(axis=0), self.positions.max(axis=0)))
+            raise ModelError("positions", f"all {len(self)} particles lie outside the tomogram ({extent} A): they span {span}; "
+                             "expected positions in Angstrom inside it", source=source)
+
     def subset(self, index: Any) -> "Particles":
         return Particles(
             self.positions[index], self.rotations[index], self.scores[index], self.tomogram[index], self.class_name[index]

@@ -14,8 +14,9 @@ from cryocloud.cli.app import app
 from cryocloud.cli.options import guarded
 from cryocloud.errors import ModelError
 from cryocloud.model import Tomogram
+from cryocloud.pick.template import check_template
 from cryocloud.progress import compute
-from cryocloud.store import open_url, read_mrc, read_particles_csv, read_tomogram, read_volume, write_mrc, write_tomogram
+from cryocloud.store import open_url, read_mrc, read_particles_csv, read_tomogram, read_volume, require_contrast, write_mrc, write_tomogram
 
 console = Console(highlight=False, stderr=True)
 
@@ -44,14 +45,19 @@ def average(
     particles = read_particles_csv(particles_url)
     if tomo.tilt_angles is None:
         raise ModelError("tilt_angles", "the tomogram carries no tilt angles; the missing wedge needs them", source=tomogram_url)
-    sub = extract(tomo, particles.positions, box, binning=binning)
-    data = compute(sub.data, description="extract")[0] * (-1.0 if invert else 1.0)
+    n = len(particles)
+    if n < 2:
+        raise ModelError("positions", f"{n} particles given; gold-standard averaging needs at least 2 (one per half set)", source=particles_url)
+    particles.require_inside(tomo.shape, tomo.pixel_size, source=particles_url)
     ref = None
     if reference is not None:
-        ref = np.asarray(read_mrc(reference).data.values, dtype=np.float32)
+        ref = check_template(read_mrc(reference).data.values, source=reference, field="reference")
         if ref.shape != (box,) * 3:
             raise ModelError("reference", f"has shape {ref.shape}, expected ({box}, {box}, {box})", source=reference)
-    n = len(particles)
+    sub = extract(tomo, particles.positions, box, binning=binning)
+    (data,) = compute(sub.data, description="extract")
+    require_contrast(data, tomogram_url, what="the tomogram around the particles")
+    data = data * (-1.0 if invert else 1.0)
     settings = SearchSettings(increment, None if not max_angle else max_angle, fine_increment, max_shift, None, symmetry)
     result = refine(
         data, sub.pixel_size_a, Wedges.single(tomo.tilt_angles, n), Poses(particles.rotations, sub.offsets_a, np.full(n, np.nan)),

@@ -14,7 +14,7 @@ from cryocloud.cli.app import app
 from cryocloud.cli.options import guarded, read_write_options
 from cryocloud.errors import ModelError
 from cryocloud.model import Particles
-from cryocloud.store import read_volume, resolve
+from cryocloud.store import read_volume, require_contrast, resolve
 from cryocloud.store.textfiles import write_text
 
 curate_app = typer.Typer(help="Curate picks: minislab galleries, accept/reject, 2D particle stacks.", no_args_is_help=True)
@@ -35,6 +35,7 @@ def _inputs(picks_url: str, tomogram_url: str, options: dict | None):
     particles = read_picks(picks_url, pixel_size=tomo.pixel_size, shape_zyx=tomo.shape, storage_options=options)
     if len(particles) == 0:
         raise ModelError("picks", "the pick list is empty", source=picks_url)
+    particles.require_inside(tomo.shape, tomo.pixel_size, source=picks_url)
     return tomo, particles
 
 
@@ -72,13 +73,14 @@ def gallery(
     out = resolve(out_url, write_options)
     ranking = pd.DataFrame({"index": np.arange(len(particles)), "score": particles.scores})
     order = rank_by_score(particles) if sort == "score" else np.arange(len(particles))
+    (images,) = compute(minislabs(tomo, particles, box=box, thickness_a=thickness or box * tomo.pixel_size / 2, axis=axis), description="minislabs")
+    require_contrast(images, tomogram_url, what="the tomogram around the picks")
     if sort == "agreement":
         correlation, average = agreement_with_average(tomo, particles, box=box, top_n=min(top_n, len(particles)), mask_radius_a=mask_radius)
         ranking["agreement"] = correlation
         order = rank_by_agreement(correlation)
         with open_url(out.child("average_slices.png").url, "wb", storage_options=write_options) as f:
             save_slices_png(average, f, title=f"average of the top {min(top_n, len(particles))} by score")
-    (images,) = compute(minislabs(tomo, particles, box=box, thickness_a=thickness or box * tomo.pixel_size / 2, axis=axis), description="minislabs")
     pages = write_gallery(images[order], order, particles.scores[order], out.url, columns=columns, rows=rows, title=picks_url.rstrip("/").rsplit("/", 1)[-1], storage_options=write_options)
     write_text(out.child("ranking.csv").url, ranking.iloc[order].to_csv(index=False), overwrite=True, storage_options=write_options)
     write_text(out.child("decisions.csv").url, decisions_csv(particles, order), overwrite=overwrite, storage_options=write_options)
@@ -134,6 +136,7 @@ def export(
     from cryocloud.curate.decisions import apply_decisions
     from cryocloud.curate.export import export_stack
     from cryocloud.curate.minislab import minislabs
+    from cryocloud.progress import compute
 
     read_options, write_options = read_write_options(endpoint_url, anon)
     tomo, particles = _inputs(picks_url, tomogram_url, read_options)
@@ -141,7 +144,8 @@ def export(
         particles = apply_decisions(particles, decisions_url, storage_options=read_options)
     if not any(particles.tomogram.astype(str)):  # RELION needs a micrograph name per particle
         particles = Particles.create(particles.positions, particles.rotations, particles.scores, tomogram_url, particles.class_name)
-    images = minislabs(tomo, particles, box=box, thickness_a=thickness or box * tomo.pixel_size / 2, axis=axis)
+    (images,) = compute(minislabs(tomo, particles, box=box, thickness_a=thickness or box * tomo.pixel_size / 2, axis=axis), description="minislabs")
+    require_contrast(images, tomogram_url, what="the tomogram around the picks")
     stack, star = export_stack(images, particles, out_url, pixel_size_a=tomo.pixel_size, microscope=tomo.microscope, overwrite=overwrite, storage_options=write_options)
     console.print(f"{star}: {len(particles)} particles in {stack}")
 
@@ -173,6 +177,7 @@ def auto(
     if len(particles) < 2:
         raise ModelError("picks", f"automatic curation needs at least 2 picks, got {len(particles)}", source=picks_url)
     curation = curate_automatically(tomo, particles, box=box, top_n=top_n, mask_radius_a=mask_radius, keep=keep)
+    require_contrast(curation.average, tomogram_url, what="the tomogram around the best-scoring picks")
     out = resolve(out_url, write_options)
     with open_url(out.child("average_slices.png").url, "wb", storage_options=write_options) as f:
         save_slices_png(curation.average, f, title=f"average of the top {min(top_n, len(particles))} by score")
