@@ -13,7 +13,7 @@ from cryocloud.cli.options import guarded, read_write_options
 from cryocloud.cluster import describe, session
 from cryocloud.errors import ModelError, OutputExistsError
 from cryocloud.model import Tomogram
-from cryocloud.store import read_tomogram, resolve, write_tomogram
+from cryocloud.store import read_tomogram, require_contrast, resolve, write_tomogram
 from cryocloud.store.portal import is_portal_url
 
 console = Console(highlight=False, stderr=True)
@@ -39,13 +39,16 @@ def stored_defocus(url: str, storage_options: dict | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _write(tomo: Tomogram, before: Tomogram, out_url: str, *, stage: str, parameters: dict, label: str, tile: int, extra: dict,
-           ngff_version: str, levels: int, overwrite: bool, storage_options: dict | None, scheduler: Optional[str]) -> None:
-    """Write the denoised tomogram (data first, metadata last) and its before/after slice figures."""
+def _write(tomo: Tomogram, before: Tomogram, out_url: str, *, inputs: dict[str, Tomogram], stage: str, parameters: dict, label: str,
+           tile: int, extra: dict, ngff_version: str, levels: int, overwrite: bool, storage_options: dict | None, scheduler: Optional[str]) -> None:
+    """Write the denoised tomogram (data first, metadata last) and its before/after slice figures, once
+    each of the `inputs` (URL -> tomogram read from it) is found to have contrast."""
     from cryocloud.denoise.figures import write_before_after
 
     with session(scheduler) as client:
         console.print(describe(client))
+        for url, tomogram in inputs.items():
+            require_contrast(tomogram.data.data, url, what="the tomogram")
         write_tomogram(tomo, out_url, ngff_version=ngff_version, chunks=(tile,) * 3, levels=levels, overwrite=overwrite,
                        storage_options=storage_options, metadata={"stage": stage, "parameters": parameters, **extra})
     stored = read_tomogram(out_url, storage_options=storage_options)
@@ -94,7 +97,7 @@ def deconv_command(
     result = deconvolve(tomo, settings, defocus_a=defocus, tile=tile, depth=depth)
     console.print(f"{in_url}: {tomo.shape} voxels of {tomo.pixel_size:.3f} A, defocus {defocus:.0f} A, strength {strength}, "
                   f"falloff {snr_falloff}, high-pass {highpass_nyquist} Nyquist")
-    _write(result, tomo, out_url, stage="denoise-deconv", parameters=result.data.attrs["denoise"], label="deconv", tile=tile,
+    _write(result, tomo, out_url, inputs={in_url: tomo}, stage="denoise-deconv", parameters=result.data.attrs["denoise"], label="deconv", tile=tile,
            extra={DEFOCUS_ATTR: defocus}, ngff_version=ngff_version, levels=levels, overwrite=overwrite, storage_options=write_options, scheduler=scheduler)
 
 
@@ -167,15 +170,16 @@ def predict_command(
         raise ModelError("difference", "needs the odd half (--odd): the null volume is half the difference of the denoised halves")
     model = load_model(model_url, storage_options=read_options)
     tomo = read_tomogram(in_url, storage_options=read_options)
+    inputs = {in_url: tomo}
     if odd_url is None:
         result = denoise(tomo, model, tile=tile, depth=depth, device=device)
         before = tomo
     else:
-        odd = read_tomogram(odd_url, storage_options=read_options)
+        odd = inputs[odd_url] = read_tomogram(odd_url, storage_options=read_options)
         result = denoise_halves(tomo, odd, model, difference=difference, tile=tile, depth=depth, device=device)
         before = tomo.with_data(tomo.data.data + (-1 if difference else 1) * odd.data.data)
     console.print(f"{in_url}: {tomo.shape} voxels, tiles of {tile} overlapping by {depth}")
-    _write(result, before, out_url, stage="denoise-noise2noise", parameters=result.data.attrs["denoise"],
+    _write(result, before, out_url, inputs=inputs, stage="denoise-noise2noise", parameters=result.data.attrs["denoise"],
            label="noise2noise difference" if difference else "noise2noise",
            tile=tile, extra={}, ngff_version=ngff_version, levels=levels, overwrite=overwrite, storage_options=write_options,
            scheduler=scheduler)

@@ -10,10 +10,10 @@ from rich.console import Console
 from cryocloud.cli.app import app
 from cryocloud.cli.options import guarded, read_write_options
 from cryocloud.cluster import describe, session
-from cryocloud.errors import ModelError
+from cryocloud.errors import ModelError, StoreError
 from cryocloud.reconstruct import reconstruct as reconstruct_tomogram
 from cryocloud.report import save_slices_png
-from cryocloud.store import open_url, read_tilt_series, read_tomogram, write_tomogram
+from cryocloud.store import is_mrc, open_url, read_tilt_series, read_tomogram, require_contrast, write_tomogram
 
 console = Console(highlight=False, stderr=True)
 
@@ -50,7 +50,12 @@ def reconstruct(
     A tilt series written by `cryocloud align` is resampled with its stored alignment on the fly.
     """
     read_options, write_options = read_write_options(endpoint_url, anon)
+    if is_mrc(in_url):
+        raise StoreError(in_url, "is an MRC file; expected an OME-Zarr tilt series (convert the stack first: "
+                         "cryocloud convert STACK.mrc TS.zarr --tilt-angles STACK.tlt)", field="format")
     ts = read_tilt_series(in_url, storage_options=read_options)
+    if ts.n_tilts < 2:
+        raise StoreError(in_url, f"holds {ts.n_tilts} tilt image; expected at least 2 to reconstruct from", field="tilt_angle")
     try:
         tomo = reconstruct_tomogram(
             ts,
@@ -73,6 +78,7 @@ def reconstruct(
                   f"of {tomo.pixel_size:.3f} A, {filter} filter, {len(tomo.data.data.chunks[1])} slabs of {rows} rows")
     with session(scheduler) as client:
         console.print(describe(client))
+        require_contrast(ts.data.data, in_url, what="the tilt series")
         write_tomogram(
             tomo, out_url, ngff_version=ngff_version, chunks=(64, rows, 64), levels=levels, overwrite=overwrite,
             storage_options=write_options,

@@ -15,7 +15,7 @@ from cryocloud.cluster import describe, session
 from cryocloud.errors import OutputExistsError
 from cryocloud.segment import MembraneSettings, segment_membranes
 from cryocloud.segment.figures import save_overlay_png
-from cryocloud.store import open_url, read_labels, read_volume, resolve, write_labels, write_mrc
+from cryocloud.store import open_url, read_labels, read_volume, require_contrast, resolve, write_labels, write_mrc
 from cryocloud.store.labels import parent_image, refuse_existing
 
 segment_app = typer.Typer(help="Segmentation of tomograms into NGFF label images.", no_args_is_help=True)
@@ -78,6 +78,7 @@ def membranes(
     console.print(f"{in_url}: {nx} x {ny} x {nz} voxels of {tomo.pixel_size:.3f} A")
     with session(scheduler) as client:
         console.print(describe(client))
+        require_contrast(tomo.data.data, in_url, what="the tomogram")
         result = segment_membranes(tomo, settings)
         t = result.thresholds
         console.print(f"{result.count} membranes; thresholds low {t.low:.4g} / high {t.high:.4g} "
