@@ -254,3 +254,19 @@ def test_2d_tomogram_is_not_blamed_on_the_template(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "slice.mrc" in err and "ball.mrc" not in err and "template" not in err
+
+
+def test_contrast_check_reads_the_whole_array_only_when_its_middle_block_is_constant():
+    """A volume whose middle block is flat (padding, say) but that has contrast elsewhere is accepted;
+    one constant everywhere is refused, lazy or not."""
+    import dask.array as da
+
+    from cryocloud.errors import StoreError
+    from cryocloud.store import require_contrast
+
+    data = np.zeros((8, 24, 24), np.float32)
+    data[0, 0, 0] = 1.0  # only a corner block has contrast
+    require_contrast(da.from_array(data, chunks=8), "v.zarr")
+    require_contrast(data, "v.zarr")
+    with pytest.raises(StoreError, match="v.zarr: field 'data': the volume is constant"):
+        require_contrast(da.zeros((8, 24, 24), chunks=8), "v.zarr")
