@@ -7,6 +7,7 @@ Each case builds its inputs under `in/` and names its outputs under `out/` (or a
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -290,9 +291,13 @@ def test_bad_input_is_a_clear_user_error(make, tmp_path, capsys, request, small_
     check_bad_input(make, tmp_path, capsys, request)
 
 
-def test_corpus_has_at_least_25_cases():
-    assert len(CASES) >= 25
-    assert len({f.__name__ for f in CASES}) == len(CASES)
+def test_corpus_has_at_least_60_cases():
+    """Every corpus file (tests/test_reliability_bad_input*.py) together: at least 60 cases, no name twice."""
+    modules = [importlib.import_module(p.stem) for p in sorted(Path(__file__).parent.glob("test_reliability_bad_input*.py"))]
+    names = [f.__name__ for module in modules for f in module.CASES]
+    assert len(modules) >= 3
+    assert len(names) >= 60, len(names)
+    assert len(set(names)) == len(names)
 
 
 def test_yaml_python_tag_runs_nothing(tmp_path, capsys):
