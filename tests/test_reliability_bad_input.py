@@ -275,6 +275,17 @@ def template_larger_than_tomogram(c: Case):
     return ["match", tomo, template, str(c.out / "match")], ["big.mrc", "field 'template'", "32 voxels", "12 voxels"]
 
 
+def convert_stack_without_angles(c: Case):
+    stack = mrc_file(c, "ts.st", np.random.default_rng(8).normal(size=(5, 16, 16)).astype(np.float32))
+    return ["convert", stack, str(c.out / "ts.zarr")], ["ts.st", "field 'tilt_angle'", "tilt-series stack", "--as-volume"]
+
+
+def convert_mrc_with_mdoc_beside_without_angles(c: Case):
+    stack = mrc_file(c, "stack.mrc", np.random.default_rng(9).normal(size=(2, 16, 16)).astype(np.float32))
+    text_file(c, "stack.mrc.mdoc", MDOC_HEADER + mdoc_section(0, "-10") + mdoc_section(1, "10"))
+    return ["convert", stack, str(c.out / "ts.zarr")], ["stack.mrc", "tilt angles beside it", "stack.mrc.mdoc", "--mdoc"]
+
+
 CASES = [
     truncated_chunk, corrupt_chunk, missing_multiscales, wrong_axes, missing_dataset, negative_scale, unknown_unit,
     wrong_kind, invalid_cryocloud_block, tilt_angles_missing_in_block, contradictory_tilt_count, tlt_count_mismatch,
@@ -282,7 +293,8 @@ CASES = [
     mdoc_no_sections, nan_in_tilt_series, inf_in_mrc, zero_size_mrc, zero_size_zarr, anisotropic_pixels,
     template_pixel_mismatch, complex_dtype, mrc_bad_header, particles_csv_malformed, star_malformed, ndjson_malformed, yaml_malformed, yaml_unknown_key,
     yaml_wrong_type, yaml_python_tag, local_url_missing, unsupported_scheme, s3_key_missing,
-    s3_bucket_missing_on_write, output_under_a_file, template_larger_than_tomogram,
+    s3_bucket_missing_on_write, output_under_a_file, template_larger_than_tomogram, convert_stack_without_angles,
+    convert_mrc_with_mdoc_beside_without_angles,
 ]
 
 

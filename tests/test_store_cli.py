@@ -58,6 +58,23 @@ def test_convert_tilt_stack_with_mdoc_and_back_to_mrc_with_tlt(tmp_path, capsys)
     assert "ExposureDose" in capsys.readouterr().err
 
 
+def test_convert_stack_as_volume_only_when_asked(tmp_path, capsys):
+    """A .st stack (or an MRC with a .tlt beside it) is not silently turned into a tomogram: without angles it
+    is refused, with --as-volume it is written as a tomogram and the output line says so."""
+    data = np.random.default_rng(3).normal(size=(6, 12, 10)).astype(np.float32)
+    write_mrc(data, tmp_path / "ts.st", pixel_size=5.0)
+    assert main(["convert", str(tmp_path / "ts.st"), str(tmp_path / "a.zarr")]) == 2
+    assert "--as-volume" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "ts.st"), str(tmp_path / "a.zarr"), "--as-volume"]) == 0
+    assert "a tomogram" in " ".join(capsys.readouterr().out.split())
+    assert read_tomogram(str(tmp_path / "a.zarr")).shape == (6, 12, 10)
+    write_mrc(data, tmp_path / "vol.mrc", pixel_size=5.0)
+    assert main(["convert", str(tmp_path / "vol.mrc"), str(tmp_path / "b.zarr")]) == 0  # nothing beside it: a volume
+    (tmp_path / "vol.tlt").write_text("\n".join(str(a) for a in range(-15, 16, 6)))
+    assert main(["convert", str(tmp_path / "vol.mrc"), str(tmp_path / "c.zarr")]) == 2
+    assert "vol.tlt" in capsys.readouterr().err
+
+
 def test_cli_user_errors_exit_2(tmp_path, capsys):
     assert main(["info", str(tmp_path / "missing.zarr")]) == 2
     assert "missing.zarr" in capsys.readouterr().err

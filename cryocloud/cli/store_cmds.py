@@ -17,6 +17,7 @@ from cryocloud.store import (
     image_info, is_mrc, mrc_info, read_mrc, read_tilt_series, read_tilt_series_mrc, read_tomogram, require_volume, write_mrc,
     write_tilt_series, write_tlt, write_tomogram,
 )
+from cryocloud.store.location import resolve
 from cryocloud.store.portal import is_portal_url
 
 console = Console(highlight=False)
@@ -85,6 +86,23 @@ def info(
         console.print(f"metadata    {json.dumps(block['metadata'])}")
 
 
+#: suffixes of tilt-series stacks (IMOD: raw .st, aligned .ali / .preali; RELION / cisTEM image stacks .mrcs)
+STACK_SUFFIXES = (".st", ".ali", ".preali", ".mrcs")
+ANGLE_FILE_SUFFIXES = (".mdoc", ".tlt", ".rawtlt")
+
+
+def refuse_unannotated_stack(source: str, options: dict | None) -> None:
+    """StoreError when an MRC given without tilt angles is a tilt-series stack by its suffix or has tilt angles beside
+    it (SOURCE.mdoc, STEM.tlt, STEM.rawtlt): converting it as a volume would silently drop the geometry."""
+    stem = source.rsplit(".", 1)[0]
+    beside = [f"{source}.mdoc", *(stem + suffix for suffix in ANGLE_FILE_SUFFIXES)]
+    found = [url for url in beside if resolve(url, options).exists()]
+    if source.lower().endswith(STACK_SUFFIXES) or found:
+        why = f"has tilt angles beside it ({', '.join(found)})" if found else "is a tilt-series stack by its suffix"
+        raise StoreError(source, f"{why}; pass --tilt-angles FILE or --mdoc FILE to convert it as a tilt series, "
+                                 "or --as-volume to convert it as a tomogram", field="tilt_angle")
+
+
 @app.command()
 @guarded(inputs=("source", "tilt_angles", "mdoc"), outputs=("target",))
 def convert(
@@ -95,6 +113,7 @@ def convert(
     pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="Pixel size (A), overrides the header."),
     exposure: Optional[float] = typer.Option(None, "--exposure", help="Exposure per tilt (e/A^2)."),
     tilt_axis_angle: Optional[float] = typer.Option(None, "--tilt-axis-angle", help="Tilt axis (deg, CCW from image y)."),
+    as_volume: bool = typer.Option(False, "--as-volume", help="The MRC is a volume (tomogram, map) even if it looks like a tilt-series stack."),
     ngff_version: str = typer.Option("0.4", "--ngff-version", help="0.4 (zarr format 2) or 0.5 (zarr format 3)."),
     levels: int = typer.Option(3, "--levels", help="Pyramid levels of the OME-Zarr output."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
@@ -115,9 +134,12 @@ def convert(
             ts = read_tilt_series_mrc(source, tilt_angles=tilt_angles, mdoc=mdoc, pixel_size=pixel_size, exposure=exposure,
                                       tilt_axis_angle=tilt_axis_angle, storage_options=options)
             write_tilt_series(ts, target, **write_kwargs)
-        else:
-            write_tomogram(require_volume(read_mrc(source, pixel_size=pixel_size, storage_options=options), source), target, **write_kwargs)
-        console.print(f"wrote {target}")
+            console.print(f"wrote {target} (a tilt series of {ts.n_tilts} tilts)")
+            return
+        if not as_volume:
+            refuse_unannotated_stack(source, options)
+        write_tomogram(require_volume(read_mrc(source, pixel_size=pixel_size, storage_options=options), source), target, **write_kwargs)
+        console.print(f"wrote {target} (a tomogram: no --tilt-angles or --mdoc given)")
         return
     kind = (image_info(source, storage_options=options).get("cryocloud") or {}).get("kind", "tomogram")
     if kind == "tilt_series":
