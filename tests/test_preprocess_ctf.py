@@ -97,7 +97,8 @@ def test_estimate_ctf_sets_per_tilt_coordinates():
     result = estimate_ctf(ts, box=128, series_window_a=None)  # defocus differs by 8000 A between these images
     mean = 0.5 * (result.tilt_series.per_tilt("defocus_u") + result.tilt_series.per_tilt("defocus_v"))
     np.testing.assert_allclose(mean, np.array(truth) - 250, atol=200)
-    assert list(result.table.columns) == ["tilt_angle", "defocus_u", "defocus_v", "astigmatism_angle", "score", "fit_resolution_a"]
+    assert list(result.table.columns) == ["tilt_angle", "defocus_u", "defocus_v", "astigmatism_angle", "score", "fit_resolution_a", "poor_fit"]
+    assert result.poor_tilts == []
     assert isinstance(result.tilt_series.data.data, da.Array)  # image data stay lazy
 
 

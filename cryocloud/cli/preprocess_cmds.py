@@ -156,27 +156,35 @@ def ctf(
     max_defocus: float = typer.Option(70000.0, "--max-defocus", help="Defocus search range end (A)."),
     box: int = typer.Option(256, "--box", help="Spectrum tile size (pixels)."),
     min_res: float = typer.Option(30.0, "--min-res", help="Lowest resolution fitted (A)."),
-    max_res: float = typer.Option(5.0, "--max-res", help="Highest resolution fitted (A)."),
+    max_res: float = typer.Option(5.0, "--max-res", help="Highest resolution fitted (A; at most 0.95 Nyquist)."),
+    series_window: float = typer.Option(
+        5000.0, "--series-window", min=0.0,
+        help="Half-width (A) of the defocus window searched for tilts whose own fit shows no clear peak, around the series' "
+             "defocus and widened to the spread of the clear tilts (those search the full range); 0: every tilt searches the full range.",
+    ),
     overwrite: bool = OVERWRITE,
     anon: bool = ANON,
     endpoint_url: Optional[str] = ENDPOINT,
 ) -> None:
     """Estimate defocus U/V and astigmatism per tilt; writes CTFFIND4 text and a figure (spectrum of
-    the tilt nearest 0 deg with its fitted rings, defocus against tilt)."""
+    the tilt nearest 0 deg with its fitted rings, defocus against tilt). Tilts whose fit is poor are
+    named in a warning and in a `# Poor fits` comment of the CTFFIND4 text."""
     read, write = read_write_options(endpoint_url, anon)
     if out_url is None and is_portal_url(in_url):
         raise ModelError("--output", "the input is on the CryoET Data Portal (read-only): name an output for the results and figures", source=in_url)
     ts = read_tilt_series(in_url, storage_options=read)
-    search = CtfSearch(box=box, defocus_range_a=(min_defocus, max_defocus), min_resolution_a=min_res, max_resolution_a=max_res)
+    search = CtfSearch(box=box, defocus_range_a=(min_defocus, max_defocus), min_resolution_a=min_res, max_resolution_a=max_res,
+                       series_window_a=series_window or None)
     result = estimate_ctf(ts, search=search, quiet=False)
     base = out_url or in_url
     text_url = ctffind or sibling(base, "_ctffind4.txt")
     text = format_ctffind(result.table, pixel_size_a=ts.pixel_size, microscope=ts.microscope, input_name=in_url, box=box,
-                          resolution_range_a=(min_res, max_res), defocus_range_a=(min_defocus, max_defocus))
+                          resolution_range_a=search.resolution_range_a(ts.pixel_size), defocus_range_a=(min_defocus, max_defocus))
     write_text(text_url, text, overwrite=overwrite, storage_options=write)
     if out_url:
         write_tilt_series(result.tilt_series, out_url, overwrite=overwrite, storage_options=write,
-                          metadata={"stage": "ctf", "parameters": {"box": box, "defocus_range_a": [min_defocus, max_defocus]}})
+                          metadata={"stage": "ctf", "parameters": {"box": box, "defocus_range_a": [min_defocus, max_defocus],
+                                                                   "series_window_a": series_window or None}})
     i = int(np.argmin(np.abs(ts.tilt_angles)))
     image = np.asarray(ts.data.data[i])
     fit = CtfFit(*(float(result.table[c][i]) for c in FIT_COLUMNS))

@@ -34,7 +34,7 @@ def _ctf_figures(ctx: RunContext, table: Any, overwrite: bool) -> None:
 
 
 def stage_ctf(ctx: RunContext, overwrite: bool) -> None:
-    from cryocloud.preprocess.ctf_estimate import estimate_ctf
+    from cryocloud.preprocess.ctf_estimate import CtfSearch, estimate_ctf
     from cryocloud.preprocess.ctffind_io import apply_ctf_table, format_ctffind, parse_ctffind
     from cryocloud.store import open_url
 
@@ -49,23 +49,28 @@ def stage_ctf(ctx: RunContext, overwrite: bool) -> None:
     url = ctx.url("ctf", "ctffind4.txt")
     so = ctx.storage_options
     if overwrite or not ctx.exists("ctf", "ctffind4.txt"):
-        table = estimate_ctf(ts, defocus_range_a=(p.defocus_min_a, p.defocus_max_a), min_resolution_a=p.min_resolution_a,
-                             quiet=False).table
+        search = CtfSearch(defocus_range_a=(p.defocus_min_a, p.defocus_max_a), min_resolution_a=p.min_resolution_a,
+                           series_window_a=p.series_window_a)
+        table = estimate_ctf(ts, search=search, quiet=False).table
         with open_url(url, "w", storage_options=so) as fh:
-            fh.write(format_ctffind(table, pixel_size_a=ts.pixel_size, microscope=ts.microscope))
+            fh.write(format_ctffind(table, pixel_size_a=ts.pixel_size, microscope=ts.microscope, box=search.box,
+                                    resolution_range_a=search.resolution_range_a(ts.pixel_size), defocus_range_a=search.defocus_range_a))
     with open_url(url, "r", storage_options=so) as fh:
         table = parse_ctffind(fh.read(), source=url)
     ts = apply_ctf_table(ts, table, source=url)
     ctx.results["tilt_series"] = ts
     mean_defocus = 0.5 * (ts.per_tilt("defocus_u") + ts.per_tilt("defocus_v"))
     figures: dict[str, Any] = {"mean_defocus_a": round(float(mean_defocus.mean()), 1)}
+    poor = table["micrograph"].isin(table.attrs.get("poor_fit", [])).to_numpy()  # named in the file's `# Poor fits` line
+    if poor.any():
+        figures["poor_fit_tilt_angles_deg"] = [round(float(a), 2) for a in ts.tilt_angles[poor]]
     truth = ctx.results.get("truth")
     if truth is not None:
         true_mean = 0.5 * (np.asarray(truth["defocus_u_a"]) + np.asarray(truth["defocus_v_a"]))
         low = np.abs(ts.tilt_angles) <= 30
         figures["defocus_rms_error_a_low_tilt"] = round(float(np.sqrt(np.mean((mean_defocus - true_mean)[low] ** 2))), 1)
     ctx.summary["ctf"] = figures
-    _ctf_figures(ctx, table, overwrite)
+    _ctf_figures(ctx, table.assign(poor_fit=poor), overwrite)
 
 
 def stage_align(ctx: RunContext, overwrite: bool) -> None:

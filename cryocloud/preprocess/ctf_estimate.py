@@ -18,11 +18,20 @@ Per tilt (one Dask task per tilt):
 4. 2D refinement: Nelder-Mead over (mean defocus, astigmatism vector (a cos 2 theta, a sin 2 theta))
    maximising the same correlation on the 2D half-plane spectra -> defocus U >= V and the angle
    of U (deg ccw from +x, as CTFFIND4).
-5. Series: `estimate_ctf` sums the per-tilt 1D score curves to find the defocus that fits the
-   whole series, then searches each tilt within `series_window_a` of it (robust at low dose).
-6. Score: that correlation. Fit resolution: spectra are averaged in equiphase bins of the fitted
-   CTF (chi), correlated with CTF^2 in windows of two Thon rings; the fit resolution is the
-   spacing (A) where that correlation first drops below `resolution_threshold`.
+5. Series: every tilt's 1D score curve over the full defocus range. A tilt whose curve has a
+   clear peak (`CLEAR_PEAK_Z` robust standard deviations above the curve's median) keeps its own
+   full-range defocus, whatever the spread of the series. Only a tilt without a clear peak (low
+   dose, high tilt) is searched within a window around the series: centred on the median defocus
+   of the clear tilts, half-width `series_window_a` widened to cover their spread (no clear tilt:
+   centred on the best defocus of the summed curves). Such a tilt's fit is flagged poor.
+6. Score: that correlation. Fit resolution, as CTFFIND4 defines it: the spectra are averaged in
+   equiphase bins of the fitted CTF (chi, so astigmatism and the tilt gradient are followed) and
+   correlated with the fitted CTF^2 in a window sliding over the bins, about one Thon ring wide
+   (growing by 10 % per CTF^2 extremum). Scanning out from the first CTF zero, the fit ends where
+   the correlation falls below `resolution_threshold` (0.5) after more than 3 bins above 0.66, or
+   below 0.1 after more than 3 bins above 0.1; the fit resolution is the spacing (A) of the last
+   bin before that (the band limit when none falls). No bin above the threshold: no agreement,
+   the spacing of the first bin checked, and the fit is flagged poor.
 
 Units: Angstrom, degrees; defocus positive = underfocus.
 """
@@ -30,6 +39,8 @@ Units: Angstrom, degrees; defocus positive = underfocus.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+
+import logging
 
 import dask
 import dask.array as da
@@ -44,19 +55,27 @@ from cryocloud.geometry import raw_to_aligned
 from cryocloud.model import Microscope, TiltSeries
 from cryocloud.optics import astigmatic_defocus, chi, ctf_from_chi, frequency_grid, wavelength_a
 
-FIT_COLUMNS = ("defocus_u", "defocus_v", "astigmatism_angle", "score", "fit_resolution_a")
+log = logging.getLogger(__name__)
+
+FIT_COLUMNS = ("defocus_u", "defocus_v", "astigmatism_angle", "score", "fit_resolution_a", "poor_fit")
+
+#: a 1D score curve has a clear peak when its maximum lies this many robust standard deviations
+#: (1.4826 MAD) above its median; the maximum of pure-noise spectra reaches 2-4
+CLEAR_PEAK_Z = 6.0
 
 
 @dataclass(frozen=True)
 class CtfFit:
     """CTF parameters of one image: defocus U/V (A, U >= V), angle of U (deg ccw from +x),
-    score (correlation of spectrum and model) and fit resolution (A)."""
+    score (correlation of spectrum and model), fit resolution (A) and whether the fit is poor
+    (no clear defocus peak of its own, or no agreement of the fitted CTF with the spectrum)."""
 
     defocus_u: float
     defocus_v: float
     astigmatism_angle: float
     score: float
     fit_resolution_a: float
+    poor_fit: bool = False
 
     def as_array(self) -> np.ndarray:
         return np.array([getattr(self, c) for c in FIT_COLUMNS])
@@ -65,10 +84,15 @@ class CtfFit:
 @dataclass(frozen=True)
 class CtfResult:
     """Output of `estimate_ctf`: the tilt series with defocus coordinates set and a per-tilt table
-    (tilt_angle, defocus_u, defocus_v, astigmatism_angle, score, fit_resolution_a)."""
+    (tilt_angle, defocus_u, defocus_v, astigmatism_angle, score, fit_resolution_a, poor_fit)."""
 
     tilt_series: TiltSeries
     table: pd.DataFrame
+
+    @property
+    def poor_tilts(self) -> list[int]:
+        """Indices (stack order) of the tilts whose fit is poor."""
+        return [int(i) for i in np.nonzero(self.table["poor_fit"].to_numpy())[0]]
 
 
 @dataclass(frozen=True)
@@ -276,13 +300,9 @@ def _refine_2d(model: _Model, df0: float, defocus_range_a: tuple[float, float], 
 _SIMPLEX = np.array([[0.0, 0.0, 0.0], [0.3, 0.0, 0.0], [0.0, 0.15, 0.0], [0.0, 0.0, 0.15]])
 
 
-def equiphase_correlation(
-    model: _Model, df_u: float, df_v: float, angle_deg: float, *, bins_per_ring: int = 16
-) -> tuple[np.ndarray, np.ndarray]:
-    """Correlation of spectra and fitted CTF^2 in windows of two Thon rings.
-
-    Returns (k (1/A), correlation) per window, along increasing chi (equiphase averaging).
-    """
+def equiphase_profile(model: _Model, df_u: float, df_v: float, angle_deg: float, *, bins_per_ring: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The spectra averaged in equiphase bins of the fitted CTF: (k (1/A), data, phase chi + asin(A) (rad))
+    per bin along increasing phase, `bins_per_ring` bins per Thon ring (pi of phase)."""
     c = model.chi(df_u, df_v, angle_deg)
     k = np.sqrt(model.s.k2)
     step = np.pi / bins_per_ring
@@ -292,33 +312,57 @@ def equiphase_correlation(
     filled = counts > 0
     data = np.bincount(index, weights=model.s.data * model.s.weights, minlength=n)[filled] / counts[filled]
     kbin = np.bincount(index, weights=k * model.s.weights, minlength=n)[filled] / counts[filled]
-    phase = c.min() + (np.nonzero(filled)[0] + 0.5) * step
-    expected = ctf_from_chi(phase, model.m.amplitude_contrast) ** 2
-    window = 2 * bins_per_ring
-    ks, ccs = [], []
-    for start in range(0, data.size - window + 1, bins_per_ring // 2):
-        sl = slice(start, start + window)
-        ks.append(kbin[sl].mean())
-        ccs.append(_weighted_pearson(data[sl], expected[sl], np.ones(window)))
-    return np.asarray(ks), np.asarray(ccs)
+    phase = c.min() + (np.nonzero(filled)[0] + 0.5) * step + np.arcsin(model.m.amplitude_contrast)
+    return kbin, data, phase
 
 
-def fit_resolution(ks: np.ndarray, ccs: np.ndarray, threshold: float, k_hi: float) -> float:
-    """Spacing (A) up to which windows correlate above `threshold` (the band limit if they all do)."""
-    below = np.nonzero(ccs < threshold)[0]
-    if ks.size == 0 or (below.size and below[0] == 0):
-        return float(1.0 / ks[0]) if ks.size else float("inf")
-    k = ks[below[0] - 1] if below.size else k_hi
-    return float(1.0 / k)
+def sliding_correlation(data: np.ndarray, phase: np.ndarray, *, bins_per_ring: int = 16) -> np.ndarray:
+    """Per bin, the Pearson correlation of `data` and CTF^2 = sin^2(phase) in a window centred on it:
+    half-width (1 + 0.1 n) half rings, n the CTF^2 extrema below the bin (as CTFFIND4); windows
+    at the ends keep their width and shift inwards."""
+    model = np.sin(phase) ** 2
+    n_extrema = np.floor(phase / (0.5 * np.pi))
+    half = np.maximum(2, np.round((1.0 + 0.1 * n_extrema) * bins_per_ring / 2)).astype(int)
+    half = np.minimum(half, max(1, (data.size - 1) // 2))
+    cc = np.empty(data.size)
+    for i, h in enumerate(half):
+        lo = int(np.clip(i - h, 0, max(0, data.size - 2 * h - 1)))
+        sl = slice(lo, lo + 2 * h + 1)
+        cc[i] = _weighted_pearson(data[sl], model[sl], np.ones(data[sl].size))
+    return cc
+
+
+def fit_resolution(k: np.ndarray, cc: np.ndarray, phase: np.ndarray, threshold: float = 0.5) -> tuple[float, bool]:
+    """(spacing (A) up to which the fitted CTF agrees with the spectrum, whether it agrees at all).
+
+    CTFFIND4's rule on the sliding correlation `cc`, scanned from the first CTF zero (phase pi, or
+    the first bin when the band starts beyond it): the fit ends at the first bin below `threshold`
+    after more than 3 bins above 0.66, or below 0.1 after more than 3 bins above 0.1; the spacing
+    is that of the bin before (the last bin when none ends it). No bin above `threshold`: the
+    spacing of the first bin checked, and False."""
+    start = int(np.searchsorted(phase, np.pi)) if phase[-1] >= np.pi else 0
+    start = min(start, k.size - 1)
+    above_low = above_high = above_threshold = 0
+    end = k.size
+    for i in range(start, k.size):
+        if (above_low > 3 and cc[i] < 0.1) or (above_high > 3 and cc[i] < threshold):
+            end = i
+            break
+        above_low += cc[i] > 0.1
+        above_high += cc[i] > 0.66
+        above_threshold += cc[i] > threshold
+    if above_threshold == 0:
+        return float(1.0 / k[start]), False
+    return float(1.0 / k[max(end - 1, start)]), True
 
 
 @dataclass(frozen=True)
 class CtfSearch:
     """Search settings. Box (pixels) of the spectrum tiles; defocus range and 1D grid step (A);
     resolution band (A); largest |defocus_u - defocus_v| (A); fit-resolution threshold;
-    `series_window_a`: `estimate_ctf` first finds the defocus that best fits the whole series
-    (sum of the per-tilt 1D score curves) and then searches each tilt within this distance of it
-    (None: every tilt searches the full range)."""
+    `series_window_a`: a tilt whose own score curve has no clear peak is searched within this
+    distance (A) of the series' defocus, widened to cover the spread of the clear tilts (see
+    `search_ranges`); None: every tilt searches the full range."""
 
     box: int = 256
     defocus_range_a: tuple[float, float] = (5000.0, 70000.0)
@@ -340,6 +384,11 @@ class CtfSearch:
             raise ModelError("min_resolution_a", f"must be coarser than max resolution {1 / k_hi:.2f} A, got {self.min_resolution_a}")
         return k_lo, k_hi
 
+    def resolution_range_a(self, pixel_size_a: float) -> tuple[float, float]:
+        """(lowest, highest) resolution (A) actually fitted: the band, never beyond 0.95 Nyquist."""
+        k_lo, k_hi = self.band(pixel_size_a)
+        return 1.0 / k_lo, 1.0 / k_hi
+
     def grid(self) -> np.ndarray:
         lo, hi = self.defocus_range_a
         return np.arange(lo, hi + self.defocus_step_a, self.defocus_step_a)
@@ -351,22 +400,43 @@ def score_curve(tiles: TileSpectra, microscope: Microscope, search: CtfSearch) -
     return np.array([profiles.score(df) for df in search.grid()])
 
 
-def series_defocus(search: CtfSearch, *curves: np.ndarray) -> float:
-    """The grid defocus (A) with the highest summed score over tilts."""
-    return float(search.grid()[int(np.argmax(np.sum(curves, axis=0)))])
-
-
-def fit_tiles(tiles: TileSpectra, microscope: Microscope, search: CtfSearch, centre_a: float | None = None) -> CtfFit:
-    """Fit U/V/angle to tile spectra; with `centre_a`, search within `series_window_a` of it."""
-    k_lo, k_hi = search.band(tiles.pixel_size_a)
+def search_ranges(search: CtfSearch, *curves: np.ndarray) -> np.ndarray:
+    """Per tilt (lo, hi, clear): the defocus range (A) its fit searches and whether its 1D score
+    curve (on `search.grid()`) has a clear peak (CLEAR_PEAK_Z). Clear tilts search the full range;
+    the others the series window (CtfSearch.series_window_a) around the clear tilts' median
+    defocus, wide enough to cover them all (no clear tilt: around the best of the summed curves)."""
+    grid = search.grid()
+    scores = np.stack(curves)
+    median = np.median(scores, axis=1)
+    spread = 1.4826 * np.median(np.abs(scores - median[:, None]), axis=1)
+    clear = scores.max(axis=1) - median >= CLEAR_PEAK_Z * np.maximum(spread, 1e-12)
     lo, hi = search.defocus_range_a
-    if centre_a is not None and search.series_window_a is not None:
-        lo, hi = max(lo, centre_a - search.series_window_a), min(hi, centre_a + search.series_window_a)
+    ranges = np.tile([lo, hi, 0.0], (len(curves), 1))
+    ranges[:, 2] = clear
+    if search.series_window_a is None or clear.all():
+        return ranges
+    peaks = grid[np.argmax(scores, axis=1)]
+    if clear.any():
+        centre = float(np.median(peaks[clear]))
+        half = max(search.series_window_a, float(np.max(np.abs(peaks[clear] - centre))) + search.defocus_step_a)
+    else:
+        centre, half = float(grid[int(np.argmax(scores.sum(axis=0)))]), search.series_window_a
+    ranges[~clear, 0] = max(lo, centre - half)
+    ranges[~clear, 1] = min(hi, centre + half)
+    return ranges
+
+
+def fit_tiles(tiles: TileSpectra, microscope: Microscope, search: CtfSearch, search_range: np.ndarray | None = None) -> CtfFit:
+    """Fit U/V/angle to tile spectra; `search_range` (lo, hi, clear) from `search_ranges` (default:
+    the full range, clear). Poor: not clear, or the fitted CTF does not agree with the spectrum."""
+    k_lo, k_hi = search.band(tiles.pixel_size_a)
+    lo, hi, clear = (*search.defocus_range_a, 1.0) if search_range is None else search_range
     df1 = _search_1d(_Profiles(tiles, k_lo, k_hi, microscope), (lo, hi), search.defocus_step_a)
     model = _Model(_Spectra(tiles, k_lo, k_hi, 2.0 / (wavelength_a(microscope.voltage_kv) * df1)), microscope)
     u, v, ang = _refine_2d(model, df1, search.defocus_range_a, search.max_astigmatism_a)
-    ks, ccs = equiphase_correlation(model, u, v, ang)
-    return CtfFit(u, v, ang, model.score(u, v, ang), fit_resolution(ks, ccs, search.resolution_threshold, k_hi))
+    k, data, phase = equiphase_profile(model, u, v, ang)
+    resolution, agrees = fit_resolution(k, sliding_correlation(data, phase), phase, search.resolution_threshold)
+    return CtfFit(u, v, ang, model.score(u, v, ang), resolution, poor_fit=not (agrees and clear))
 
 
 def fit_ctf(
@@ -389,14 +459,14 @@ def _spectra_task(block: np.ndarray, pixel_size_a: float, box: int, tilt_deg: fl
     return tile_spectra(block[0], pixel_size_a, box=box, tilt_deg=tilt_deg, tilt_axis_angle_deg=axis, shift_xy_a=shift)
 
 
-def _fit_task(tiles: TileSpectra, microscope: Microscope, search: CtfSearch, centre_a: float | None) -> np.ndarray:
-    return fit_tiles(tiles, microscope, search, centre_a).as_array()[None]
+def _fit_task(tiles: TileSpectra, microscope: Microscope, search: CtfSearch, ranges: np.ndarray | None, i: int) -> np.ndarray:
+    return fit_tiles(tiles, microscope, search, None if ranges is None else ranges[i]).as_array()[None]
 
 
 def ctf_fit_graph(ts: TiltSeries, search: CtfSearch = CtfSearch()) -> da.Array:
-    """Lazy per-tilt fits (tilt, 5), columns FIT_COLUMNS. Per tilt: a spectra task, a 1D score
-    curve task and a fit task; the fits wait for the series defocus (sum of the curves) unless
-    `search.series_window_a` is None."""
+    """Lazy per-tilt fits (tilt, 6), columns FIT_COLUMNS. Per tilt: a spectra task, a 1D score
+    curve task and a fit task; the fits wait for the search ranges of the series (`search_ranges`
+    of all curves) unless `search.series_window_a` is None."""
     if ts.has_frames:
         raise ModelError("dims", "CTF estimation needs summed images (tilt, y, x); motion-correct the frames first")
     search.band(ts.pixel_size)
@@ -408,13 +478,13 @@ def ctf_fit_graph(ts: TiltSeries, search: CtfSearch = CtfSearch()) -> da.Array:
     for i, block in enumerate(arr.to_delayed().ravel()):
         shift = (0.0 if shift_x is None else float(shift_x[i]), 0.0 if shift_y is None else float(shift_y[i]))
         spectra.append(dask.delayed(_spectra_task, pure=True)(block, ts.pixel_size, search.box, float(ts.tilt_angles[i]), ts.tilt_axis_angle, shift))
-    centre = None
+    ranges = None
     if search.series_window_a is not None:
         curves = [dask.delayed(score_curve, pure=True)(t, ts.microscope, search) for t in spectra]
-        centre = dask.delayed(series_defocus, pure=True)(search, *curves)
+        ranges = dask.delayed(search_ranges, pure=True)(search, *curves)
     rows = [
-        da.from_delayed(dask.delayed(_fit_task, pure=True)(t, ts.microscope, search, centre), shape=(1, len(FIT_COLUMNS)), dtype=np.float64)
-        for t in spectra
+        da.from_delayed(dask.delayed(_fit_task, pure=True)(t, ts.microscope, search, ranges, i), shape=(1, len(FIT_COLUMNS)), dtype=np.float64)
+        for i, t in enumerate(spectra)
     ]
     return da.concatenate(rows, axis=0)
 
@@ -422,6 +492,7 @@ def ctf_fit_graph(ts: TiltSeries, search: CtfSearch = CtfSearch()) -> da.Array:
 def fits_table(ts: TiltSeries, fits: np.ndarray) -> pd.DataFrame:
     """Per-tilt table of fitted values (tilt order of `ts`)."""
     table = pd.DataFrame(np.asarray(fits), columns=list(FIT_COLUMNS))
+    table["poor_fit"] = table["poor_fit"].astype(bool)
     table.insert(0, "tilt_angle", ts.tilt_angles)
     return table
 
@@ -439,6 +510,10 @@ def estimate_ctf(ts: TiltSeries, *, search: CtfSearch = CtfSearch(), quiet: bool
     graph = ctf_fit_graph(ts, search)
     (fits,) = progress.compute(graph, description="CTF estimation", quiet=quiet)
     table = fits_table(ts, fits)
+    poor = table.index[table["poor_fit"]]
+    if len(poor):
+        log.warning("CTF fit poor for %d of %d tilts (index: tilt angle deg): %s; check their defocus", len(poor), len(table),
+                    ", ".join(f"{i}: {table['tilt_angle'][i]:.1f}" for i in poor))
     fitted = ts.with_per_tilt(
         defocus_u=table["defocus_u"], defocus_v=table["defocus_v"], astigmatism_angle=table["astigmatism_angle"]
     )

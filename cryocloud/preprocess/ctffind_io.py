@@ -8,7 +8,9 @@ Defocus 1 is the larger (underfocus positive), its azimuth counter-clockwise fro
 our (defocus_u, defocus_v, astigmatism_angle) convention.
 
 Tables are pandas DataFrames with columns TABLE_COLUMNS; header values come back in `.attrs`
-(pixel_size, voltage_kv, cs_mm, amplitude_contrast when present).
+(pixel_size, voltage_kv, cs_mm, amplitude_contrast when present). cryocloud adds one comment
+line, `# Poor fits (micrograph numbers): 3 7`, naming the micrographs whose fit is poor (a
+`poor_fit` column of the table when written; `.attrs["poor_fit"]`, micrograph numbers, when read).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ _HEADER_PATTERNS = {
     "cs_mm": r"spherical aberration:\s*([-+\d.eE]+)",
     "amplitude_contrast": r"amplitude contrast:\s*([-+\d.eE]+)",
 }
+_POOR = "# Poor fits (micrograph numbers):"
 
 
 def parse_ctffind(text: str, source: str = "<ctffind>") -> pd.DataFrame:
@@ -54,6 +57,12 @@ def parse_ctffind(text: str, source: str = "<ctffind>") -> pd.DataFrame:
         match = re.search(pattern, header)
         if match:
             table.attrs[key] = float(match.group(1))
+    poor = [line[len(_POOR):].split() for line in text.splitlines() if line.startswith(_POOR)]
+    if poor:
+        try:
+            table.attrs["poor_fit"] = [int(v) for v in poor[0]]
+        except ValueError:
+            raise StoreError(source, f"expected micrograph numbers after {_POOR!r}, got {' '.join(poor[0])!r}", field="poor_fit") from None
     return table
 
 
@@ -68,7 +77,8 @@ def format_ctffind(
     defocus_range_a: tuple[float, float] = (5000.0, 70000.0),
 ) -> str:
     """CTFFIND4-format text of a table with columns defocus_u, defocus_v, astigmatism_angle,
-    score, fit_resolution_a (phase_shift and micrograph optional)."""
+    score, fit_resolution_a (phase_shift, micrograph and poor_fit optional). `resolution_range_a`:
+    the band actually fitted (A; CtfSearch.resolution_range_a, never beyond Nyquist)."""
     missing = [c for c in ("defocus_u", "defocus_v", "astigmatism_angle", "score", "fit_resolution_a") if c not in table]
     if missing:
         raise ModelError(missing[0], "column is missing from the CTF table")
@@ -84,6 +94,8 @@ def format_ctffind(
         "#5 - additional phase shift [radians]; #6 - cross correlation; #7 - spacing (in Angstroms) up to which CTF rings were fit successfully",
     ]
     micrograph = table["micrograph"] if "micrograph" in table else np.arange(1, n + 1)
+    if "poor_fit" in table and table["poor_fit"].any():
+        lines.append(f"{_POOR} " + " ".join(str(int(m)) for m in np.asarray(micrograph)[table["poor_fit"].to_numpy(dtype=bool)]))
     phase = table["phase_shift"] if "phase_shift" in table else np.zeros(n)
     for i in range(n):
         values = [
