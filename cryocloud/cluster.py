@@ -6,12 +6,19 @@ Resolution order: an explicit `address` argument; kind "address"/"gateway"/"kube
 `scheduler-address` (DASK_SCHEDULER_ADDRESS, set by the dask-kubernetes operator in a DaskJob pod);
 otherwise a local distributed cluster sized to the machine (one single-threaded worker process per
 core, memory split evenly; distributed reads cgroup limits).
+
+Python tracebacks that Dask logs (a worker's "Compute Failed" report of a task error, ...) never reach
+the console: `connect()` registers a worker plugin, which the scheduler also gives to workers that
+restart or join later, and sets up the client's process likewise; they go to the debug log file
+(`debug_log_path`). The task's exception itself is re-raised by the client, and the CLI prints it as
+one line.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +28,7 @@ import dask
 import dask.config
 import yaml
 from distributed import Client
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from cryocloud.errors import CryocloudError
 
@@ -92,6 +100,70 @@ def _connect_kubernetes(settings: dict) -> Client:
     return Client(KubeCluster(**kwargs))
 
 
+def debug_log_path(configured: str | None = None) -> Path:
+    """The debug log file: `configured`, else Dask config `cryocloud.debug_log`, else
+    cryocloud/debug.log in the user's cache folder ($XDG_CACHE_HOME, or ~/.cache)."""
+    configured = configured or dask.config.get("cryocloud.debug_log", None)
+    if configured:
+        return Path(configured).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cryocloud" / "debug.log"
+
+
+class _TracebacksToDebugLog(logging.Filter):
+    """Filter of a console log handler: a record that carries a Python traceback (as exc_info, or as text
+    like distributed's "Compute Failed" report) goes to the debug log instead of the console."""
+
+    def __init__(self, debug_log: logging.Handler):
+        super().__init__()
+        self.debug_log = debug_log
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (record.exc_info or record.stack_info or "Traceback" in record.getMessage()):
+            return True
+        if not getattr(record, "cryocloud_debug_logged", False):  # a record may reach several console handlers
+            record.cryocloud_debug_logged = True
+            self.debug_log.handle(record)
+        return False
+
+
+_debug_logs: dict[Path, logging.Handler] = {}
+
+
+def tracebacks_to_debug_log(configured: str | None = None) -> Path | None:
+    """In this process, make every console log handler (stream stdout or stderr) pass records that carry a
+    traceback to the debug log file (`debug_log_path(configured)`) instead of printing them. Idempotent.
+    Returns the file, or None when it cannot be opened (the tracebacks then stay on the console)."""
+    path = debug_log_path(configured)
+    if path not in _debug_logs:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(path, encoding="utf-8")
+        except OSError:
+            return None
+        handler.setFormatter(logging.Formatter("%(asctime)s pid %(process)d %(name)s %(levelname)s: %(message)s"))
+        _debug_logs[path] = handler
+    consoles = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    loggers = [logging.getLogger(), *(g for g in logging.Logger.manager.loggerDict.values() if isinstance(g, logging.Logger))]
+    for handler in [logging.lastResort, *(h for g in loggers for h in g.handlers)]:  # lastResort: loggers without handlers
+        if isinstance(handler, logging.StreamHandler) and handler.stream in consoles:
+            for old in [f for f in handler.filters if isinstance(f, _TracebacksToDebugLog)]:
+                handler.removeFilter(old)
+            handler.addFilter(_TracebacksToDebugLog(_debug_logs[path]))
+    return path
+
+
+class DebugLogPlugin(WorkerPlugin):
+    """Worker side of `tracebacks_to_debug_log`: the worker's task-error reports go to the debug log."""
+
+    name = "cryocloud-debug-log"
+
+    def __init__(self, configured: str | None = None):
+        self.configured = configured  # the client's cryocloud.debug_log; None: the worker's own default
+
+    def setup(self, worker: Any) -> None:
+        tracebacks_to_debug_log(self.configured)
+
+
 def connect(address: str | None = None, **overrides: Any) -> Client:
     """A Dask distributed client for the configured cluster; prints where its dashboard is.
 
@@ -113,6 +185,11 @@ def connect(address: str | None = None, **overrides: Any) -> Client:
         client = _connect_address(scheduler, settings["connect_timeout"])
     else:
         client = _connect_local(settings)
+    tracebacks_to_debug_log()
+    try:
+        client.register_plugin(DebugLogPlugin(dask.config.get("cryocloud.debug_log", None)))
+    except OSError:  # a worker died while the plugin was sent: the scheduler keeps it for the worker's replacement
+        log.debug("debug-log plugin not sent to every worker", exc_info=True)
     log.info("Dask dashboard: %s", client.dashboard_link)
     return client
 

@@ -34,3 +34,15 @@ class StoreError(CryocloudError, OSError):
 
 class OutputExistsError(CryocloudError, FileExistsError):
     """Refusing to overwrite existing data (inputs are never overwritten; use overwrite=True)."""
+
+
+class ResourceError(CryocloudError):
+    """A computation needs more of a cluster resource (memory per worker) than the cluster gives it.
+
+    The message names the stage, what one task needs, the limit, and what to change.
+    """
+
+    def __init__(self, stage: str, problem: str):
+        self.stage = stage
+        self.problem = problem
+        super().__init__(f"{stage}: {problem}")
