@@ -11,7 +11,9 @@ from cryocloud.cli.app import app
 from cryocloud.cli.options import guarded, read_write_options
 from cryocloud.cluster import describe, session
 from cryocloud.errors import ModelError, StoreError
+from cryocloud.progress import check_task_memory
 from cryocloud.reconstruct import reconstruct as reconstruct_tomogram
+from cryocloud.reconstruct import slab_task_bytes
 from cryocloud.report import save_slices_png
 from cryocloud.store import is_mrc, open_url, read_tilt_series, read_tomogram, require_contrast, write_tomogram
 
@@ -78,6 +80,7 @@ def reconstruct(
                   f"of {tomo.pixel_size:.3f} A, {filter} filter, {len(tomo.data.data.chunks[1])} slabs of {rows} rows")
     with session(scheduler) as client:
         console.print(describe(client))
+        check_task_memory(client, slab_task_bytes(ts, tomo), "reconstruct", smaller=f"fewer rows per task (--slab-rows, now {rows})")
         require_contrast(ts.data.data, in_url, what="the tilt series")
         write_tomogram(
             tomo, out_url, ngff_version=ngff_version, chunks=(64, rows, 64), levels=levels, overwrite=overwrite,
