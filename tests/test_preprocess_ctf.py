@@ -4,11 +4,12 @@ from pathlib import Path
 
 import dask.array as da
 import numpy as np
+import pandas as pd
 import pytest
 
 from cryocloud.errors import ModelError, StoreError
 from cryocloud.geometry import image_defocus_gradient, rotation_2d
-from cryocloud.model import TiltSeries
+from cryocloud.model import Microscope, TiltSeries
 from cryocloud.optics import ctf_2d, frequency_grid
 from cryocloud.preprocess.ctf_estimate import CtfSearch, estimate_ctf, fit_ctf, tile_offsets
 from cryocloud.preprocess.ctffind_io import apply_ctf_table, format_ctffind, parse_ctffind
@@ -119,13 +120,22 @@ def test_read_real_ctffind4_output_and_round_trip():
     row = table.iloc[0]
     assert (row["micrograph"], row["defocus_u"], row["defocus_v"], row["astigmatism_angle"]) == (1, 14477.870117, 13500.001953, 75.000012)
     assert row["fit_resolution_a"] == pytest.approx(12.144508)
-    from cryocloud.model import Microscope
-
     again = parse_ctffind(format_ctffind(table, pixel_size_a=1.327, microscope=Microscope()))
     np.testing.assert_allclose(again[["defocus_u", "defocus_v", "astigmatism_angle", "score"]], table[["defocus_u", "defocus_v", "astigmatism_angle", "score"]], atol=1e-5)
     ts = TiltSeries.from_array(np.zeros((60, 8, 8)), tilt_angles=np.linspace(-59, 59, 60), pixel_size=1.327)
     fitted = apply_ctf_table(ts, table)
     assert fitted.per_tilt("defocus_u")[1] == pytest.approx(18332.730469)
+
+
+def test_poor_fits_round_trip_through_the_ctffind_comment():
+    table = pd.DataFrame({"defocus_u": [20000.0, 21000.0, 22000.0], "defocus_v": [19000.0, 20000.0, 21000.0], "astigmatism_angle": [0.0] * 3,
+                          "score": [0.3, 0.01, 0.2], "fit_resolution_a": [8.0, 30.0, 9.0], "poor_fit": [False, True, False]})
+    text = format_ctffind(table, pixel_size_a=PX, microscope=Microscope(), resolution_range_a=(30.0, 4.2))
+    assert "# Poor fits (micrograph numbers): 2" in text and "max. res.: 4.2 Angstroms" in text
+    assert parse_ctffind(text).attrs["poor_fit"] == [2]
+    assert "poor_fit" not in parse_ctffind(format_ctffind(table.assign(poor_fit=False), pixel_size_a=PX, microscope=Microscope())).attrs
+    with pytest.raises(StoreError, match="poor_fit"):
+        parse_ctffind(text.replace("micrograph numbers): 2", "micrograph numbers): two"), "bad.txt")
 
 
 def test_malformed_ctffind_names_the_line():
