@@ -127,6 +127,7 @@ def test_tilts_without_a_clear_peak_search_a_window_around_the_clear_ones_and_ar
     assert "1: 0.0" in caplog.text
     mean = 0.5 * (result.table["defocus_u"] + result.table["defocus_v"]).to_numpy()
     assert np.all(np.abs(mean[[0, 2]] - [22000.0, 38000.0]) < 500)
+    assert estimate_ctf(ts, box=128, series_window_a=None).poor_tilts == [1]  # flagged without the window too
 
 
 def test_search_ranges_adapt_to_the_clear_tilts():

@@ -23,7 +23,8 @@ Per tilt (one Dask task per tilt):
    full-range defocus, whatever the spread of the series. Only a tilt without a clear peak (low
    dose, high tilt) is searched within a window around the series: centred on the median defocus
    of the clear tilts, half-width `series_window_a` widened to cover their spread (no clear tilt:
-   centred on the best defocus of the summed curves). Such a tilt's fit is flagged poor.
+   centred on the best defocus of the summed curves). Such a tilt's fit is flagged poor, with or
+   without the window (`series_window_a` None: every tilt searches the full range).
 6. Score: that correlation. Fit resolution, as CTFFIND4 defines it: the spectra are averaged in
    equiphase bins of the fitted CTF (chi, so astigmatism and the tilt gradient are followed) and
    correlated with the fitted CTF^2 in a window sliding over the bins, about one Thon ring wide
@@ -262,7 +263,16 @@ class _Profiles:
         return _weighted_pearson(data.ravel(), self._highpass(model, window).ravel(), self.weights)
 
 
-def _search_1d(profiles: _Profiles, defocus_range_a: tuple[float, float], step_a: float) -> float:
+def clear_peak(scores: np.ndarray) -> np.ndarray:
+    """Whether 1D score curves (last axis: the defocus grid) have a clear peak: a maximum CLEAR_PEAK_Z
+    robust standard deviations (1.4826 MAD) above their median."""
+    median = np.median(scores, axis=-1)
+    spread = 1.4826 * np.median(np.abs(scores - median[..., None]), axis=-1)
+    return scores.max(axis=-1) - median >= CLEAR_PEAK_Z * np.maximum(spread, 1e-12)
+
+
+def _search_1d(profiles: _Profiles, defocus_range_a: tuple[float, float], step_a: float) -> tuple[float, np.ndarray]:
+    """(best defocus (A), the scores on the grid of the range)."""
     lo, hi = defocus_range_a
     grid = np.arange(lo, hi + step_a, step_a)
     scores = np.array([profiles.score(df) for df in grid])
@@ -271,7 +281,7 @@ def _search_1d(profiles: _Profiles, defocus_range_a: tuple[float, float], step_a
         lambda df: -profiles.score(df), bounds=(max(lo, best - step_a), min(hi, best + step_a)), method="bounded",
         options={"xatol": 1.0},
     )
-    return float(res.x)
+    return float(res.x), scores
 
 
 def _refine_2d(model: _Model, df0: float, defocus_range_a: tuple[float, float], max_astigmatism_a: float) -> tuple[float, float, float]:
@@ -407,9 +417,7 @@ def search_ranges(search: CtfSearch, *curves: np.ndarray) -> np.ndarray:
     defocus, wide enough to cover them all (no clear tilt: around the best of the summed curves)."""
     grid = search.grid()
     scores = np.stack(curves)
-    median = np.median(scores, axis=1)
-    spread = 1.4826 * np.median(np.abs(scores - median[:, None]), axis=1)
-    clear = scores.max(axis=1) - median >= CLEAR_PEAK_Z * np.maximum(spread, 1e-12)
+    clear = clear_peak(scores)
     lo, hi = search.defocus_range_a
     ranges = np.tile([lo, hi, 0.0], (len(curves), 1))
     ranges[:, 2] = clear
@@ -427,11 +435,14 @@ def search_ranges(search: CtfSearch, *curves: np.ndarray) -> np.ndarray:
 
 
 def fit_tiles(tiles: TileSpectra, microscope: Microscope, search: CtfSearch, search_range: np.ndarray | None = None) -> CtfFit:
-    """Fit U/V/angle to tile spectra; `search_range` (lo, hi, clear) from `search_ranges` (default:
-    the full range, clear). Poor: not clear, or the fitted CTF does not agree with the spectrum."""
+    """Fit U/V/angle to tile spectra within `search_range` (lo, hi, clear) from `search_ranges`
+    (default: the full range; clear from its own 1D scores). Poor: no clear 1D peak, or the fitted
+    CTF does not agree with the spectrum (`fit_resolution`)."""
     k_lo, k_hi = search.band(tiles.pixel_size_a)
-    lo, hi, clear = (*search.defocus_range_a, 1.0) if search_range is None else search_range
-    df1 = _search_1d(_Profiles(tiles, k_lo, k_hi, microscope), (lo, hi), search.defocus_step_a)
+    lo, hi, clear = (*search.defocus_range_a, None) if search_range is None else search_range
+    df1, scores = _search_1d(_Profiles(tiles, k_lo, k_hi, microscope), (lo, hi), search.defocus_step_a)
+    if clear is None:
+        clear = bool(clear_peak(scores))
     model = _Model(_Spectra(tiles, k_lo, k_hi, 2.0 / (wavelength_a(microscope.voltage_kv) * df1)), microscope)
     u, v, ang = _refine_2d(model, df1, search.defocus_range_a, search.max_astigmatism_a)
     k, data, phase = equiphase_profile(model, u, v, ang)
