@@ -35,6 +35,7 @@ class ProjectionModelFit:
     shifts: np.ndarray  # (T, 2) aligned-frame shifts d (x, y), gauge removed
     points: np.ndarray  # (P, 3) x, y, z of the tracked points (gauge: any common offset); NaN if unused
     residuals: np.ndarray  # (T, P) length of the residual vector; NaN where a point was not seen
+    axis_sigma_deg: float = float("nan")  # least-squares standard error of the axis angle; NaN when not fitted
 
     def residual_per_tilt(self) -> np.ndarray:
         """RMS residual (T,) px over the points seen in each tilt; NaN for a tilt with none."""
@@ -101,11 +102,17 @@ def _solve(obs: np.ndarray, mask: np.ndarray, angles_deg: np.ndarray, axis_guess
             ]
         )
         m[1, 0] = m[0, 1]
-        c, s = np.linalg.eigh(m)[1][:, 0]
+        (lam_min, lam_max), vectors = np.linalg.eigh(m)
+        c, s = vectors[:, 0]
         axis = float(np.rad2deg(np.arctan2(s, c)))
         axis += 180.0 * np.round((axis_guess - axis) / 180.0)
+        # RSS(axis) = lam_min + (lam_max - lam_min) sin^2(axis - best): curvature 2 (lam_max - lam_min)
+        dof = max(2 * t_idx.size - ax.shape[1] - ay.shape[1] - 1, 1)
+        sigma = np.sqrt(lam_min / dof / (lam_max - lam_min)) if lam_max > lam_min else np.inf
+        sigma_deg = float(np.rad2deg(sigma))
     else:
         axis = float(axis_guess)
+        sigma_deg = float("nan")
     a = np.deg2rad(axis)
     q_x = np.cos(a) * u + np.sin(a) * v
     q_y = -np.sin(a) * u + np.cos(a) * v
@@ -116,7 +123,7 @@ def _solve(obs: np.ndarray, mask: np.ndarray, angles_deg: np.ndarray, axis_guess
     shifts = np.stack([x_unknowns[2 * n_p :], y_unknowns[n_p:]], axis=1)
     points = np.stack([x_unknowns[:n_p], y_unknowns[:n_p], x_unknowns[n_p : 2 * n_p]], axis=1)
     points[~mask.any(axis=0)] = np.nan
-    return axis, shifts, points, res
+    return axis, shifts, points, res, sigma_deg
 
 
 def fit_projection_model(
@@ -132,13 +139,32 @@ def fit_projection_model(
     mask &= mask.sum(axis=0, keepdims=True) >= min_views
     if mask.sum() < 3 * mask.shape[1] + 2 * mask.shape[0]:
         raise ModelError("tilt_series", f"too few tracked patch positions ({int(mask.sum())}) to fit the tilt geometry")
-    axis, shifts, points, res = _solve(obs, mask, angles, axis_guess_deg, estimate_axis)
+    axis, shifts, points, res, sigma = _solve(obs, mask, angles, axis_guess_deg, estimate_axis)
     rms = np.sqrt(np.nanmean(res**2))
     keep = mask & ~(res > max(3.0 * rms, 1.0))
     keep &= keep.sum(axis=0, keepdims=True) >= min_views
     if keep.sum() < mask.sum():
-        axis, shifts, points, res = _solve(obs, keep, angles, axis_guess_deg, estimate_axis)
-    return ProjectionModelFit(axis, remove_gauge(shifts, angles), points, res)
+        axis, shifts, points, res, sigma = _solve(obs, keep, angles, axis_guess_deg, estimate_axis)
+    return ProjectionModelFit(axis, remove_gauge(shifts, angles), points, res, sigma)
+
+
+def geometry_residuals(obs: np.ndarray, angles_deg: np.ndarray, axis_deg: float, shifts: np.ndarray, *, min_views: int = 4) -> np.ndarray:
+    """RMS residual per tilt (T,) px of tracked raw positions `obs` (T, P, 2) against a given geometry.
+
+    The axis angle and the aligned-frame shifts d (T, 2) are held; only each point's (x, y, z) is fitted
+    (points seen in fewer than `min_views` tilts are left out). NaN for a tilt with no point.
+    """
+    t = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    q = np.asarray(obs, dtype=np.float64) @ rotation_2d(axis_deg) - np.asarray(shifts)[:, None, :]  # R(-axis) raw - d
+    seen = np.all(np.isfinite(q), axis=2)
+    res = np.full(seen.shape, np.nan)
+    for p in np.flatnonzero(seen.sum(axis=0) >= min_views):
+        m = seen[:, p]
+        design = np.stack([np.cos(t[m]), np.sin(t[m])], axis=1)
+        xz = np.linalg.lstsq(design, q[m, p, 0], rcond=None)[0]
+        res[m, p] = np.hypot(q[m, p, 0] - design @ xz, q[m, p, 1] - q[m, p, 1].mean())
+    n = np.isfinite(res).sum(axis=1)
+    return np.where(n > 0, np.sqrt(np.nansum(res**2, axis=1) / np.maximum(n, 1)), np.nan)
 
 
 def tilt_offset_from_points(points: np.ndarray) -> float:

@@ -11,11 +11,14 @@ from cryocloud.plotting import subplots
 
 
 def save_residuals_png(result: AlignmentResult, target: str | IO[bytes], title: str = "") -> None:
-    """PNG with two panels against the tilt angle (deg): residual per tilt (A) and shift_x / shift_y (A)."""
+    """PNG with two panels against the tilt angle (deg): residuals per tilt (A) and shift_x / shift_y (A)."""
     angles = np.asarray(result.tilt_angles_deg)
     order = np.argsort(angles)
     fig, (top, bottom) = subplots(2, 1, figsize=(6.5, 6), sharex=True)
-    top.plot(angles[order], result.residuals[order], "o-", ms=3)
+    top.plot(angles[order], result.residuals[order], "o-", ms=3, label=result.method)
+    if result.model_residuals_a is not None:
+        top.plot(angles[order], np.asarray(result.model_residuals_a)[order], "s-", ms=3, label="patches vs final geometry")
+        top.legend()
     top.set_ylabel("residual (A)")
     top.set_title(
         f"{title}\n{result.method}: axis {result.tilt_axis_angle_deg:.2f} deg, tilt offset {result.tilt_offset_deg:.2f} deg".strip()

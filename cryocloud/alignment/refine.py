@@ -3,9 +3,11 @@
 The prepared images are resampled into the aligned frame with the current (axis, d), reconstructed
 by weighted back-projection (`cryocloud.reconstruct.reconstruct`, a volume of `thickness` px) and
 reprojected with `cryocloud.project.project_volume`. The correlation peak delta of tilt t against
-its reprojection is the remaining error of its aligned-frame shift: d_t += delta. The tilt-axis
-angle is refined by maximising the mean correlation score over a few trial angles (parabola
-through the best three), the raw-frame shifts held fixed.
+its reprojection is the remaining error of its aligned-frame shift: d_t += delta, repeated until every
+correction is below SHIFT_TOLERANCE_PX. The tilt-axis angle is refined by maximising the mean
+correlation score (bracketing, then Brent's method to AXIS_TOLERANCE_DEG, within
+AXIS_SEARCH_BOUND_DEG of the start), the raw-frame shifts held fixed. Every search says whether it
+converged or stopped at its bound.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ import numpy as np
 from cryocloud.alignment.axis import remove_gauge
 from cryocloud.alignment.correlate import find_shifts
 from cryocloud.alignment.images import aligned_view
+from cryocloud.alignment.search import AngleSearch, maximise
 from cryocloud.geometry import rotation_2d
 from cryocloud.model import TiltSeries
 from cryocloud.project import project_volume
 from cryocloud.reconstruct import reconstruct
+
+SHIFT_TOLERANCE_PX = 0.05  # projection matching stops when every correction is smaller (px of the images matched)
+AXIS_TOLERANCE_DEG = 0.02  # the axis search locates the score's maximum to this (deg)
+AXIS_SEARCH_BOUND_DEG = 1.0  # the axis search moves the axis at most this far (deg; its score is flat); reaching it is reported
 
 
 @dataclass(frozen=True)
@@ -57,11 +64,12 @@ def refine_shifts(
     thickness: int,
     *,
     iterations: int,
-    tolerance: float = 0.05,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Projection-matching iterations; returns aligned-frame shifts (T, 2) and the last corrections |delta| (T,) px.
+    tolerance: float = SHIFT_TOLERANCE_PX,
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Projection-matching iterations until every correction is below `tolerance` px, at most `iterations`.
 
-    Stops early when every correction is below `tolerance` px.
+    Returns aligned-frame shifts (T, 2), the last corrections |delta| (T,) px and whether they fell
+    below the tolerance (False: stopped at the iteration cap).
     """
     d = np.array(shifts, dtype=np.float64)
     moved = np.full(len(d), np.nan)
@@ -70,8 +78,8 @@ def refine_shifts(
         d = remove_gauge(d + step.delta, angles_deg)
         moved = np.hypot(step.delta[:, 0], step.delta[:, 1])
         if moved.max() < tolerance:
-            break
-    return d, moved
+            return d, moved, True
+    return d, moved, False
 
 
 def refine_axis(
@@ -83,22 +91,18 @@ def refine_axis(
     thickness: int,
     *,
     step_deg: float = 0.5,
-) -> float:
-    """Axis angle (deg) maximising the mean projection-matching score around `axis_deg` (+-2 steps).
+    max_change_deg: float = AXIS_SEARCH_BOUND_DEG,
+    tolerance_deg: float = AXIS_TOLERANCE_DEG,
+) -> AngleSearch:
+    """Axis angle (deg) maximising the mean projection-matching score, within `max_change_deg` of `axis_deg`.
 
-    The raw-frame shifts s = R(axis) d are kept while the axis angle varies.
+    The maximum is bracketed (downhill steps from `step_deg`, growing), then located by Brent's bounded
+    method to `tolerance_deg`. The raw-frame shifts s = R(axis) d are kept while the axis angle varies.
+    The standard error comes from the per-tilt scores at the optimum +- 0.25 deg (`search.delta_sigma`).
     """
     raw_shifts = np.asarray(shifts) @ rotation_2d(axis_deg).T
-    trials = axis_deg + step_deg * np.arange(-2, 3)
 
-    def score(a: float) -> float:
-        d = raw_shifts @ rotation_2d(a)
-        return float(np.mean(match_once(images, angles_deg, a, d, window, thickness).scores))
+    def scores(a: float) -> np.ndarray:
+        return match_once(images, angles_deg, a, raw_shifts @ rotation_2d(a), window, thickness).scores
 
-    values = np.array([score(a) for a in trials])
-    best = int(np.argmax(values))
-    if best in (0, len(trials) - 1):
-        return float(trials[best])
-    cm, c0, cp = values[best - 1 : best + 2]
-    denom = cm - 2 * c0 + cp
-    return float(trials[best] + (0.5 * step_deg * (cm - cp) / denom if denom < 0 else 0.0))
+    return maximise(scores, axis_deg, step=step_deg, bound=max_change_deg, tolerance=tolerance_deg, h=0.25)

@@ -23,6 +23,11 @@ class AlignmentResult:
         ("patch-tracking"), length of the last projection-matching correction
         ("projection-matching"), NaN without refinement ("none").
     tilt_angles_deg: nominal tilt angles (T,) (deg); pixel_size_a: raw pixel size (A).
+    axis_uncertainty_deg: standard error of the tilt-axis angle (deg) from its last estimate; NaN when
+        the axis was not estimated.
+    model_residuals_a: (T,) RMS residual (A) of patches tracked at the final geometry against it
+        (`axis.geometry_residuals`), whatever the method: how well each tilt fits the alignment.
+    limits: one message per search that stopped at a cap or bound instead of converging (empty: all converged).
     """
 
     tilt_axis_angle_deg: float
@@ -33,6 +38,9 @@ class AlignmentResult:
     pixel_size_a: float
     method: str
     binning: int
+    axis_uncertainty_deg: float = float("nan")
+    model_residuals_a: np.ndarray | None = None
+    limits: tuple[str, ...] = ()
 
     @property
     def corrected_tilt_angles_deg(self) -> np.ndarray:
@@ -61,5 +69,25 @@ class AlignmentResult:
             "binning": self.binning,
             "tilt_axis_angle_deg": float(self.tilt_axis_angle_deg),
             "tilt_offset_deg": float(self.tilt_offset_deg),
-            "residuals_a": [None if not np.isfinite(r) else float(r) for r in self.residuals],
+            "residuals_a": _json_list(self.residuals),
+            "axis_uncertainty_deg": None if not np.isfinite(self.axis_uncertainty_deg) else float(self.axis_uncertainty_deg),
+            "model_residuals_a": None if self.model_residuals_a is None else _json_list(self.model_residuals_a),
+            "converged": not self.limits,
+            "limits": list(self.limits),
         }
+
+    def quality_lines(self) -> list[str]:
+        """The result's own quality figures, one line each, for people: axis and its uncertainty, residuals, limits."""
+        sigma = f" +- {self.axis_uncertainty_deg:.2f}" if np.isfinite(self.axis_uncertainty_deg) else " (not estimated)"
+        lines = [f"tilt axis {self.tilt_axis_angle_deg:.2f}{sigma} deg, tilt offset {self.tilt_offset_deg:.2f} deg ({self.method})"]
+        if self.model_residuals_a is not None and np.any(np.isfinite(self.model_residuals_a)):
+            r = np.asarray(self.model_residuals_a)
+            worst = int(np.nanargmax(r))
+            lines.append(f"patch residual per tilt against the alignment: median {np.nanmedian(r):.1f} A, "
+                         f"max {r[worst]:.1f} A at {self.tilt_angles_deg[worst]:g} deg")
+        lines += [f"stopped at a bound: {m}" for m in self.limits] or ["every search converged to its tolerance"]
+        return lines
+
+
+def _json_list(values: np.ndarray) -> list:
+    return [None if not np.isfinite(v) else float(v) for v in values]

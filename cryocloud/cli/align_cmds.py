@@ -28,6 +28,7 @@ def align(
     refine: str = typer.Option("projection-matching", "--refine", help="projection-matching | patch-tracking | none."),
     iterations: int = typer.Option(3, "--iterations", help="Projection-matching iterations."),
     estimate_axis: bool = typer.Option(True, "--estimate-axis/--fixed-axis", help="Fit the tilt-axis angle or keep it."),
+    axis_method: Optional[str] = typer.Option(None, "--axis-method", help="projection-matching (default with --refine projection-matching) | patch-model (default otherwise) | common-line."),
     axis_angle: Optional[float] = typer.Option(None, "--axis-angle", help="Tilt-axis angle guess (deg; default: the input's)."),
     tilt_offset: bool = typer.Option(False, "--tilt-offset", help="Estimate a tilt-angle offset (levels the specimen)."),
     binning: Optional[int] = typer.Option(None, "--binning", help="Image binning for alignment (default: to <= 512 px)."),
@@ -37,7 +38,11 @@ def align(
     anon: bool = typer.Option(False, "--anon", help="Anonymous read access (public buckets)."),
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint."),
 ) -> None:
-    """Align a tilt series: shifts, tilt-axis angle and (optionally) tilt offset; residuals per tilt in a PNG."""
+    """Align a tilt series: shifts, tilt-axis angle and (optionally) tilt offset; residuals per tilt in a PNG.
+
+    Prints the result's quality figures: the axis angle's standard error, each tilt's patch residual
+    against the final geometry, and every search that stopped at a bound instead of converging.
+    """
     read_options, write_options = read_write_options(endpoint_url, anon)
     logger = logging.getLogger("cryocloud.alignment")
     handler = RichHandler(console=console, show_path=False)
@@ -46,12 +51,18 @@ def align(
     try:
         ts = read_tilt_series(in_url, storage_options=read_options)
         parameters = {"refine": refine, "iterations": iterations, "estimate_axis": estimate_axis, "axis_angle_guess_deg": axis_angle,
-                      "tilt_offset": tilt_offset, "binning": binning, "thickness_a": thickness}
+                      "tilt_offset": tilt_offset, "binning": binning, "thickness_a": thickness,
+                      "axis_method": axis_method}
         result = align_tilt_series(ts, estimate_axis=estimate_axis, axis_angle_guess_deg=axis_angle, refine=refine,
-                                   iterations=iterations, tilt_offset=tilt_offset, binning=binning, thickness_a=thickness)
+                                   iterations=iterations, tilt_offset=tilt_offset, binning=binning, thickness_a=thickness,
+                                   axis_method=axis_method)
     finally:
         logger.removeHandler(handler)
     urls = write_alignment(ts, result, out_url, parameters=parameters, xf_url=xf, tlt_url=tlt, ngff_version=ngff_version,
                            overwrite=overwrite, storage_options=write_options, title=in_url)
-    console.print(f"axis {result.tilt_axis_angle_deg:.2f} deg, tilt offset {result.tilt_offset_deg:.2f} deg; "
-                  f"wrote {', '.join(urls.values())}")
+    for line in result.quality_lines():
+        console.print(line)
+    if result.model_residuals_a is not None:
+        console.print("patch residual per tilt (deg: A): " + ", ".join(
+            f"{t:g}: {r:.1f}" for t, r in sorted(zip(result.tilt_angles_deg, result.model_residuals_a))))
+    console.print(f"wrote {', '.join(urls.values())}")
