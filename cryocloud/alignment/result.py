@@ -24,7 +24,7 @@ class AlignmentResult:
         ("projection-matching"), NaN without refinement ("none").
     tilt_angles_deg: nominal tilt angles (T,) (deg); pixel_size_a: raw pixel size (A).
     axis_uncertainty_deg: standard error of the tilt-axis angle (deg) from its last estimate; NaN when
-        the axis was not estimated.
+        the axis was not estimated or its score has no maximum there (a search stopped at its bound).
     model_residuals_a: (T,) RMS residual (A) of patches tracked at the final geometry against it
         (`axis.geometry_residuals`), whatever the method: how well each tilt fits the alignment.
     limits: one message per search that stopped at a cap or bound instead of converging (empty: all converged).
@@ -78,7 +78,7 @@ class AlignmentResult:
 
     def quality_lines(self) -> list[str]:
         """The result's own quality figures, one line each, for people: axis and its uncertainty, residuals, limits."""
-        sigma = f" +- {self.axis_uncertainty_deg:.2f}" if np.isfinite(self.axis_uncertainty_deg) else " (not estimated)"
+        sigma = f" +- {self.axis_uncertainty_deg:.2f}" if np.isfinite(self.axis_uncertainty_deg) else " (uncertainty unknown)"
         lines = [f"tilt axis {self.tilt_axis_angle_deg:.2f}{sigma} deg, tilt offset {self.tilt_offset_deg:.2f} deg ({self.method})"]
         if self.model_residuals_a is not None and np.any(np.isfinite(self.model_residuals_a)):
             r = np.asarray(self.model_residuals_a)
