@@ -29,31 +29,28 @@ PEER = "template matching on the raw tomogram"
 
 
 def _f_beta(tomo, null, series, workdir: str, truth_positions: np.ndarray, increment: float) -> tuple[dict, float]:
-    from cryocloud.pick import MatchSettings, TiltWeighting, map_from_model, prepare_template, uniform_rotations
+    from cryocloud.pick import TiltWeighting, map_from_model
     from cryocloud.pick.evaluate import f_beta
-    from cryocloud.pick.null import empirical_threshold
-    from cryocloud.pick.peaks import extract_peaks
-    from cryocloud.pick.results import block_moments_of, read_match, run_match
+    from cryocloud.pick.job import MatchJob, PeaksJob
+    from cryocloud.pick.results import read_search, run_match
     from cryocloud.simulate.atomic import BUNDLED_STRUCTURE
 
     px = tomo.pixel_size
-    template = prepare_template(map_from_model(str(BUNDLED_STRUCTURE), px), px, px)
-    rotations = uniform_rotations(increment, "C1")
-    search = dict(tilts=TiltWeighting.from_tilt_series(series), settings=MatchSettings(resolution_a=2.5 * px, subvolume=64), overwrite=True)
+    job = MatchJob(angular_increment_deg=increment, subvolume=64)  # low-pass 2.5 voxels
+    template = job.prepare(map_from_model(str(BUNDLED_STRUCTURE), px), px, px)
+    search = dict(job=job, tilts=TiltWeighting.from_tilt_series(series), overwrite=True)
     t0 = time.perf_counter()
-    run_match(tomo, template, rotations, workdir, **search)
+    run_match(tomo, template, None, workdir, **search)
     seconds = time.perf_counter() - t0
-    run_match(null, template, rotations, f"{workdir}_null", **search)
-    scores, orientation, rots, summary = read_match(workdir)
-    radius, tolerance = 2.0 * template.particle_radius * px, template.radius * px / 2
-    cut = empirical_threshold(read_match(f"{workdir}_null")[0], min_distance_voxels=radius / px, n_false=1.0)
+    run_match(null, template, None, f"{workdir}_null", **search)
+    maps, _ = read_search(workdir)
+    tolerance = template.radius * px / 2
+    cut = PeaksJob().null_threshold(maps, read_search(f"{workdir}_null")[0])
     found = {}
     for mode, null_threshold in (("global", None), ("block", None), ("slab", None), ("null", cut)):
-        particles, _ = extract_peaks(scores, orientation, rots, radius_a=radius, n_false=1.0, score_std=summary["score_std"],
-                                     n_search=summary["n_search"], block_moments=block_moments_of(summary),
-                                     local_sigma="slab" if mode == "null" else mode, null_threshold=null_threshold)
+        particles, _ = PeaksJob(local_sigma="slab" if mode == "null" else mode).run(maps, null_threshold=null_threshold)
         found[mode] = (f_beta(particles.positions, truth_positions, tolerance=tolerance), len(particles))
-    best, _ = extract_peaks(scores, orientation, rots, radius_a=radius, n_false=None, number=len(truth_positions))
+    best, _ = PeaksJob(n_false=None, number=len(truth_positions)).run(maps)
     ranked = f_beta(best.positions, truth_positions, tolerance=tolerance)
     score, n_picks = found["slab"]
     local = {f"{key}_{mode}": value for mode in ("global", "block", "null") for key, value in (("f4", round(found[mode][0]["f4"], 3)), ("n_picks", found[mode][1]))}

@@ -32,7 +32,6 @@ from __future__ import annotations
 import sys
 import time
 
-import dask
 import numpy as np
 
 from cryocloud.model import Tomogram
@@ -70,15 +69,14 @@ def particle_radius_a() -> float:
 def template_matching(tomo: Tomogram, ts, radius_a: float, increment_deg: float = 30.0):
     """Template matching (wedge/CTF/dose weighted, `increment_deg` angular search) and peaks at
     one expected false alarm."""
-    from cryocloud.pick import MatchSettings, TiltWeighting, extract_peaks, map_from_model, match, prepare_template, uniform_rotations
+    from cryocloud.pick import TiltWeighting, map_from_model
+    from cryocloud.pick.job import MatchJob, PeaksJob, ScoreMaps
     from cryocloud.simulate.atomic import BUNDLED_STRUCTURE
 
-    template = prepare_template(map_from_model(str(BUNDLED_STRUCTURE), PX), PX, PX)
-    rotations = uniform_rotations(increment_deg)
-    result = match(tomo, template, rotations, tilts=TiltWeighting.from_tilt_series(ts), settings=MatchSettings(subvolume=96, resolution_a=40.0))
-    scores, orientation = dask.compute(result.scores, result.orientation)
-    sigma, n_search = result.score_std()
-    particles, _ = extract_peaks(scores, orientation, rotations, radius_a=2 * template.particle_radius * PX, n_false=1.0, score_std=sigma, n_search=n_search)
+    job = MatchJob(angular_increment_deg=increment_deg, subvolume=96, resolution_a=40.0)
+    template = job.prepare(map_from_model(str(BUNDLED_STRUCTURE), PX), PX, PX)
+    maps = ScoreMaps.of(job.run(tomo, template, TiltWeighting.from_tilt_series(ts)), template)
+    particles, _ = PeaksJob(local_sigma="global").run(maps)
     return particles
 
 

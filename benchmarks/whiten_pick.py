@@ -43,21 +43,21 @@ def twin(seed: int, shape: tuple[int, int, int], n_particles: int, pixel_size: f
     return tomo, Tomogram.from_array(even, pixel_size=px), Tomogram.from_array(odd, pixel_size=px), series, sim.particles.positions
 
 
-def f4_scores(tomo, series, truth: np.ndarray, settings, increment: float) -> dict:
-    """F4 at the cut-off, the number of picks and F4 of the N best peaks for one search."""
-    from cryocloud.pick import TiltWeighting, extract_peaks, map_from_model, match, prepare_template, uniform_rotations
+def f4_scores(tomo, series, truth: np.ndarray, job, noise) -> dict:
+    """F4 at the cut-off (the global sigma's), the number of picks and F4 of the N best peaks for the
+    search `job` (a MatchJob; `noise` the halves' noise spectrum for whitening "noise")."""
+    from cryocloud.pick import TiltWeighting, map_from_model
     from cryocloud.pick.evaluate import f_beta
+    from cryocloud.pick.job import PeaksJob, ScoreMaps
     from cryocloud.simulate.atomic import BUNDLED_STRUCTURE
 
     px = tomo.pixel_size
-    template = prepare_template(map_from_model(str(BUNDLED_STRUCTURE), px), px, px)
-    rotations = uniform_rotations(increment, "C1")
-    result = match(tomo, template, rotations, tilts=TiltWeighting.from_tilt_series(series), settings=settings)
-    scores, orientation = dask.compute(result.scores, result.orientation)
-    sigma, n_search = result.score_std()
+    template = job.prepare(map_from_model(str(BUNDLED_STRUCTURE), px), px, px)
+    result = job.run(tomo, template, TiltWeighting.from_tilt_series(series), noise=noise if job.whiten == "noise" else None)
+    maps = ScoreMaps.of(result, template)
     radius, tolerance = 0.8 * template.radius * px, template.radius * px / 2
-    picks, _ = extract_peaks(scores, orientation, rotations, radius_a=radius, n_false=1.0, score_std=sigma, n_search=n_search)
-    best, _ = extract_peaks(scores, orientation, rotations, radius_a=radius, n_false=None, number=len(truth))
+    picks, _ = PeaksJob(local_sigma="global", min_distance_a=radius).run(maps)
+    best, _ = PeaksJob(n_false=None, number=len(truth), min_distance_a=radius).run(maps)
     return {"f4": round(f_beta(picks.positions, truth, tolerance=tolerance)["f4"], 3), "n_picks": len(picks),
             "f4_best_n": round(f_beta(best.positions, truth, tolerance=tolerance)["f4"], 3)}
 
@@ -65,7 +65,7 @@ def f4_scores(tomo, series, truth: np.ndarray, settings, increment: float) -> di
 def run(quick: bool = False, seeds: tuple[int, ...] = (3, 5, 7), pixel_size: float = 16.0, shape: tuple[int, int, int] = (48, 96, 96),
         searches: tuple[str, ...] = SEARCHES, dose_per_tilt: float = 3.0) -> dict:
     """F4 of each search in `searches` on twins of `seeds` (quick: the first seed, without background correction)."""
-    from cryocloud.pick import MatchSettings
+    from cryocloud.pick.job import MatchJob
     from cryocloud.pick.spectrum import noise_spectrum
 
     n_particles, increment, px = 8, 45.0, pixel_size
@@ -76,21 +76,21 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (3, 5, 7), pixel_size: flo
     for seed in seeds:
         print(f"seed {seed}: simulating and reconstructing the twin", file=sys.stderr)
         tomo, even, odd, series, truth = twin(seed, shape, n_particles, px, dose_per_tilt=dose_per_tilt)
-        base = dict(resolution_a=2.5 * px, subvolume=128)
+        base = dict(angular_increment_deg=increment, subvolume=128)  # low-pass 2.5 voxels
         t0 = time.perf_counter()
         noise = noise_spectrum(even, odd, quiet=True)
         noise_s = time.perf_counter() - t0
-        settings = {
-            "none": MatchSettings(**base),
-            "tomogram": MatchSettings(**base, whiten=True),
-            "noise": MatchSettings(**base, whiten=True, noise=noise),
-            "none+background": MatchSettings(**base, background=True),
-            "noise+background": MatchSettings(**base, whiten=True, noise=noise, background=True),
+        jobs = {
+            "none": MatchJob(**base, whiten="none"),
+            "tomogram": MatchJob(**base, whiten="tomogram"),
+            "noise": MatchJob(**base),
+            "none+background": MatchJob(**base, whiten="none", background=True),
+            "noise+background": MatchJob(**base, background=True),
         }
         for name in searches[:3] if quick else searches:
             print(f"seed {seed}: matching, whitening {name}", file=sys.stderr)
             t0 = time.perf_counter()
-            result.setdefault(name, {})[str(seed)] = f4_scores(tomo, series, truth, settings[name], increment)
+            result.setdefault(name, {})[str(seed)] = f4_scores(tomo, series, truth, jobs[name], noise)
             print(f"seed {seed}: {name} {result[name][str(seed)]}", file=sys.stderr)
             if name in times:
                 times[name] += time.perf_counter() - t0 + (noise_s if name == "noise" else 0.0)

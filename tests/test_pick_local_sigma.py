@@ -10,7 +10,7 @@ import xarray as xr
 from cryocloud.cli import main
 from cryocloud.errors import ModelError
 from cryocloud.geometry import random_rotations
-from cryocloud.pick.match import MatchSettings
+from cryocloud.pick.job import MatchJob
 from cryocloud.pick.peaks import BlockMoments, extract_peaks
 from cryocloud.pick.results import block_moments_of, read_match, run_match
 from test_pick_match import _synthetic
@@ -85,7 +85,7 @@ def test_block_moments_fall_back_and_check_their_shape():
 def test_search_keeps_moments_per_block_in_match_json(tmp_path, capsys):
     tomo, template, positions, truth_rotations = _synthetic()
     rotations = np.concatenate([truth_rotations, random_rotations(20, np.random.default_rng(9))])
-    summary = run_match(tomo, template, rotations, str(tmp_path / "tm"), settings=MatchSettings(subvolume=64, ctf="none"))
+    summary = run_match(tomo, template, rotations, str(tmp_path / "tm"), job=MatchJob(subvolume=64, ctf="none", resolution_a=3 * 21.0))
     blocks = block_moments_of(summary)
     assert [len(e) - 1 for e in blocks.edges] == [2, 3, 3] and blocks.edges[0][-1] == 40 and blocks.edges[2][-1] == 72
     assert blocks.total() == pytest.approx((summary["score_std"], summary["n_search"]), rel=1e-9)

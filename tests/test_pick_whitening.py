@@ -11,7 +11,7 @@ import pytest
 from cryocloud.errors import ModelError
 from cryocloud.model import Tomogram
 from cryocloud.optics import frequency_grid
-from cryocloud.pick import MatchSettings
+from cryocloud.pick import MatchJob, MatchSettings
 from cryocloud.pick.null import halves_difference
 from cryocloud.pick.spectrum import chunk_power, noise_spectrum, shell_grid
 
@@ -131,9 +131,9 @@ def test_noise_whitening_on_a_reconstructed_twin(tmp_path):
     from benchmarks.whiten_pick import f4_scores, twin
 
     tomo, even, odd, series, truth = twin(5, (48, 80, 80), 6, 16.0)
-    base = dict(resolution_a=40.0, subvolume=128)
-    none = f4_scores(tomo, series, truth, MatchSettings(**base), 45.0)
-    noise = f4_scores(tomo, series, truth, MatchSettings(**base, whiten=True, noise=noise_spectrum(even, odd, quiet=True)), 45.0)
+    base = dict(angular_increment_deg=45.0, resolution_a=40.0, subvolume=128)
+    none = f4_scores(tomo, series, truth, MatchJob(**base, whiten="none"), None)
+    noise = f4_scores(tomo, series, truth, MatchJob(**base, whiten="noise"), noise_spectrum(even, odd, quiet=True))
     assert noise["f4"] >= none["f4"] and noise["n_picks"] < none["n_picks"]
     assert noise["f4_best_n"] == 1.0
 

@@ -17,8 +17,9 @@ from cryocloud.model import Tomogram
 
 @pytest.mark.slow
 def test_worker_killed_during_template_matching(tmp_path):
-    from cryocloud.pick import MatchSettings, prepare_template
+    from cryocloud.pick import prepare_template
     from cryocloud.pick.angles import uniform_rotations
+    from cryocloud.pick.job import MatchJob
     from cryocloud.pick.results import read_match, run_match
 
     rng = np.random.default_rng(3)
@@ -29,15 +30,15 @@ def test_worker_killed_during_template_matching(tmp_path):
     volume[10:22, 10:22, 10:22] += 3 * blob
     tomo = Tomogram.from_array(volume, pixel_size=10.0)
     rotations = uniform_rotations(60.0)
-    settings = MatchSettings(subvolume=32, batch_size=max(1, len(rotations) // 3))
+    job = MatchJob(subvolume=32, batch_size=max(1, len(rotations) // 3))
     with dask.config.set(scheduler="synchronous"):
-        run_match(tomo, template, rotations, str(tmp_path / "ref"), settings=settings)
+        run_match(tomo, template, rotations, str(tmp_path / "ref"), job=job)
     marker = str(tmp_path / "killed")
     with two_worker_cluster() as cluster, Client(cluster) as client:
         client.register_plugin(SlowTasks("", 0.02))
         client.register_plugin(KillOnce("", after=8, marker=marker))
         before = set(client.scheduler_info()["workers"])
-        run_match(tomo, template, rotations, str(tmp_path / "killed-run"), settings=settings)
+        run_match(tomo, template, rotations, str(tmp_path / "killed-run"), job=job)
         after = set(client.scheduler_info()["workers"])
     assert os.path.exists(marker) and after != before
     ref_scores, ref_orient, _, ref_summary = read_match(str(tmp_path / "ref"))

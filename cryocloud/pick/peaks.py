@@ -183,7 +183,9 @@ def extract_peaks(
     with half a voxel: no pick centred on them). `null_threshold`: an empirical
     cut-off for the same n_false (`cryocloud.pick.null.empirical_threshold`, from a search of the
     tomogram's noise); every pick must clear it as well, and the threshold returned is never below
-    it. Positions are voxel indices times the voxel size (voxel (0,0,0) at 0 A).
+    it. Positions are the score map's x, y, z coordinates (A) at the picked voxels (a binned pyramid
+    level starts half a level-0 voxel per binning from 0); voxel indices times the voxel size when it
+    has none.
     """
     if n_false is None and number is None:
         raise ModelError("n_false", "give a false-alarm count or a number of particles to extract")
@@ -214,5 +216,6 @@ def extract_peaks(
     values_at = orientation.data.vindex if isinstance(orientation.data, da.Array) else np.asarray(orientation.values)
     idx = values_at[tuple(zyx.T)] if len(zyx) else np.zeros(0, np.int64)
     idx = np.asarray(idx.compute() if isinstance(idx, da.Array) else idx, dtype=np.int64)
-    particles = Particles.create(zyx[:, ::-1] * px, rotations[idx] if len(idx) else np.zeros((0, 3, 3)), values[keep], tomogram, class_name)
+    origin = np.array([float(scores.coords[d].values[0]) if d in scores.coords else 0.0 for d in "xyz"])
+    particles = Particles.create(zyx[:, ::-1] * px + origin, rotations[idx] if len(idx) else np.zeros((0, 3, 3)), values[keep], tomogram, class_name)
     return particles, threshold

@@ -6,11 +6,12 @@
     <out>/angles.npy                 the rotations (N, 3, 3) the indices refer to
     <out>/match.json                 search summary (written last: the job is complete); with
                                      `block_moments` (nz, ny, nx, 3) and `block_edges_zyx`, the score
-                                     moments per sub-volume block (results before them: absent)
+                                     moments per sub-volume block (results before them: absent),
+                                     `origin_xyz_a` the searched volume's first voxel (A), `job`
 
-`run_match` first searches every sub-volume missing from the cache (only the score moments come
-back to the client), then streams the maps from the cache into OME-Zarr through cryocloud.store.
-Rerunning an interrupted job searches only the missing sub-volumes.
+`run_match` runs a `MatchJob` (cryocloud.pick.job): it first searches every sub-volume missing from
+the cache (only the score moments come back to the client), then streams the maps from the cache
+into OME-Zarr through cryocloud.store; `read_search` gives them back for a `PeaksJob`. Rerunning an interrupted job searches only the missing sub-volumes.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import xarray as xr
 
 from cryocloud.errors import ModelError, OutputExistsError, StoreError
 from cryocloud.model import Tomogram
-from cryocloud.pick.match import BlockCache, MatchSettings, fingerprint, match
+from cryocloud.pick.job import MatchJob, ScoreMaps
+from cryocloud.pick.match import BlockCache, fingerprint
 from cryocloud.pick.peaks import BlockMoments
+from cryocloud.pick.spectrum import RadialSpectrum
 from cryocloud.pick.template import Template
 from cryocloud.pick.weighting import TiltWeighting
 from cryocloud.progress import compute
@@ -35,17 +38,19 @@ from cryocloud.store import open_url, read_tomogram, resolve, write_tomogram
 def run_match(
     tomogram: Tomogram,
     template: Template,
-    rotations: np.ndarray,
+    rotations: np.ndarray | None,
     url: str,
     *,
+    job: MatchJob = MatchJob(),
     tilts: TiltWeighting | None = None,
-    settings: MatchSettings = MatchSettings(),
+    noise: RadialSpectrum | None = None,
     tomogram_mask=None,
     overwrite: bool = False,
     storage_options: dict | None = None,
     description: dict | None = None,
 ) -> dict:
-    """Search, persist and write the results of a template-matching job; returns the summary."""
+    """Run `job` (the arguments of `MatchJob.run`; `rotations` None: the job's), persisting finished
+    sub-volumes, and write its results to `url`; returns the summary."""
     out = resolve(url, storage_options)
     summary_loc = out.child("match.json")
     if summary_loc.exists():
@@ -53,12 +58,15 @@ def run_match(
             raise OutputExistsError(f"{summary_loc.url}: a finished template-matching result exists; use overwrite=True (--overwrite)")
         out.require_writable()
         out.filesystem().rm(out.path, recursive=True)
+    rotations = job.rotations(template) if rotations is None else rotations
+    settings = job.settings(tomogram.pixel_size, noise)
     search_id = fingerprint(template, rotations, tilts, settings, tomogram.shape)
     cache = BlockCache(out.child("blocks", search_id).url, out.storage_options)
-    searched = match(tomogram, template, rotations, tilts=tilts, settings=settings, tomogram_mask=tomogram_mask, cache=cache)
+    search = dict(tilts=tilts, rotations=rotations, noise=noise, mask=tomogram_mask, cache=cache)
+    searched = job.run(tomogram, template, **search)
     (blocks,) = compute(searched.block_moments, description=f"template matching: {len(rotations):,} orientations")
     sigma, count = blocks.total()
-    stored = match(tomogram, template, rotations, tilts=tilts, settings=settings, tomogram_mask=tomogram_mask, cache=cache)
+    stored = job.run(tomogram, template, **search)
     summary = {
         "n_orientations": int(len(rotations)),
         "score_std": sigma,
@@ -66,10 +74,12 @@ def run_match(
         "block_moments": blocks.moments.tolist(),
         "block_edges_zyx": [e.tolist() for e in blocks.edges],
         "voxel_size": tomogram.pixel_size,
+        "origin_xyz_a": [float(tomogram.data.coords[d].values[0]) for d in "xyz"],
         "template_radius_voxels": float(template.radius),
         "particle_radius_voxels": float(template.particle_radius),
         "shape_zyx": list(tomogram.shape),
         "search_id": search_id,
+        "job": job.model_dump(mode="json"),
         "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
         **(description or {}),
     }
@@ -86,9 +96,20 @@ def run_match(
     return summary
 
 
+def read_search(url: str, *, storage_options: dict | None = None) -> tuple[ScoreMaps, dict]:
+    """A finished job's score maps for peak extraction and its summary (see `read_match`)."""
+    scores, orientation, rotations, summary = read_match(url, storage_options=storage_options)
+    particle_radius = float(summary.get("particle_radius_voxels", summary["template_radius_voxels"] / 2)) * float(summary["voxel_size"])
+    maps = ScoreMaps(scores, orientation, rotations, summary["score_std"], summary["n_search"], particle_radius,
+                     block_moments_of(summary, f"{url}/match.json"), summary.get("search_id"))
+    return maps, summary
+
+
 def read_match(url: str, *, storage_options: dict | None = None) -> tuple[xr.DataArray, xr.DataArray, np.ndarray, dict]:
     """A finished job's lazy score and orientation maps, its rotations and summary (StoreError when
-    it is not finished)."""
+    it is not finished). The maps' coordinates (A) are the searched tomogram's: its first voxel at
+    `origin_xyz_a` (a binned pyramid level's is half a level-0 voxel per binning; 0 for searches
+    stored before it was recorded)."""
     out = resolve(url, storage_options)
     summary_url = out.child("match.json").url
     try:
@@ -105,9 +126,18 @@ def read_match(url: str, *, storage_options: dict | None = None) -> tuple[xr.Dat
         if not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
             raise StoreError(summary_url, f"is {value!r}; expected a positive number: the search found no score variation to pick from", field=key)
     rotations = _read_rotations(out.child("angles.npy").url, summary.get("n_orientations"), storage_options)
-    scores = read_tomogram(out.child("scores.zarr").url, storage_options=storage_options).data
-    orientation = read_tomogram(out.child("orientation.zarr").url, storage_options=storage_options).data
+    origin = summary.get("origin_xyz_a", [0.0, 0.0, 0.0])
+    if not (isinstance(origin, list) and len(origin) == 3 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in origin)):
+        raise StoreError(summary_url, f"is {origin!r}; expected the searched tomogram's first voxel (x, y, z) in A", field="origin_xyz_a")
+    origin = dict(zip("xyz", origin))
+    scores, orientation = (_shifted(read_tomogram(out.child(f"{name}.zarr").url, storage_options=storage_options).data, origin)
+                           for name in ("scores", "orientation"))
     return scores, orientation, rotations, summary
+
+
+def _shifted(data: xr.DataArray, origin: dict[str, float]) -> xr.DataArray:
+    """`data` with its first voxel at `origin` (A per axis): the stored maps start at 0."""
+    return data.assign_coords({d: data.coords[d].values - data.coords[d].values[0] + float(origin[d]) for d in "zyx"})
 
 
 def block_moments_of(summary: dict, source: str = "match.json") -> BlockMoments | None:

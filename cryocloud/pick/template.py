@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from cryocloud.errors import ModelError, StoreError
-from cryocloud.store import open_url, read_mrc
+from cryocloud.store import is_atomic_model, open_url, read_mrc
 
 _EM_TYPES = {1: np.int8, 2: np.int16, 4: np.int32, 5: np.float32, 9: np.float64}
 _EM_HEADER = 512
@@ -52,6 +52,16 @@ def read_map(url: str, *, voxel_size: float | None = None, storage_options: dict
             return parse_em(f.read(), str(url)), float(voxel_size)
     tomo = read_mrc(url, pixel_size=voxel_size, storage_options=storage_options)
     return np.asarray(tomo.data.values, dtype=np.float32), tomo.pixel_size
+
+
+def read_template(url: str, voxel_size: float, *, template_voxel_size: float | None = None,
+                  storage_options: dict | None = None) -> tuple[np.ndarray, float]:
+    """A template's density (z, y, x) float32 and its voxel size (A): an atomic model
+    (`cryocloud.store.is_atomic_model`, a local file) rendered at `voxel_size` (the searched
+    tomogram's), else a map (`read_map`; `template_voxel_size` gives or overrides its voxel size)."""
+    if is_atomic_model(url):
+        return map_from_model(url, voxel_size), voxel_size
+    return read_map(url, voxel_size=template_voxel_size, storage_options=storage_options)
 
 
 def map_from_model(path: str, voxel_size: float, *, resolution_a: float | None = None) -> np.ndarray:

@@ -10,7 +10,7 @@ import yaml
 
 from cryocloud.denoise.noise2noise import N2NConfig
 from cryocloud.errors import CryocloudError
-from cryocloud.pick.peaks import LocalSigma
+from cryocloud.pick.job import MatchJob, PeaksJob
 from cryocloud.segment import MembraneSettings
 
 #: every stage in pipeline order; `simulate` or `input` (or `movies`, motion from frames) supplies the tilt series
@@ -98,41 +98,28 @@ class DenoiseParams(_Section):
         return value if isinstance(value, N2NConfig) else {"steps": PIPELINE_N2N_STEPS, **(value or {})}
 
 
-class MatchParams(_Section):
+class MatchParams(MatchJob):
+    """The match stage: a `MatchJob` (cryocloud.pick.job; the parameters and defaults of `cryocloud match`)
+    and what it searches. Whitening by `noise` uses the even/odd half tomograms' noise spectrum when the
+    reconstruct stage built them (movies; for deconvolved input, the null volume's), else none."""
+
     template: str | None = pydantic.Field(None, description="map (MRC/.em) or atomic model; default: the simulated structure")
     template_voxel_size_a: float | None = pydantic.Field(None, gt=0, description="voxel size of a map template (A)")
-    angular_increment_deg: float = pydantic.Field(30.0, gt=0, le=90)
-    symmetry: str = "C1"
     pyramid_level: int = pydantic.Field(1, ge=0, description="tomogram level to search (1 = binned by 2)")
-    resolution_a: float | None = pydantic.Field(None, gt=0)
-    subvolume: int = pydantic.Field(96, ge=16)
     input: Literal["tomogram", "denoised"] = pydantic.Field(
         "tomogram", description="volume to search: the reconstruction, or the denoise stage's output (then, with even/odd half "
         "tomograms, the cut-off also comes from the same search on their denoised half difference, cryocloud.pick.null, and after "
         "deconv whitening uses its spectrum)"
     )
-    whiten: bool = pydantic.Field(True, description="spectral whitening by the noise spectrum of the even/odd half tomograms when the "
-                                  "reconstruct stage built them (movies; for deconvolved input, of the null volume); without them no "
-                                  "whitening (the tomogram's own power spectrum is a poor proxy for its noise: it lowered F4 on twins)")
 
 
-class PeaksParams(_Section):
-    n_false: float | None = pydantic.Field(1.0, gt=0, description="expected false positives (statistical cut-off)")
-    fiducial_sigma: float | None = pydantic.Field(
-        20.0, gt=0, description="no picks within a particle radius of fiducials (gold: voxels beyond the searched tomogram's median "
-        "+- this many robust s.d.); None: picks may lie on them"
-    )
-    number: int | None = pydantic.Field(None, gt=0, description="or keep the best N")
+class PeaksParams(PeaksJob):
+    """The peaks stage: a `PeaksJob` (cryocloud.pick.job; the parameters and defaults of `cryocloud
+    extract-peaks`); fiducials are found in the searched tomogram unless `fiducial_sigma` is None."""
+
     avoid_membranes: bool = pydantic.Field(
         False, description="no picks centred on a membrane of the segment stage (soluble complexes; off for membrane proteins, "
         "whose centres lie there)"
-    )
-    local_sigma: LocalSigma = pydantic.Field(
-        "slab", description="score sigma of the cut-off: global (all scores), block (each sub-volume's own), slab (each z row of "
-        "sub-volumes; never below the global one)"
-    )
-    min_distance_a: float | None = pydantic.Field(
-        None, gt=0, description="minimum distance between picks (A); default the particle's diameter (twice the template's equivalent_radius)"
     )
 
 

@@ -6,7 +6,6 @@ when known; the cut-off never below the null search's empirical one when there i
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,10 @@ from cryocloud.pipeline.context import RunContext
 
 
 def stage_match(ctx: RunContext, overwrite: bool) -> None:
-    from cryocloud.pick import MatchSettings, TiltWeighting, map_from_model, prepare_template, read_map, uniform_rotations
+    """The config's `match` section is the MatchJob; this stage picks its inputs and writes through run_match."""
+    from cryocloud.pick import TiltWeighting
     from cryocloud.pick.results import run_match
-    from cryocloud.pick.spectrum import noise_spectrum, null_spectrum
-    from cryocloud.pick.template import check_fits
+    from cryocloud.pick.template import read_template
     from cryocloud.reconstruct import HALVES
     from cryocloud.simulate.atomic import BUNDLED_STRUCTURE
     from cryocloud.store import read_tomogram
@@ -30,43 +29,37 @@ def stage_match(ctx: RunContext, overwrite: bool) -> None:
     tomo = _searched(ctx, "tomogram.zarr")
     px = tomo.pixel_size
     path = p.template or str(ctx.results.get("structure") or BUNDLED_STRUCTURE)
-    if path.endswith((".mrc", ".map", ".em", ".rec")):
-        volume, template_px = read_map(path, voxel_size=p.template_voxel_size_a)
-    else:
-        volume, template_px = map_from_model(path, px), px
-    check_fits(volume.shape, template_px, tomo.shape, px, source=path)  # before resampling allocates it
-    template = prepare_template(volume, template_px, px, source=path)
-    rotations = uniform_rotations(p.angular_increment_deg, p.symmetry)
+    volume, template_px = read_template(path, px, template_voxel_size=p.template_voxel_size_a)
+    template = p.prepare(volume, template_px, px, tomogram_shape=tomo.shape, source=path)
     tilts = TiltWeighting.from_tilt_series(ctx.results["tilt_series"])
-    settings = MatchSettings(resolution_a=p.resolution_a or 2.5 * px, subvolume=p.subvolume)
     null = _searched(ctx, "null.zarr") if p.input == "denoised" and ctx.exists("denoise", "null.zarr") else None
     whitening = _whitening(ctx, null)
     description = {"template": path, "symmetry": p.symmetry, "pyramid_level": p.pyramid_level, "whitening": whitening, "input": p.input}
     searches = [(tomo, url, overwrite or not ctx.exists("match", "match.json"))]
     if null is not None:  # after the search above, which may clear match/
         searches.append((null, ctx.url("match", "null"), overwrite or not ctx.exists("match", "null", "match.json")))
+    noise = None
     if any(todo for _, _, todo in searches):
         if whitening == HALVES_NOISE:
-            halves = [read_tomogram(ctx.url("reconstruct", f"{h}.zarr"), level=p.pyramid_level, storage_options=so) for h in HALVES]
-            settings = replace(settings, whiten=True, noise=noise_spectrum(*halves))
+            halves = tuple(read_tomogram(ctx.url("reconstruct", f"{h}.zarr"), level=p.pyramid_level, storage_options=so) for h in HALVES)
+            noise = p.noise(halves=halves)
         elif whitening == NULL_NOISE:
-            settings = replace(settings, whiten=True, noise=null_spectrum(null))
+            noise = p.noise(null=null)
+    rotations = p.rotations(template)
     for volume, out, todo in searches:
         if todo:
-            run_match(volume, template, rotations, out, tilts=tilts, settings=settings, overwrite=True, storage_options=so,
+            run_match(volume, template, rotations, out, job=p, tilts=tilts, noise=noise, overwrite=True, storage_options=so,
                       description=description if volume is tomo else {**description, "input": "null: the denoised even/odd half difference"})
     ctx.results["template_radius_a"] = template.radius * px
     ctx.results["particle_radius_a"] = template.particle_radius * px
-    ctx.results["match_origin_a"] = np.array([float(tomo.data.coords[d].values[0]) for d in "xyz"])
     ctx.summary["match"] = {"n_orientations": int(len(rotations)), "voxel_size_a": px, "template": Path(path).name,
                             "whitening": whitening, "input": p.input, "null_search": None if null is None else "match/null"}
 
 
-def _membrane_voxels(ctx: RunContext, shape: tuple[int, ...]) -> Any:
-    """Voxel indices (M, 3) (z, y, x) of the segment stage's membranes on the searched pyramid level's
-    grid, which has the score map's `shape`."""
+def _membranes(ctx: RunContext, shape: tuple[int, ...]) -> Any:
+    """The segment stage's membrane labels (lazy) on the searched pyramid level's grid, which has the
+    score map's `shape`."""
     from cryocloud.errors import ModelError
-    from cryocloud.segment.components import voxels_where
     from cryocloud.store import read_labels
 
     if not ctx.exists("segment", "membranes.zarr"):
@@ -75,7 +68,7 @@ def _membrane_voxels(ctx: RunContext, shape: tuple[int, ...]) -> Any:
     if tuple(labels.shape) != tuple(shape):
         raise ModelError("peaks.avoid_membranes", f"membranes of shape {tuple(labels.shape)} at pyramid level {ctx.config.match.pyramid_level}, "
                                                   f"expected the score map's {tuple(shape)}")
-    return voxels_where(labels.data > 0, description="membrane voxels")
+    return labels
 
 
 HALVES_NOISE, NULL_NOISE = "noise of the even/odd halves", "noise of the null volume"
@@ -90,8 +83,8 @@ def _whitening(ctx: RunContext, null: Any) -> str:
     from cryocloud.reconstruct import HALVES
 
     p = ctx.config.match
-    if not p.whiten:
-        return "none"
+    if p.whiten != "noise":
+        return {"none": "none", "tomogram": "the tomogram's own power spectrum"}[p.whiten]
     if p.input == "tomogram":
         return HALVES_NOISE if all(ctx.exists("reconstruct", f"{h}.zarr") for h in HALVES) else "none (no half tomograms)"
     if null is None:
@@ -114,50 +107,35 @@ def _searched(ctx: RunContext, name: str) -> Any:
 
 
 def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
+    """The config's `peaks` section is the PeaksJob, run on the match stage's score maps; fiducials of the
+    searched tomogram and (`avoid_membranes`) the segment stage's membranes kept clear of picks."""
     from cryocloud.pick.evaluate import f_beta
     from cryocloud.pick.figures import write_score_figures
     from cryocloud.pick.formats import write_picks
-    from cryocloud.pick.null import check_same_search, empirical_threshold
-    from cryocloud.pick.peaks import extract_peaks
-    from cryocloud.pick.results import block_moments_of, read_match
-    from cryocloud.segment.fiducials import fiducial_voxels
+    from cryocloud.pick.results import read_search
     from cryocloud.store import write_particles_csv
 
     p = ctx.config.peaks
     so = ctx.storage_options
-    scores, orientation, rotations, summary = read_match(ctx.url("match"), storage_options=so)
-    particle_radius = ctx.results["particle_radius_a"]
-    avoid, gold, membrane = [], None, None
-    if p.fiducial_sigma is not None:
-        searched = ctx.read_tomogram(ctx.config.match.pyramid_level)
-        gold = fiducial_voxels(searched.data.data, sigma=p.fiducial_sigma)
-        avoid.append((gold, particle_radius))
-    if p.avoid_membranes:
-        membrane = _membrane_voxels(ctx, tuple(summary["shape_zyx"]))
-        avoid.append((membrane, 0.5 * float(summary["voxel_size"])))
-    min_distance = p.min_distance_a or 2.0 * particle_radius
+    maps, summary = read_search(ctx.url("match"), storage_options=so)
+    searched = ctx.read_tomogram(ctx.config.match.pyramid_level) if p.fiducial_sigma is not None else None
+    membranes = _membranes(ctx, maps.shape) if p.avoid_membranes else None
+    avoid = p.avoided(maps, searched=searched, mask=membranes)
     null = null_scores = None
     if p.n_false is not None and ctx.exists("match", "null", "match.json") and ctx.config.match.input == "denoised":
-        null_scores, _, _, null_summary = read_match(ctx.url("match", "null"), storage_options=so)
-        check_same_search(summary, null_summary, source=ctx.url("match", "null", "match.json"))
-        null = empirical_threshold(null_scores, min_distance_voxels=min_distance / float(summary["voxel_size"]), n_false=p.n_false,
-                                   source=ctx.url("match", "null"))
-    particles, threshold = extract_peaks(
-        scores, orientation, rotations, radius_a=min_distance, n_false=p.n_false, number=p.number,
-        score_std=summary["score_std"], n_search=summary["n_search"], block_moments=block_moments_of(summary, ctx.url("match", "match.json")),
-        local_sigma=p.local_sigma, tomogram="tomogram", class_name="ribosome", avoid=avoid,
-        null_threshold=null,
-    )
-    particles = replace(particles, positions=particles.positions + ctx.results["match_origin_a"])  # binned-level voxel centres
+        null_maps, _ = read_search(ctx.url("match", "null"), storage_options=so)
+        null, null_scores = p.null_threshold(maps, null_maps, source=ctx.url("match", "null")), null_maps.scores
+    particles, threshold = p.run(maps, avoid=avoid, null_threshold=null, tomogram="tomogram", object_name="ribosome")
     ctx.results["particles"] = particles
     write_particles_csv(particles, ctx.url("peaks", "particles.csv"), overwrite=True, storage_options=so)
     write_picks(particles, ctx.url("peaks", "particles.star"), "star", storage_options=so,
-                pixel_size=float(summary["voxel_size"]), shape_zyx=tuple(summary["shape_zyx"]))
-    write_score_figures(scores, particles, threshold, ctx.url("peaks", "scores"), radius_a=particle_radius, title="template matching",
+                pixel_size=float(summary["voxel_size"]), shape_zyx=maps.shape)
+    write_score_figures(maps.scores, particles, threshold, ctx.url("peaks", "scores"), radius_a=maps.particle_radius_a, title="template matching",
                         null_scores=null_scores, null_threshold=null, storage_options=so)
     figures: dict[str, Any] = {"n_picks": len(particles), "threshold": None if threshold is None else round(threshold, 4),
-                               "null_threshold": None if null is None else round(null, 4), "fiducial_voxels": None if gold is None else len(gold),
-                               "membrane_voxels": None if membrane is None else len(membrane)}
+                               "null_threshold": None if null is None else round(null, 4),
+                               "fiducial_voxels": len(avoid["fiducials"][0]) if "fiducials" in avoid else None,
+                               "membrane_voxels": len(avoid["mask"][0]) if "mask" in avoid else None}
     truth = ctx.results.get("truth_particles")
     if truth is not None:
         expected = truth.positions + ctx.results.get("volume_offset_a", np.zeros(3))

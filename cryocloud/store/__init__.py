@@ -12,14 +12,16 @@ from cryocloud.store.mdoc import Mdoc, parse_mdoc, read_mdoc
 from cryocloud.store.mrc import mrc_info, read_mrc, read_tilt_series_mrc, write_mrc
 from cryocloud.store.particles_csv import read_particles_csv, write_particles_csv
 from cryocloud.store.tiltfiles import alignments_from_xf, read_tlt, read_xf, write_tlt, write_xf, xf_from_alignments
-from cryocloud.store.volume import MRC_SUFFIXES, is_mrc, read_volume, require_contrast, require_volume
+from cryocloud.store.volume import ATOMIC_MODEL_SUFFIXES, MRC_SUFFIXES, is_atomic_model, is_mrc, read_volume, require_contrast, require_volume
 
 __all__ = [
+    "ATOMIC_MODEL_SUFFIXES",
     "MRC_SUFFIXES",
     "Location",
     "Mdoc",
     "alignments_from_xf",
     "image_info",
+    "is_atomic_model",
     "is_mrc",
     "mrc_info",
     "open_url",

@@ -17,11 +17,18 @@ from cryocloud.store.images import read_tomogram
 from cryocloud.store.mrc import read_mrc
 
 MRC_SUFFIXES = frozenset({".mrc", ".map", ".mrcs", ".st", ".ali", ".rec", ".preali"})
+ATOMIC_MODEL_SUFFIXES = (".cif", ".cif.gz", ".mmcif", ".pdb", ".pdb.gz", ".ent", ".ent.gz")
 
 
 def is_mrc(url: str | os.PathLike) -> bool:
     """True when the URL or path names an MRC file (suffix .mrc, .map, .mrcs, .st, .ali, .rec, .preali; any case)."""
     return PurePosixPath(os.fspath(url).rstrip("/")).suffix.lower() in MRC_SUFFIXES
+
+
+def is_atomic_model(url: str | os.PathLike) -> bool:
+    """True when a template's URL or path names an atomic model (mmCIF / PDB: .cif, .cif.gz, .mmcif, .pdb,
+    .pdb.gz, .ent, .ent.gz; any case); anything else is a density map (MRC, EM)."""
+    return os.fspath(url).rstrip("/").lower().endswith(ATOMIC_MODEL_SUFFIXES)
 
 
 def read_volume(url: str | os.PathLike, *, level: int = 0, storage_options: dict | None = None, chunks: Any = None) -> Tomogram:
