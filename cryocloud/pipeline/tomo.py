@@ -74,7 +74,7 @@ def stage_ctf(ctx: RunContext, overwrite: bool) -> None:
 
 
 def stage_align(ctx: RunContext, overwrite: bool) -> None:
-    from cryocloud.alignment import align_tilt_series
+    from cryocloud.alignment import align_tilt_series, apply_alignment
     from cryocloud.alignment.outputs import write_alignment
     from cryocloud.store import read_tilt_series
 
@@ -87,9 +87,14 @@ def stage_align(ctx: RunContext, overwrite: bool) -> None:
         result = align_tilt_series(ts, refine=p.refine, iterations=p.iterations, estimate_axis=p.estimate_axis, binning=p.binning)
         write_alignment(ts, result, url, parameters=p.model_dump(), overwrite=True, storage_options=so, title="alignment")
         stored = read_tilt_series(url, storage_options=so)
-    ctx.results["tilt_series"] = stored  # the reconstruct stage applies the stored alignment, slab by slab
+    # Lazily resampled into the aligned frame here, as before `reconstruct` learnt to apply a stored alignment per
+    # slab: the two give the same tomogram voxel for voxel (tests/test_align_chain.py), but the per-slab path
+    # changes the reconstruction's slab layout, and on the movie twin the Noise2Noise picks then differ (one false
+    # pick: tests/test_pipeline_movies.py precision 1.0 -> 0.667). Until that sensitivity is understood, the
+    # pipeline keeps its tested data flow.
+    ctx.results["tilt_series"] = apply_alignment(stored)
     if ctx.results.get("halves"):
-        ctx.results["halves"] = {h: aligned_like(stored, half) for h, half in ctx.results["halves"].items()}
+        ctx.results["halves"] = {h: apply_alignment(aligned_like(stored, half)) for h, half in ctx.results["halves"].items()}
     figures: dict[str, Any] = {"tilt_axis_angle_deg": round(stored.tilt_axis_angle, 3)}
     truth = ctx.results.get("truth")
     if truth is not None:
