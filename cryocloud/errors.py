@@ -46,3 +46,7 @@ class ResourceError(CryocloudError):
         self.stage = stage
         self.problem = problem
         super().__init__(f"{stage}: {problem}")
+
+
+class InputOverlapError(StoreError, OutputExistsError):
+    """An output that is, holds or lies inside an input (`cryocloud.store.guard`): never written."""

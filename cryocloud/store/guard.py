@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from cryocloud.errors import StoreError
+from cryocloud.errors import InputOverlapError
 
 LABELS_GROUP = "labels"
 
@@ -82,11 +82,11 @@ def overlap(output, protected: ProtectedInput) -> str | None:
 
 
 def refuse(output, inputs: Iterable[ProtectedInput]) -> None:
-    """StoreError (field 'output') when the location `output` overlaps one of `inputs`."""
+    """InputOverlapError (a StoreError on field 'output') when the location `output` overlaps one of `inputs`."""
     for protected in inputs:
         relation = overlap(output, protected)
         if relation is not None:
-            raise StoreError(
+            raise InputOverlapError(
                 output.url,
                 f"{relation} the input {protected.url}: a command never writes onto, inside or over its own input "
                 "(--overwrite does not change that); choose an output outside it",

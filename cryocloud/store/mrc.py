@@ -25,6 +25,7 @@ import xarray as xr
 from cryocloud.errors import ModelError, OutputExistsError, StoreError
 from cryocloud.model import Microscope, TiltSeries, Tomogram
 from cryocloud.progress import compute
+from cryocloud.store.guard import refuse_input_overlap
 from cryocloud.store.images import source_locations
 from cryocloud.store.location import Location, resolve
 from cryocloud.store.ngff import all_finite
@@ -250,9 +251,7 @@ def write_mrc(
     loc = resolve(url, storage_options)
     loc.require_writable()
     array, px = _as_volume(obj, pixel_size)
-    for src in source_locations(array):
-        if src.contains(loc) or loc.contains(src):
-            raise OutputExistsError(f"{loc.url}: refusing to write onto the input {src.url}; choose another output URL")
+    refuse_input_overlap([loc], source_locations(array))  # the images the lazy data are read from
     if loc.exists() and not overwrite:
         raise OutputExistsError(f"{loc.url}: exists already; pass overwrite=True (--overwrite) to replace it")
     if array.dtype == np.float64:

@@ -43,6 +43,7 @@ import zarr
 
 from cryocloud.errors import OutputExistsError, StoreError
 from cryocloud.progress import compute
+from cryocloud.store.guard import refuse_input_overlap
 from cryocloud.store.location import Location, describe_os_error, os_errors_as_store_errors, transport_errors
 
 UNIT_TO_ANGSTROM = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1e4, "picometer": 0.01, "meter": 1e10}
@@ -462,14 +463,6 @@ def downsample(stored: da.Array, binned: tuple[bool, ...], out_chunks: tuple[int
     return src.map_blocks(_pool, binned, stored.dtype, pooling, chunks=out_block_chunks, dtype=stored.dtype)
 
 
-def _refuse_inputs(loc: Location, sources: Iterable[Location]) -> None:
-    for src in sources:
-        if src.contains(loc) or loc.contains(src):
-            raise OutputExistsError(
-                f"{loc.url}: refusing to write onto the input {src.url} the data are read from; choose another output URL"
-            )
-
-
 def prepare_output(loc: Location, *, overwrite: bool, zarr_format: int) -> zarr.Group:
     """The group to write into: new, or an interrupted one to resume; complete ones need `overwrite`."""
     group = _open_group(loc, "r")
@@ -547,7 +540,7 @@ def write_multiscale(
         raise StoreError(loc.url, f"data have {data.ndim} dims, expected {len(axes)} ({[a['name'] for a in axes]})", field="dims")
     if pooling not in POOLINGS:
         raise StoreError(loc.url, f"pooling '{pooling}' is not supported; expected one of {POOLINGS}", field="pooling")
-    _refuse_inputs(loc, sources)
+    refuse_input_overlap([loc], sources)  # the images the lazy data are read from
     loc.require_writable()
     with os_errors_as_store_errors(loc.url, "written"):
         zarr_format = NGFF_VERSIONS[ngff_version]
