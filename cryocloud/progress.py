@@ -134,12 +134,17 @@ def _memory_fractions() -> tuple[float, float]:
     return float(pause), float(terminate)
 
 
+def _memory_restarts(client: Any, since: float) -> list[dict]:
+    """The scheduler's events of worker processes restarted by their nanny for memory since `since` (epoch s)."""
+    return [msg for t, msg in client.get_events("worker-restart-memory") if t >= since]
+
+
 def _killed_worker_error(client: Any, stage: str, since: float, killed: Any) -> ResourceError:
     """The ResourceError for distributed's KilledWorker `killed`: the worker processes running one task died
     `allowed_failures + 1` times (restarted by their nanny for memory when its events since `since` say so)."""
     _, terminate = _memory_fractions()
     tries = killed.allowed_failures + 1
-    restarts = [msg for t, msg in client.get_events("worker-restart-memory") if t >= since]
+    restarts = _memory_restarts(client, since)
     limit = killed.last_worker.memory_limit
     what_to_do = WHAT_TO_DO.format(smaller="smaller chunks")
     if restarts and limit:
@@ -205,7 +210,7 @@ class _StallWatch:
         self._limits.update(w["memory_limit"] for w in workers if w.get("memory_limit"))
         pause, terminate = _memory_fractions()
         if not workers:
-            restarts = [msg for t, msg in self.client.get_events("worker-restart-memory") if t >= self.since]
+            restarts = _memory_restarts(self.client, self.since)
             if not restarts:
                 return None  # e.g. an adaptive cluster still starting its workers
             limit = f"their {format_bytes(min(self._limits))} memory limit" if self._limits else "their memory limit"
