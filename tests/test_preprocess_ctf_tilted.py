@@ -1,66 +1,22 @@
-"""CTF estimation on tilted images simulated here from the physics (numpy/scipy only, independent of
-cryocloud.simulate and cryocloud.optics): a weak-phase specimen of Poisson-distributed blobs, 300 kV,
-Cs 2.7 mm, amplitude contrast 0.07, per-tilt defocus spread over 2 um, the defocus gradient across the
-tilt axis (IMOD/Dynamo: at positive tilt the right side, larger x, is more underfocused) and shot noise.
+"""CTF estimation on tilted images simulated from the physics (tests/tilted_ctf_images.py: numpy/scipy only,
+independent of cryocloud.simulate and cryocloud.optics): a weak-phase specimen, 300 kV, per-tilt defocus
+spread over 2 um, the defocus gradient across the tilt axis (IMOD/Dynamo: at positive tilt the right side,
+larger x, is more underfocused) and shot noise.
 """
 
 import logging
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from cryocloud.cli import main
 from cryocloud.model import TiltSeries
 from cryocloud.preprocess.ctf_estimate import CLEAR_PEAK_Z, CtfSearch, estimate_ctf, fit_ctf, search_ranges
 from cryocloud.preprocess.ctffind_io import parse_ctffind
 from cryocloud.store import write_tilt_series
+from tilted_ctf_images import PX, exposed, first_zero_a, intensity
 
-KV, CS_MM, AMPLITUDE = 300.0, 2.7, 0.07
-PX, N = 3.0, 512
 TILTS = np.arange(-60.0, 61.0, 15.0)
-
-
-def wavelength_a(volts: float) -> float:
-    """Relativistic electron wavelength (A) at `volts` V."""
-    return 12.2643 / np.sqrt(volts * (1 + 0.978466e-6 * volts))
-
-
-def ctf(k2: np.ndarray, defocus_a: float) -> np.ndarray:
-    """CTF at squared spatial frequency k2 (1/A^2), defocus positive = underfocus (A)."""
-    lam = wavelength_a(KV * 1e3)
-    chi = np.pi * lam * defocus_a * k2 - 0.5 * np.pi * CS_MM * 1e7 * lam**3 * k2**2
-    return -np.sqrt(1 - AMPLITUDE**2) * np.sin(chi) - AMPLITUDE * np.cos(chi)
-
-
-def first_zero_a(defocus_a: float) -> float:
-    """Spacing (A) of the CTF's first zero at `defocus_a` (numerically, on a fine k grid)."""
-    k = np.linspace(1e-4, 0.1, 20000)
-    c = ctf(k * k, defocus_a)
-    return float(1.0 / k[np.nonzero(np.sign(c[1:]) != np.sign(c[:-1]))[0][0]])
-
-
-def intensity(rng, defocus_a: float, tilt_deg: float, *, px: float = PX, n: int = N, strip: int = 16) -> np.ndarray:
-    """Noise-free image (relative intensity, mean 1) of a weak-phase specimen (Gaussian blobs of sigma
-    2.5 A, Poisson-distributed, 0.15 rad RMS) through the CTF and a B-factor 150 A^2 envelope. The
-    tilt axis is the image y axis; each `strip` of columns has the defocus of its centre,
-    defocus_a + x tan(tilt) (x from the image centre, A)."""
-    phase = ndimage.gaussian_filter(rng.poisson(0.5, (n, n)).astype(np.float64), 2.5 / px, mode="wrap")
-    phase = 0.15 * (phase - phase.mean()) / phase.std()
-    spectrum = np.fft.fft2(phase)
-    k2 = np.fft.fftfreq(n, px)[:, None] ** 2 + np.fft.fftfreq(n, px)[None, :] ** 2
-    envelope = np.exp(-150.0 * k2 / 4)
-    x = (np.arange(n) - n // 2) * px
-    image = np.empty((n, n))
-    for s in range(0, n, strip):
-        local = defocus_a + x[s : s + strip].mean() * np.tan(np.deg2rad(tilt_deg))
-        image[:, s : s + strip] = 1 + 2 * np.real(np.fft.ifft2(spectrum * ctf(k2, local) * envelope))[:, s : s + strip]
-    return image
-
-
-def exposed(rng, images: np.ndarray, dose: float, px: float = PX) -> np.ndarray:
-    """Electron counts per pixel at `dose` e/A^2 (shot noise)."""
-    return rng.poisson(np.clip(images, 0, None) * dose * px * px).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
