@@ -27,7 +27,8 @@ from cryocloud.average import Poses, SearchSettings, Wedges, fsc, refine
 from cryocloud.average.subtilt import TiltImages, extract_subtilts, reconstruct
 from cryocloud.geometry import rotation_angle_deg
 from cryocloud.simulate import SimulationConfig, simulate
-from cryocloud.simulate.atomic import potential_map, read_atomic_model
+from cryocloud.atomic import potential_map
+from cryocloud.store import read_atomic_model
 
 FIELDS = ("images", "matrices", "offsets_px", "defocus_u", "defocus_v", "astigmatism_deg", "dose", "weight")
 

@@ -33,7 +33,7 @@ def _f_beta(tomo, null, series, workdir: str, truth_positions: np.ndarray, incre
     from cryocloud.pick.evaluate import f_beta
     from cryocloud.pick.job import MatchJob, PeaksJob
     from cryocloud.pick.results import read_search, run_match
-    from cryocloud.simulate.atomic import BUNDLED_STRUCTURE
+    from cryocloud.store import BUNDLED_STRUCTURE
 
     px = tomo.pixel_size
     job = MatchJob(angular_increment_deg=increment, subvolume=64)  # low-pass 2.5 voxels
@@ -67,7 +67,7 @@ def run(quick: bool = False, seed: int = 3) -> dict:
     from cryocloud.denoise import deconvolve
     from cryocloud.denoise.evaluate import compare_with_truth
     from cryocloud.denoise.noise2noise import N2NConfig, denoise_halves, train
-    from cryocloud.denoise.simulated import simulated_halves
+    from cryocloud.simulate.halves import simulated_halves
     from cryocloud.model import Tomogram
     from cryocloud.pick.null import halves_difference
     from cryocloud.simulate import preset

@@ -61,7 +61,7 @@ def pick_scores(picks: np.ndarray, truth: np.ndarray, radius_a: float) -> dict[s
 
 def particle_radius_a() -> float:
     """Radius (A) of a sphere of the bundled ribosome's molecular volume (1.21 A^3 / Da)."""
-    from cryocloud.simulate.atomic import BUNDLED_STRUCTURE, read_atomic_model
+    from cryocloud.store import BUNDLED_STRUCTURE, read_atomic_model
 
     return float((3 * read_atomic_model(str(BUNDLED_STRUCTURE)).mass_da * 1.21 / (4 * np.pi)) ** (1 / 3))
 
@@ -71,7 +71,7 @@ def template_matching(tomo: Tomogram, ts, radius_a: float, increment_deg: float 
     one expected false alarm."""
     from cryocloud.pick import TiltWeighting, map_from_model
     from cryocloud.pick.job import MatchJob, PeaksJob, ScoreMaps
-    from cryocloud.simulate.atomic import BUNDLED_STRUCTURE
+    from cryocloud.store import BUNDLED_STRUCTURE
 
     job = MatchJob(angular_increment_deg=increment_deg, subvolume=96, resolution_a=40.0)
     template = job.prepare(map_from_model(str(BUNDLED_STRUCTURE), PX), PX, PX)

@@ -27,7 +27,7 @@ SEARCHES = ("none", "tomogram", "noise", "none+background", "noise+background")
 def twin(seed: int, shape: tuple[int, int, int], n_particles: int, pixel_size: float, **overrides):
     """(tomogram even + odd, even, odd, tilt series with defocus, true positions (N, 3) A) of one twin
     (toy preset; `overrides`: other SimulationConfig fields)."""
-    from cryocloud.denoise.simulated import simulated_halves
+    from cryocloud.simulate.halves import simulated_halves
     from cryocloud.model import Tomogram
     from cryocloud.simulate import preset
 
@@ -49,7 +49,7 @@ def f4_scores(tomo, series, truth: np.ndarray, job, noise) -> dict:
     from cryocloud.pick import TiltWeighting, map_from_model
     from cryocloud.pick.evaluate import f_beta
     from cryocloud.pick.job import PeaksJob, ScoreMaps
-    from cryocloud.simulate.atomic import BUNDLED_STRUCTURE
+    from cryocloud.store import BUNDLED_STRUCTURE
 
     px = tomo.pixel_size
     template = job.prepare(map_from_model(str(BUNDLED_STRUCTURE), px), px, px)

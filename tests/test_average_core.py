@@ -27,7 +27,8 @@ from cryocloud.geometry import random_rotations, rotation_angle_deg
 from cryocloud.model import Tomogram
 from cryocloud.pick.template import spherical_mask
 from cryocloud.pick.weighting import TiltWeighting, tilt_weight
-from cryocloud.simulate.atomic import potential_map, read_atomic_model
+from cryocloud.atomic import potential_map
+from cryocloud.store import read_atomic_model
 
 PX = 16.0
 ANGLES = np.arange(-60.0, 60.1, 3.0)

@@ -9,7 +9,7 @@ import pytest
 from cryocloud.cli import main
 from cryocloud.denoise import DeconvSettings, deconvolve, face_std, seam_jump, wiener_response
 from cryocloud.denoise.evaluate import compare_with_truth
-from cryocloud.denoise.simulated import simulated_halves
+from cryocloud.simulate.halves import simulated_halves
 from cryocloud.errors import ModelError
 from cryocloud.model import Microscope, TiltSeries, Tomogram
 from cryocloud.optics import ctf_zeros_1d, wavelength_a

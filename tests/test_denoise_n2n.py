@@ -15,7 +15,7 @@ from cryocloud.cli import main
 from cryocloud.denoise import face_std, seam_jump
 from cryocloud.denoise.evaluate import compare_with_truth
 from cryocloud.denoise.noise2noise import N2NConfig, denoise, denoise_halves, load_model, save_model, train
-from cryocloud.denoise.simulated import simulated_halves
+from cryocloud.simulate.halves import simulated_halves
 from cryocloud.errors import ModelError, OutputExistsError, StoreError
 from cryocloud.model import Tomogram
 from cryocloud.simulate import preset

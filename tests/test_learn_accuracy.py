@@ -37,7 +37,7 @@ def test_held_out_twin_f_beta():
     With 8 true particles F4 (recall weighted 16x) reaches 0.85 only when at least 7 are found
     (7/8 recall and perfect precision give F4 = 0.877; 6/8 caps it at 0.76), and precision is
     asserted apart; template matching reaches F4 >= 0.9 on such twins (tests/test_pick_match.py)."""
-    from cryocloud.simulate.atomic import BUNDLED_STRUCTURE, read_atomic_model
+    from cryocloud.store import BUNDLED_STRUCTURE, read_atomic_model
 
     radius = float((3 * read_atomic_model(str(BUNDLED_STRUCTURE)).mass_da * 1.21 / (4 * np.pi)) ** (1 / 3))
     (t1, p1, l1), (t2, p2, l2), (t3, truth, _) = (_twin(s) for s in (1, 2, 3))

@@ -43,7 +43,7 @@ def test_em_reader_and_template_preparation(tmp_path):
 def test_particle_radius_is_the_particles_not_the_voxels_or_the_masks():
     """Picks closer than twice the particle radius are suppressed: it must measure the particle
     (a uniform ball gives its own radius), whatever the voxel size, and lie inside the mask."""
-    from cryocloud.simulate.atomic import BUNDLED_STRUCTURE
+    from cryocloud.store import BUNDLED_STRUCTURE
 
     z, y, x = np.mgrid[:48, :48, :48] - 24
     assert equivalent_radius((x**2 + y**2 + z**2 <= 12.0**2).astype(np.float32)) == pytest.approx(12.0, rel=0.03)

@@ -24,7 +24,7 @@ def test_digital_twin_f_beta_and_orientations():
     defocus and dose in the weighting."""
     from cryocloud.reconstruct import reconstruct
     from cryocloud.simulate import SimulationConfig, simulate
-    from cryocloud.simulate.atomic import BUNDLED_STRUCTURE, read_atomic_model
+    from cryocloud.store import BUNDLED_STRUCTURE, read_atomic_model
 
     px, increment = 16.0, 30.0
     sim = simulate(SimulationConfig(shape_zyx=(48, 128, 128), pixel_size_a=px, n_particles=12, seed=1))

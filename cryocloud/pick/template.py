@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from cryocloud.atomic import potential_map
 from cryocloud.errors import ModelError, StoreError
-from cryocloud.store import is_atomic_model, open_url, read_mrc
+from cryocloud.store import is_atomic_model, open_url, read_atomic_model, read_mrc
 
 _EM_TYPES = {1: np.int8, 2: np.int16, 4: np.int32, 5: np.float32, 9: np.float64}
 _EM_HEADER = 512
@@ -66,9 +67,7 @@ def read_template(url: str, voxel_size: float, *, template_voxel_size: float | N
 
 def map_from_model(path: str, voxel_size: float, *, resolution_a: float | None = None) -> np.ndarray:
     """Coulomb potential (z, y, x) float32 of an atomic model (local mmCIF / PDB) at `voxel_size` (A),
-    centroid at the box centre (cryocloud.simulate.atomic), low-passed to `resolution_a` if given."""
-    from cryocloud.simulate.atomic import potential_map, read_atomic_model
-
+    centroid at the box centre (`cryocloud.atomic.potential_map`), low-passed to `resolution_a` if given."""
     volume = potential_map(read_atomic_model(path), voxel_size)
     if resolution_a is not None:
         from cryocloud.pick.weighting import lowpass

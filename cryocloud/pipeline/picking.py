@@ -20,7 +20,7 @@ def stage_match(ctx: RunContext, overwrite: bool) -> None:
     from cryocloud.pick.results import run_match
     from cryocloud.pick.template import read_template
     from cryocloud.reconstruct import HALVES
-    from cryocloud.simulate.atomic import BUNDLED_STRUCTURE
+    from cryocloud.store import BUNDLED_STRUCTURE
     from cryocloud.store import read_tomogram
 
     p = ctx.config.match

@@ -37,7 +37,8 @@ from scipy import ndimage
 from cryocloud.errors import ModelError
 from cryocloud.geometry import random_rotations
 from cryocloud.model import Particles
-from cryocloud.simulate.atomic import envelope_mask, mean_potential_v, potential_map, read_atomic_model
+from cryocloud.atomic import envelope_mask, mean_potential_v, potential_map
+from cryocloud.store import read_atomic_model
 from cryocloud.simulate.config import SimulationConfig
 
 WATER_PER_A3 = 0.0307  # vitreous ice, 0.92 g/cm^3

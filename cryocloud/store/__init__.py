@@ -5,6 +5,7 @@ fsspec/s3fs (see `cryocloud.store.location`). Reads are lazy (Dask); writes put 
 metadata last, and resume after an interruption.
 """
 
+from cryocloud.store.atomic_model import BUNDLED_STRUCTURE, read_atomic_model
 from cryocloud.store.images import image_info, read_tilt_series, read_tomogram, write_tilt_series, write_tomogram
 from cryocloud.store.labels import read_labels, write_labels
 from cryocloud.store.location import Location, open_url, resolve
@@ -16,6 +17,7 @@ from cryocloud.store.volume import ATOMIC_MODEL_SUFFIXES, MRC_SUFFIXES, is_atomi
 
 __all__ = [
     "ATOMIC_MODEL_SUFFIXES",
+    "BUNDLED_STRUCTURE",
     "MRC_SUFFIXES",
     "Location",
     "Mdoc",
@@ -25,6 +27,7 @@ __all__ = [
     "is_mrc",
     "mrc_info",
     "open_url",
+    "read_atomic_model",
     "parse_mdoc",
     "read_labels",
     "read_mdoc",

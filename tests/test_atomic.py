@@ -5,14 +5,8 @@ import numpy as np
 import pytest
 
 from cryocloud.errors import StoreError
-from cryocloud.simulate.atomic import (
-    POTENTIAL_PREFACTOR_V_A2,
-    AtomicModel,
-    envelope_mask,
-    mean_potential_v,
-    potential_map,
-    read_atomic_model,
-)
+from cryocloud.atomic import POTENTIAL_PREFACTOR_V_A2, AtomicModel, envelope_mask, mean_potential_v, potential_map
+from cryocloud.store import read_atomic_model
 from cryocloud.simulate.phantom import GOLD_POTENTIAL_V, ICE_POTENTIAL_V
 
 

@@ -1,4 +1,4 @@
-"""Atomic model (mmCIF / PDB, read with gemmi) -> Coulomb potential map in volts on a cubic grid.
+"""Atomic model (atoms read by `cryocloud.store.read_atomic_model`) -> Coulomb potential map in volts on a cubic grid.
 
 Physics: the potential of an atom is the Fourier transform of its electron scattering factor,
 V(r) = (h^2 / (2 pi m0 e)) FT[f_e](r), h^2 / (2 pi m0 e) = 47.878 V A^2, with f_e(q) =
@@ -21,7 +21,6 @@ Maps are cubic, (z, y, x), with the atoms' centroid at index n // 2 (the geometr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import gemmi
 import numba
@@ -29,11 +28,10 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
 
-from cryocloud.errors import ModelError, StoreError
+from cryocloud.errors import ModelError
 
 POTENTIAL_PREFACTOR_V_A2 = 47.878  # h^2 / (2 pi m0 e) in V A^2
 PROTEIN_VOLUME_A3_PER_DA = 1.21  # partial specific volume of protein, 0.825 cm^3/g
-BUNDLED_STRUCTURE = Path(__file__).resolve().parent / "structures" / "7p6z.cif.gz"
 MAX_FINE_GRID = 384
 # hydrogens bonded to each heavy atom, averaged over protein and nucleic acid (models rarely hold H)
 IMPLICIT_HYDROGENS = {"C": 1.0, "N": 0.8, "O": 0.2, "S": 0.25}
@@ -52,34 +50,6 @@ class AtomicModel:
     def radius_a(self) -> float:
         """Radius (A) of the sphere around the centroid that holds every atom."""
         return float(np.sqrt((self.xyz**2).sum(axis=1).max())) if len(self.xyz) else 0.0
-
-
-def read_atomic_model(path: str | Path | None = None) -> AtomicModel:
-    """Read the first model of an mmCIF / PDB file (None: the bundled ribosome 7P6Z).
-
-    Waters are dropped, hydrogens ignored. Coordinates are centred on the atoms' centroid.
-    """
-    path = BUNDLED_STRUCTURE if path is None else Path(path)
-    try:
-        st = gemmi.read_structure(str(path))
-    except (RuntimeError, ValueError, OSError) as exc:
-        raise StoreError(str(path), f"cannot read the atomic model (mmCIF or PDB expected): {exc}") from exc
-    if len(st) == 0:
-        raise StoreError(str(path), "holds no model", field="models")
-    st.remove_waters()
-    st.remove_hydrogens()
-    xyz, elements, mass = [], [], 0.0
-    for chain in st[0]:
-        for residue in chain:
-            for atom in residue:
-                xyz.append(atom.pos.tolist())
-                elements.append(atom.element.name)
-                mass += atom.element.weight * atom.occ
-    if not xyz:
-        raise StoreError(str(path), "holds no atoms", field="atoms")
-    coords = np.asarray(xyz, dtype=np.float64)
-    name = path.name.split(".")[0]
-    return AtomicModel(name, coords - coords.mean(axis=0), np.asarray(elements), mass)
 
 
 def scattering_factor(element: str, q: np.ndarray, b_factor_a2: float = 0.0) -> np.ndarray:
