@@ -262,3 +262,29 @@ def extract_subtilts(ts: TiltSeries, positions_a: np.ndarray, volume_shape_zyx: 
         px, ts.microscope, False,
     )
     return patches, geometry
+
+
+def from_relion_tilt_series(rp, tilt_series: dict[str, TiltSeries], box: int) -> TiltImages:
+    """TiltImages of a `RelionParticles` set without 2D stacks (picks): patches of `box` pixels cut around every
+    particle in its tilt series (`tilt_series` by rlnTomoName, as `relion_particles.tilt_series_of` builds them),
+    computed here. Defocus at the particle with the set's rlnTomoHand (defocus + hand z'), weights visibility x
+    rlnCtfScalefactor; tilt series with fewer tilts than the longest are padded with weight 0."""
+    names = rp.particles.tomogram.astype(str)
+    n, t_max = len(names), max(ts.n_tilts for ts in tilt_series.values())
+    images = np.zeros((n, t_max, box, box), dtype=np.float32)
+    mats = np.tile(np.eye(3), (n, t_max, 1, 1))
+    offsets, du, dv, ang, dose, weight = (np.zeros((n, t_max) + tail) for tail in ((2,), (), (), (), (), ()))
+    for name in np.unique(names):
+        rel, ts = rp.tomograms[name], tilt_series[name]
+        sel = np.flatnonzero(names == name)
+        shape_zyx = tuple(int(round(v)) for v in (rel.extent_a / rel.pixel_size_a)[::-1])
+        patches, geo = extract_subtilts(ts, rp.particles.positions[sel], shape_zyx, box)
+        t = ts.n_tilts
+        tilt_du, tilt_dv = ts.per_tilt("defocus_u")[None], ts.per_tilt("defocus_v")[None]
+        images[sel, :t] = np.asarray(dask.compute(patches)[0], dtype=np.float32)
+        mats[sel, :t], offsets[sel, :t], ang[sel, :t], dose[sel, :t] = geo.matrices, geo.offsets_px, geo.astigmatism_deg, geo.dose
+        du[sel, :t] = tilt_du + rel.hand * (tilt_du - geo.defocus_u)  # extract_subtilts gives defocus - z'
+        dv[sel, :t] = tilt_dv + rel.hand * (tilt_dv - geo.defocus_v)
+        weight[sel, :t] = rp.visible[sel] * rel.ctf_scale[None]
+    first = next(iter(tilt_series.values()))
+    return TiltImages(images, mats, offsets, du, dv, ang, dose, weight, first.pixel_size, first.microscope, False)

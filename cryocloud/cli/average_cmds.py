@@ -84,25 +84,39 @@ def average_relion(
     out_dir: str = typer.Argument(..., help="Output folder: half maps and average (MRC), fsc.csv, figures."),
     tomograms_star: Optional[str] = typer.Option(None, "--tomograms", help="Tomograms STAR (when a particle STAR is given)."),
     compare: Optional[str] = typer.Option(None, "--compare", help="A map (MRC) of the same particles to report the FSC against."),
+    box: Optional[int] = typer.Option(
+        None, "--box", help="Box edge (tilt-series pixels) cut from the tilt images, for a set without 2D stacks (picks: no rlnImageName)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the half-set split."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
-    """Reconstruct a RELION-5 / WarpTools particle set (2D tilt stacks) at its poses: gold-standard half
-    maps, CTF-corrected, FSC resolution."""
+    """Reconstruct a RELION-5 / WarpTools particle set at its poses: gold-standard half maps, CTF-corrected, FSC
+    resolution. The particles' 2D tilt stacks are used when the set has them; otherwise (picks, e.g. `cryocloud
+    extract-peaks --format relion5`) each particle is cut from its tilt images (rlnMicrographName) with --box."""
     from cryocloud.average.fsc import fsc
     from cryocloud.average.refine import split_halves
-    from cryocloud.average.relion_particles import read_relion_particles
-    from cryocloud.average.subtilt import from_relion, reconstruct
+    from cryocloud.average.relion_particles import read_relion_particles, tilt_series_of
+    from cryocloud.average.subtilt import from_relion, from_relion_tilt_series, reconstruct
+    from cryocloud.store.relion5 import read_micrographs
 
     rp = read_relion_particles(particles_star, tomograms_star)
-    t_max = max(ts.n_tilts for ts in rp.tomograms.values())
-    stacks = np.zeros((len(rp.stack_paths), t_max, rp.box, rp.box), dtype=np.float32)
-    for i, path in enumerate(rp.stack_paths):
-        stack = np.asarray(read_mrc(str(path)).data.values, dtype=np.float32)
-        if stack.shape[1:] != (rp.box, rp.box) or stack.shape[0] > t_max:
-            raise ModelError("rlnImageName", f"{path} holds images of shape {stack.shape}, expected up to {t_max} of {rp.box}x{rp.box}", source=particles_star)
-        stacks[i, : stack.shape[0]] = stack
-    ti = from_relion(rp, stacks)
+    if rp.stack_paths is None:
+        if box is None:
+            raise ModelError("box", "the set has no 2D stacks (no rlnImageName); give --box to cut the particles from the tilt images", source=particles_star)
+        series = {}
+        for name, ts in rp.tomograms.items():
+            if ts.micrograph_names is None:
+                raise ModelError("rlnMicrographName", f"tilt series {name} lists no tilt images", source=particles_star)
+            series[name] = tilt_series_of(ts, read_micrographs(ts.micrograph_names, ts.base))
+        ti = from_relion_tilt_series(rp, series, box)
+    else:
+        t_max = max(ts.n_tilts for ts in rp.tomograms.values())
+        stacks = np.zeros((len(rp.stack_paths), t_max, rp.box, rp.box), dtype=np.float32)
+        for i, path in enumerate(rp.stack_paths):
+            stack = np.asarray(read_mrc(str(path)).data.values, dtype=np.float32)
+            if stack.shape[1:] != (rp.box, rp.box) or stack.shape[0] > t_max:
+                raise ModelError("rlnImageName", f"{path} holds images of shape {stack.shape}, expected up to {t_max} of {rp.box}x{rp.box}", source=particles_star)
+            stacks[i, : stack.shape[0]] = stack
+        ti = from_relion(rp, stacks)
     n = len(rp.particles)
     poses = Poses(rp.particles.rotations, np.zeros((n, 3)), np.full(n, np.nan))
     half = split_halves(n, seed)

@@ -146,11 +146,17 @@ def match(
 
 
 @app.command("extract-peaks")
-@guarded(inputs=("match_url", "avoid_fiducials", "avoid_mask", "null_match"), outputs=("out_url",))
+@guarded(inputs=("match_url", "avoid_fiducials", "avoid_mask", "null_match", "tilt_series"), outputs=("out_url",))
 def extract_peaks_cmd(
     match_url: str = typer.Argument(..., help="Output folder of `cryocloud match`."),
-    out_url: str = typer.Argument(..., help="Particle list: .ndjson (portal), .star (RELION 5), .json (copick) or .csv."),
-    format: Optional[str] = typer.Option(None, "--format", help="ndjson | star | copick | csv (default from the name)."),
+    out_url: str = typer.Argument(
+        ..., help="Particle list: .ndjson (portal), .star (RELION 5 particles), .json (copick) or .csv; with --format relion5 a folder."),
+    format: Optional[str] = typer.Option(
+        None, "--format", help="ndjson | star | copick | csv (default from the name) | relion5: a RELION 5 set (optimisation_set.star, "
+        "tomograms.star, tilt_series/NAME.star and .mrcs, particles.star; needs --tilt-series)."),
+    tilt_series: Optional[str] = typer.Option(
+        None, "--tilt-series", help="relion5: the tilt series the tomogram was reconstructed from (OME-Zarr, with its alignment and defocus)."),
+    tomo_name: Optional[str] = typer.Option(None, "--tomo-name", help="rlnTomoName / particles' tomogram (default: the tilt series' or tomogram's file name)."),
     min_distance: Optional[float] = typer.Option(
         None, "--min-distance", help="Minimum distance between picks (A; default the particle's diameter recorded by `match`, for older results the mask radius).",
     ),
@@ -179,8 +185,12 @@ def extract_peaks_cmd(
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint."),
 ) -> None:
     """Pick particles from a score map (cryocloud.pick.job.PeaksJob): false-alarm cut-off and/or a fixed number, non-maximum suppression."""
+    from cryocloud.pipeline.batch import series_name
+
     options = storage_options(endpoint_url)
     fmt = format or format_from_name(out_url)
+    if fmt == "relion5" and tilt_series is None:
+        raise ModelError("tilt_series", "--format relion5 needs --tilt-series (the tilt images and their alignment)")
     job = validated(PeaksJob, dict(n_false=n_false or None, number=number, local_sigma=local_sigma, sigma_floor=sigma_floor,
                                    min_distance_a=min_distance, fiducial_sigma=fiducial_sigma))
     maps, summary = read_search(match_url, storage_options=options)
@@ -192,9 +202,18 @@ def extract_peaks_cmd(
         null_maps, _ = read_search(null_match, storage_options=options)
         null, null_scores = job.null_threshold(maps, null_maps, source=null_match), null_maps.scores
     avoid = job.avoided(maps, searched=searched, mask=mask, sources=(avoid_fiducials, avoid_mask))
-    particles, threshold = job.run(maps, avoid=avoid, null_threshold=null, tomogram=str(summary.get("tomogram", "")), object_name=object_name)
+    name = tomo_name or series_name(tilt_series or str(summary.get("tomogram", "")))
+    if not name.strip():
+        raise ModelError("tomo_name", "cannot tell the tomogram's name from its URL; give --tomo-name", source=match_url)
+    particles, threshold = job.run(maps, avoid=avoid, null_threshold=null, tomogram=name, object_name=object_name)
     px = float(summary["voxel_size"])
-    write_picks(particles, out_url, fmt, storage_options=options, pixel_size=px, shape_zyx=maps.shape, object_name=object_name)
+    if fmt == "relion5":
+        from cryocloud.store.relion5 import RelionTomogram, write_relion5
+
+        ts = read_tilt_series(tilt_series, storage_options=options)
+        write_relion5(out_url, particles, [RelionTomogram(name, ts, maps.shape, px)], storage_options=options)
+    else:
+        write_picks(particles, out_url, fmt, storage_options=options, pixel_size=px, shape_zyx=maps.shape, object_name=object_name)
     cut = "none" if threshold is None else f"{threshold:.4f}"
     empirical = "" if null is None else f", the null search's {null:.4f}"
     console.print(f"{out_url}: {len(particles)} particles (cut-off {cut}{empirical}, at least {job.min_distance(maps):.1f} A apart)")

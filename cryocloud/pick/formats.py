@@ -22,9 +22,10 @@ import pandas as pd
 import starfile
 
 from cryocloud.errors import ModelError, StoreError
-from cryocloud.geometry import centre_index, matrix_to_relion_euler, relion_euler_to_matrix
+from cryocloud.geometry import centre_index, relion_euler_to_matrix
 from cryocloud.model import Particles
 from cryocloud.store import open_url, read_particles_csv
+from cryocloud.store.relion5 import particles_tables
 from cryocloud.store.textfiles import read_text
 from cryocloud.store.portal.annotations import from_ndjson, to_ndjson  # noqa: F401 (re-exported)
 from cryocloud.store.portal.copick import from_copick, to_copick  # noqa: F401 (re-exported)
@@ -36,22 +37,9 @@ VOXELS = ("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ")
 
 
 def to_star(particles: Particles, pixel_size: float, shape_zyx: tuple[int, int, int]) -> str:
+    """RELION 5 particles (data_particles only; `cryocloud.store.relion5` writes the whole set with its tilt series)."""
     centre = np.array([centre_index(n) for n in shape_zyx[::-1]], dtype=np.float64) * pixel_size  # x, y, z
-    centred = particles.positions - centre
-    euler = matrix_to_relion_euler(particles.rotations).reshape(-1, 3)
-    table = pd.DataFrame(
-        {
-            "rlnTomoName": particles.tomogram.astype(str),
-            "rlnCenteredCoordinateXAngst": centred[:, 0],
-            "rlnCenteredCoordinateYAngst": centred[:, 1],
-            "rlnCenteredCoordinateZAngst": centred[:, 2],
-            "rlnAngleRot": euler[:, 0],
-            "rlnAngleTilt": euler[:, 1],
-            "rlnAnglePsi": euler[:, 2],
-            "rlnLCCmax": particles.scores,
-        }
-    )
-    return starfile.to_string({"particles": table})
+    return starfile.to_string(particles_tables(particles, centre, tomo_names=particles.tomogram))
 
 
 def from_star(text: str, pixel_size: float, shape_zyx: tuple[int, int, int], *, source: str = "star") -> Particles:
