@@ -30,7 +30,8 @@ import numpy as np
 from cryocloud.errors import CryocloudError, StoreError
 from cryocloud.pipeline.batch import series_name
 from cryocloud.pipeline.config import PipelineConfig
-from cryocloud.pipeline.movies import CorrectedMovie, correct_movie, mdoc_pixel_size, write_motion
+from cryocloud.pipeline.config import MotionParams
+from cryocloud.pipeline.movies import CorrectedMovie, checked_params, correct_movie, mdoc_pixel_size, tilt_exposures, warn_fixed_pattern, write_motion
 from cryocloud.preprocess.movies import MOVIE_SUFFIXES, movie_url
 from cryocloud.store import Location, open_url, parse_mdoc, resolve, write_mrc
 from cryocloud.store.mdoc import Mdoc
@@ -67,6 +68,7 @@ class _Series:
     mdoc_size: int = -1
     changed_at: float = 0.0
     corrected: dict[str, CorrectedMovie] = field(default_factory=dict)  # movie URL -> its sums and shifts
+    params: MotionParams | None = None  # the motion settings with the mdoc's gain, checked against its first movie
     tilt_times: dict[str, float] = field(default_factory=dict)
     state: str = "collecting"  # collecting -> processing -> done | failed
     result: Future | None = None
@@ -119,13 +121,17 @@ class Watcher:
 
     def _submit_movies(self, s: _Series, listing: dict[str, int]) -> None:
         px = mdoc_pixel_size(s.mdoc, self.config.motion)
-        for sub in s.mdoc.sub_frame_path:
+        for i, sub in enumerate(s.mdoc.sub_frame_path):
             url = movie_url(self.input.url, sub)
             if url in s.corrected or url in self.pending or url not in listing:
                 continue
             if self.sizes.get(url) != listing[url] or listing[url] == 0:
                 continue  # still growing (or just appeared): wait for a stable size
-            future = self.client.submit(correct_movie, url, px, self.config.motion, self.input.storage_options, pure=False)
+            if s.params is None:  # the gain and defect map are read and checked once per series
+                s.params = checked_params(self.config.motion, s.mdoc, self.input.url, self.input.storage_options)
+            exposure = tilt_exposures(s.mdoc, s.params)[i] if s.params.dose_weight_frames else None
+            future = self.client.submit(correct_movie, url, px, s.params, self.input.storage_options, exposure,
+                                        s.mdoc.voltage_kv or 300.0, pure=False)
             self.pending[url] = (s, future)
 
     def _collect(self) -> None:
@@ -141,6 +147,7 @@ class Watcher:
                 continue
             write_mrc(movie.total[None], self._movie_path(s, url).url, pixel_size=mdoc_pixel_size(s.mdoc, self.config.motion),
                       overwrite=True, storage_options=self.output.storage_options)
+            warn_fixed_pattern([movie], [posixpath.basename(url)])
             s.corrected[url] = movie
             s.tilt_times[posixpath.basename(url)] = round(self.elapsed(), 3)
             log.info("%s: corrected %s (%d of %d)", s.name, posixpath.basename(url), len(s.corrected), s.mdoc.n_tilts)
@@ -176,7 +183,12 @@ class Watcher:
         for s in self.series.values():
             if s.state != "collecting" or s.mdoc is None:
                 continue
-            self._submit_movies(s, listing)
+            try:
+                self._submit_movies(s, listing)
+            except CryocloudError as exc:  # e.g. its gain does not fit its movies: the series fails, the watch goes on
+                s.state, s.error, s.finished_at = "failed", str(exc), round(self.elapsed(), 3)
+                log.error("%s: %s", s.name, s.error)
+                continue
             if self._complete(s):
                 s.state, s.complete_at = "processing", round(self.elapsed(), 3)
                 print(f"[watch] {s.name}: {len(s.corrected)} tilts corrected at {self.elapsed():.1f} s; reconstructing")

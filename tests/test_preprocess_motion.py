@@ -65,7 +65,8 @@ def test_shift_sign_convention():
 def test_sums_sharper_than_uncorrected_and_even_odd_partition():
     rng = np.random.default_rng(2)
     frames, true, img = movie(rng, n=10, dose_per_frame=2.0, step=3.0)
-    total, even, odd, shifts = correct_tilt(frames, PX)
+    out = correct_tilt(frames, PX)
+    total, even, odd, shifts = out.total, out.even, out.odd, out.shifts_px
     np.testing.assert_allclose(total, even + odd, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(total.sum(), frames.sum(), rtol=1e-4)
     # the corrected sum matches the specimen (up to a global shift = mean drift 0) far better than the plain sum
@@ -94,8 +95,8 @@ def test_local_motion_patches_recover_a_deformation_field():
     # d s_x / d x and d s_y / d y follow the true per-frame scale
     np.testing.assert_allclose(field[:, 1, 0], scales, atol=0.003)
     np.testing.assert_allclose(field[:, 2, 1], scales, atol=0.003)
-    glob = correct_tilt(frames, PX)[0]
-    local = correct_tilt(frames, PX, patches=(3, 3))[0]
+    glob = correct_tilt(frames, PX).total
+    local = correct_tilt(frames, PX, patches=(3, 3)).total
     cc = lambda a: np.corrcoef(a[32:-32, 32:-32].ravel(), img[32:-32, 32:-32].ravel())[0, 1]
     # local correction removes a good part of the misfit that global alignment leaves
     assert 1 - cc(local) < 0.85 * (1 - cc(glob)), (cc(local), cc(glob))

@@ -13,13 +13,17 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+import pydantic
 import typer
 from rich.console import Console
 
 from cryocloud.cli.app import app
 from cryocloud.cli.options import guarded, read_write_options
 from cryocloud.errors import ModelError
-from cryocloud.model import TiltSeries
+from cryocloud.model import Microscope, TiltSeries
+from cryocloud.pipeline.config import MotionParams
+from cryocloud.pipeline.movies import checked_params, detector_correction
+from cryocloud.preprocess.detector import DetectorCorrection, FixedPattern, detector_corrected_sums
 from cryocloud.preprocess.assemble import assemble as assemble_series, stack_movies
 from cryocloud.preprocess.ctf_correct import ctf_multiply, phase_flip
 from cryocloud.preprocess.ctf_estimate import FIT_COLUMNS, CtfFit, CtfSearch, estimate_ctf
@@ -29,7 +33,7 @@ from cryocloud.preprocess.figures import defocus_figure, drift_figure, png_bytes
 from cryocloud.preprocess.motion import motion_correct, summed_like
 from cryocloud.preprocess.movies import movie_url, read_movie
 from cryocloud.store import open_url, read_tilt_series, write_tilt_series
-from cryocloud.store.mdoc import read_mdoc
+from cryocloud.store.mdoc import Mdoc, read_mdoc
 from cryocloud.store.portal import is_portal_url
 from cryocloud.store.textfiles import read_text, write_text
 
@@ -46,8 +50,7 @@ def sibling(out_url: str, suffix: str) -> str:
     return (base[: -len(".zarr")] if base.endswith(".zarr") else base) + suffix
 
 
-def _movie_frames(movies: str, mdoc: str, pixel_size: Optional[float], exposure: Optional[float], options: Optional[dict]) -> TiltSeries:
-    parsed = read_mdoc(mdoc, storage_options=options)
+def _movie_frames(movies: str, parsed: Mdoc, pixel_size: Optional[float], exposure: Optional[float], options: Optional[dict]) -> TiltSeries:
     px = pixel_size or parsed.pixel_size
     if px is None:
         raise ModelError("pixel_size", "the mdoc has no PixelSpacing; pass --pixel-size (A)", source=parsed.source)
@@ -56,17 +59,32 @@ def _movie_frames(movies: str, mdoc: str, pixel_size: Optional[float], exposure:
     if np.any(~np.isfinite(doses)) or not np.any(doses > 0):
         raise ModelError("ExposureDose", "missing or zero in the mdoc; pass --exposure (e/A^2 per tilt)", source=parsed.source)
     prior = parsed.prior_record_dose
+    scope = Microscope(voltage_kv=parsed.voltage_kv) if parsed.voltage_kv else None
     return stack_movies(
         [read_movie(u, pixel_size=px, storage_options=options) for u in urls],
         tilt_angles=parsed.tilt_angle, pixel_size=px, exposure=doses, acquisition_order=parsed.acquisition_order,
-        pre_exposure=None if exposure is not None or np.any(np.isnan(prior)) else prior,
+        pre_exposure=None if exposure is not None or np.any(np.isnan(prior)) else prior, microscope=scope,
         tilt_axis_angle=parsed.tilt_axis_angle or 0.0, names=urls,
     )
 
 
-def _assembled(movies, mdoc, pixel_size, exposure, dark_fraction, options) -> TiltSeries:
+def _detector(movies: str, parsed: Mdoc, options: Optional[dict], **settings) -> Optional[DetectorCorrection]:
+    """The detector correction the options name (`settings`: MotionParams fields), the mdoc's GainReference
+    when no --gain is given; checked against the first movie."""
+    try:
+        params = MotionParams(**settings)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        raise ModelError(f"--{str(err['loc'][0]).replace('_', '-')}", f"{err['msg']}, got {err['input']!r}") from None
+    params = checked_params(params, parsed, movies, options)
+    if params.gain:
+        console.print(f"gain reference {params.gain} (rotated {params.gain_rotate} deg, flip {params.gain_flip})")
+    return detector_correction(params, options)
+
+
+def _assembled(movies, parsed, pixel_size, exposure, dark_fraction, options) -> TiltSeries:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    result = assemble_series(_movie_frames(movies, mdoc, pixel_size, exposure, options), dark_fraction=dark_fraction)
+    result = assemble_series(_movie_frames(movies, parsed, pixel_size, exposure, options), dark_fraction=dark_fraction)
     for d in result.dropped:
         console.print(f"dropped tilt {d.index} ({d.tilt_angle:.2f} deg): {d.reason}")
     ts = result.tilt_series
@@ -80,6 +98,12 @@ MDOC = typer.Option(..., "--mdoc", help="SerialEM .mdoc of the tilt series.")
 PIXEL = typer.Option(None, "--pixel-size", help="Pixel size (A), if the mdoc has none.")
 EXPOSURE = typer.Option(None, "--exposure", help="Exposure per tilt (e/A^2), overriding the mdoc's ExposureDose.")
 DARK = typer.Option(0.3, "--dark-fraction", help="Drop tilts darker than this fraction of the median tilt.")
+GAIN = typer.Option(None, "--gain", help="Gain reference (MRC/TIFF) that multiplies the frames; default: the mdoc's GainReference beside the movies.")
+GAIN_ROTATE = typer.Option(0, "--gain-rotate", help="Rotate the gain counter-clockwise by 0, 90, 180 or 270 deg (MotionCor2 -RotGain 0..3).")
+GAIN_FLIP = typer.Option("none", "--gain-flip", help="Then flip it: none, y (upside down, -FlipGain 1) or x (left-right, -FlipGain 2).")
+DEFECTS = typer.Option(None, "--defects", help="Defect map (MRC/TIFF, nonzero = bad pixel); bad pixels take the mean of good neighbours.")
+HOT = typer.Option(False, "--detect-hot-pixels", help="Also fill pixels whose frame sum lies --hot-pixel-sigma robust sigmas above the median.")
+HOT_SIGMA = typer.Option(10.0, "--hot-pixel-sigma", help="Threshold of --detect-hot-pixels (robust sigmas).")
 
 
 @app.command()
@@ -91,15 +115,24 @@ def assemble(
     pixel_size: Optional[float] = PIXEL,
     exposure: Optional[float] = EXPOSURE,
     dark_fraction: float = DARK,
+    gain: Optional[str] = GAIN,
+    gain_rotate: int = GAIN_ROTATE,
+    gain_flip: str = GAIN_FLIP,
+    defects: Optional[str] = DEFECTS,
+    detect_hot_pixels: bool = HOT,
+    hot_pixel_sigma: float = HOT_SIGMA,
     overwrite: bool = OVERWRITE,
     anon: bool = ANON,
     endpoint_url: Optional[str] = ENDPOINT,
 ) -> None:
-    """Assemble movies + mdoc into a tilt series sorted by angle (frames summed without alignment;
-    use `cryocloud motion` to align them); dark or empty tilts are dropped with their reason."""
+    """Assemble movies + mdoc into a tilt series sorted by angle (frames gain-corrected and summed without
+    alignment; use `cryocloud motion` to align them); dark or empty tilts are dropped with their reason."""
     read, write = read_write_options(endpoint_url, anon)
-    frames = _assembled(movies, mdoc, pixel_size, exposure, dark_fraction, read)
-    summed = summed_like(frames, frames.data.data.sum(axis=1))
+    parsed = read_mdoc(mdoc, storage_options=read)
+    detector = _detector(movies, parsed, read, gain=gain, gain_rotate=gain_rotate, gain_flip=gain_flip, defects=defects,
+                         detect_hot_pixels=detect_hot_pixels, hot_pixel_sigma=hot_pixel_sigma)
+    frames = _assembled(movies, parsed, pixel_size, exposure, dark_fraction, read)
+    summed = summed_like(frames, detector_corrected_sums(frames.data.data, detector))
     write_tilt_series(summed, out_url, overwrite=overwrite, storage_options=write, metadata={"stage": "assemble", "parameters": {"dark_fraction": dark_fraction}})
     console.print(f"wrote {out_url}")
 
@@ -117,11 +150,21 @@ def motion(
     pixel_size: Optional[float] = PIXEL,
     exposure: Optional[float] = EXPOSURE,
     dark_fraction: float = DARK,
+    gain: Optional[str] = GAIN,
+    gain_rotate: int = GAIN_ROTATE,
+    gain_flip: str = GAIN_FLIP,
+    defects: Optional[str] = DEFECTS,
+    detect_hot_pixels: bool = HOT,
+    hot_pixel_sigma: float = HOT_SIGMA,
+    dose_weight_frames: bool = typer.Option(False, "--dose-weight-frames", help="Dose-weight the sums per frame (Grant & Grigorieff 2015)."),
+    dose_per_frame: Optional[float] = typer.Option(None, "--dose-per-frame", help="e/A^2 per frame (default: the tilt's exposure / frames)."),
     overwrite: bool = OVERWRITE,
     anon: bool = ANON,
     endpoint_url: Optional[str] = ENDPOINT,
 ) -> None:
-    """Motion-correct movies: writes the sum, even/odd-frame sums, the shifts (CSV) and drift traces (PNG)."""
+    """Motion-correct movies: writes the sum, even/odd-frame sums, the shifts (CSV) and drift traces (PNG).
+    Frames are gain-corrected and their bad pixels filled first; a movie whose frames still show a fixed
+    detector pattern is named in a warning."""
     grid = None
     if patches:
         try:
@@ -130,12 +173,25 @@ def motion(
         except (ValueError, AssertionError):
             raise ModelError("--patches", f"expected NYxNX such as 3x3, got {patches!r}") from None
     read, write = read_write_options(endpoint_url, anon)
-    frames = _assembled(movies, mdoc, pixel_size, exposure, dark_fraction, read)
-    result = motion_correct(frames, bfactor_a2=bfactor, iterations=iterations, max_shift_a=max_shift, patches=grid)
-    params = {"bfactor_a2": bfactor, "iterations": iterations, "max_shift_a": max_shift, "patches": patches}
+    parsed = read_mdoc(mdoc, storage_options=read)
+    detector = _detector(movies, parsed, read, gain=gain, gain_rotate=gain_rotate, gain_flip=gain_flip, defects=defects,
+                         detect_hot_pixels=detect_hot_pixels, hot_pixel_sigma=hot_pixel_sigma, dose_per_frame=dose_per_frame)
+    frames = _assembled(movies, parsed, pixel_size, exposure, dark_fraction, read)
+    result = motion_correct(frames, bfactor_a2=bfactor, iterations=iterations, max_shift_a=max_shift, patches=grid, detector=detector,
+                            dose_weight_frames=dose_weight_frames, dose_per_frame=dose_per_frame)
+    params = {"bfactor_a2": bfactor, "iterations": iterations, "max_shift_a": max_shift, "patches": patches,
+              "gain": gain, "gain_rotate": gain_rotate, "gain_flip": gain_flip, "defects": defects,
+              "hot_pixel_sigma": hot_pixel_sigma if detect_hot_pixels else None, "dose_weight_frames": dose_weight_frames,
+              "dose_per_frame": dose_per_frame}
     for ts, url in ((result.sum, out_url), (result.even, sibling(out_url, "_even.zarr")), (result.odd, sibling(out_url, "_odd.zarr"))):
         write_tilt_series(ts, url, overwrite=overwrite, storage_options=write, metadata={"stage": "motion", "parameters": params})
-    shifts = result.shifts.compute()
+    shifts, pattern = result.shifts.compute(), result.fixed_pattern.compute()
+    angles = shifts.coords["tilt_angle"].values
+    for t in range(shifts.sizes["tilt"]):
+        max_shift_px = float(np.sqrt((shifts.values[t] ** 2).sum(axis=1)).max()) / frames.pixel_size
+        evidence = FixedPattern(float(pattern.values[t]), max_shift_px)
+        if evidence.flagged:
+            console.print("warning: " + evidence.message(f"tilt {t} ({angles[t]:.1f} deg)"))
     table = pd.DataFrame(
         [(t, float(shifts.coords["tilt_angle"][t]), f, *shifts.values[t, f]) for t in range(shifts.sizes["tilt"]) for f in range(shifts.sizes["frame"])],
         columns=["tilt", "tilt_angle", "frame", "shift_x_a", "shift_y_a"],

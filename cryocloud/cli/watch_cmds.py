@@ -13,7 +13,7 @@ from cryocloud.cli.options import guarded
 
 
 @app.command()
-@guarded(inputs=("input_url", "config"), outputs=("output_url",))
+@guarded(inputs=("input_url", "config", "gain"), outputs=("output_url",))
 def watch(
     input_url: str = typer.Argument(..., help="Folder or bucket prefix where movies (MRC/TIFF) and .mdoc files appear."),
     output_url: str = typer.Argument(..., help="Output URL: one folder per tilt series, watch_summary.json."),
@@ -24,6 +24,8 @@ def watch(
     max_series: Optional[int] = typer.Option(None, "--max-series", help="Stop after this many tilt series."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after this many seconds."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Local Dask workers (default: one per core)."),
+    gain: Optional[str] = typer.Option(None, "--gain", help="Gain reference (MRC/TIFF) multiplying the frames; overrides motion.gain "
+                                       "(default: each mdoc's GainReference beside the movies)."),
 ) -> None:
     """Motion-correct each movie as it arrives; reconstruct (and pick, if configured) each tilt series once complete."""
     from cryocloud.cluster import describe, session
@@ -31,6 +33,8 @@ def watch(
     from cryocloud.watch import WatchSettings, watch as follow
 
     cfg = load_config(config)
+    if gain:
+        cfg = cfg.model_copy(update={"motion": cfg.motion.model_copy(update={"gain": gain})})
     settings = WatchSettings(poll_s=poll, quiet_s=quiet, tilts_per_series=tilts, max_series=max_series, timeout_s=timeout)
     with session(**{**cfg.cluster, **({"n_workers": workers} if workers else {})}) as client:
         typer.echo(describe(client), err=True)

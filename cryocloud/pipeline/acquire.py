@@ -96,7 +96,7 @@ def stage_motion(ctx: RunContext, overwrite: bool) -> None:
         return
     import dask
 
-    from cryocloud.pipeline.movies import correct_movie, mdoc_pixel_size, write_motion
+    from cryocloud.pipeline.movies import checked_params, correct_movie, mdoc_pixel_size, tilt_exposures, warn_fixed_pattern, write_motion
     from cryocloud.preprocess.movies import movie_url
     from cryocloud.progress import compute
     from cryocloud.store import read_mdoc, read_tilt_series
@@ -108,8 +108,13 @@ def stage_motion(ctx: RunContext, overwrite: bool) -> None:
     if stored is None:
         folder = posixpath.dirname(mdoc.source.rstrip("/"))
         px = mdoc_pixel_size(mdoc, p)
-        tasks = [dask.delayed(correct_movie, pure=True)(movie_url(folder, name), px, p, so) for name in mdoc.sub_frame_path]
-        stored = write_motion(ctx.root, mdoc, list(compute(*tasks, description=f"motion correction of {len(tasks)} movies")), p)
+        p = checked_params(p, mdoc, folder, so)
+        voltage = mdoc.voltage_kv or 300.0
+        tasks = [dask.delayed(correct_movie, pure=True)(movie_url(folder, name), px, p, so, exposure, voltage)
+                 for name, exposure in zip(mdoc.sub_frame_path, tilt_exposures(mdoc, p) if p.dose_weight_frames else [None] * mdoc.n_tilts)]
+        corrected = list(compute(*tasks, description=f"motion correction of {len(tasks)} movies"))
+        warn_fixed_pattern(corrected, mdoc.sub_frame_path)
+        stored = write_motion(ctx.root, mdoc, corrected, p)
     ctx.results["tilt_series"] = stored
     ctx.results["halves"] = _stored_halves(ctx)
     ctx.summary["motion"] = {"mdoc": mdoc.source, "n_movies": mdoc.n_tilts, "n_tilts": stored.n_tilts, "pixel_size_a": stored.pixel_size,

@@ -46,6 +46,15 @@ class MotionParams(_Section):
     max_shift_a: float | None = pydantic.Field(None, gt=0, description="search radius (A); default a quarter of the image")
     pixel_size_a: float | None = pydantic.Field(None, gt=0, description="when the mdoc has no PixelSpacing (A)")
     exposure: float | None = pydantic.Field(None, gt=0, description="e/A^2 per tilt, when the mdoc has no ExposureDose")
+    gain: str | None = pydantic.Field(None, description="gain reference (MRC/TIFF, multiplies the frames); default: the mdoc's "
+                                      "GainReference, looked for beside the movies")
+    gain_rotate: Literal[0, 90, 180, 270] = pydantic.Field(0, description="rotate the gain counter-clockwise (deg; MotionCor2 -RotGain)")
+    gain_flip: Literal["none", "x", "y"] = pydantic.Field("none", description="then flip it: y upside down, x left-right (-FlipGain 1, 2)")
+    defects: str | None = pydantic.Field(None, description="defect map (MRC/TIFF, nonzero = bad pixel), filled from good neighbours")
+    detect_hot_pixels: bool = pydantic.Field(False, description="also fill pixels whose frame sum is hot_pixel_sigma robust sigmas high")
+    hot_pixel_sigma: float = pydantic.Field(10.0, gt=0)
+    dose_weight_frames: bool = pydantic.Field(False, description="dose-weight the sums per frame (Grant & Grigorieff 2015)")
+    dose_per_frame: float | None = pydantic.Field(None, gt=0, description="e/A^2 per frame; default the tilt's exposure / frames")
 
 
 class CtfParams(_Section):

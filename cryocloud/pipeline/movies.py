@@ -14,32 +14,93 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from cryocloud.errors import ModelError
 from cryocloud.model import TiltSeries
 from cryocloud.pipeline.config import MotionParams
+from cryocloud.preprocess.detector import DetectorCorrection, FixedPattern, orient_gain
 from cryocloud.store.mdoc import Mdoc
 
 
 class CorrectedMovie(NamedTuple):
     """One motion-corrected movie: the aligned sum and its even- and odd-frame sums (y, x) float32,
-    and the frame shifts (frame, 2) as x, y in A."""
+    the frame shifts (frame, 2) as x, y in A, and the fixed-pattern evidence of its frames."""
 
     total: np.ndarray
     even: np.ndarray
     odd: np.ndarray
     shifts_a: np.ndarray
+    fixed_pattern: FixedPattern | None = None
 
 
-def correct_movie(url: str, pixel_size_a: float, params: MotionParams, storage_options: dict | None = None) -> CorrectedMovie:
-    """Motion-correct one movie (its frames aligned once; the even/odd sums use the same shifts).
+def detector_correction(params: MotionParams, storage_options: dict | None = None) -> DetectorCorrection | None:
+    """The gain (oriented), defect map and hot-pixel search that `params` name; None when none."""
+    from cryocloud.store.detector import read_detector_image
+
+    gain = defects = None
+    if params.gain:
+        gain = orient_gain(read_detector_image(params.gain, field="gain", storage_options=storage_options), params.gain_rotate, params.gain_flip)
+    if params.defects:
+        defects = read_detector_image(params.defects, field="defects", storage_options=storage_options) != 0
+    correction = DetectorCorrection(gain, defects, params.hot_pixel_sigma if params.detect_hot_pixels else None, source=params.gain or "gain")
+    return correction if correction.active else None
+
+
+def with_mdoc_gain(params: MotionParams, mdoc: Mdoc, folder: str) -> MotionParams:
+    """`params` with the mdoc's GainReference (a file beside the movies in `folder`) when they name no gain."""
+    from cryocloud.preprocess.movies import movie_url
+
+    name = mdoc.gain_reference
+    return params if params.gain or not name else params.model_copy(update={"gain": movie_url(folder, name)})
+
+
+def checked_params(params: MotionParams, mdoc: Mdoc, folder: str, storage_options: dict | None = None) -> MotionParams:
+    """`params` with the mdoc's gain when they name none (`with_mdoc_gain`), after checking that the gain
+    and defect map read and fit the first movie's frames (a clear error before any task runs)."""
+    from cryocloud.preprocess.movies import movie_url, read_movie
+
+    params = with_mdoc_gain(params, mdoc, folder)
+    correction = detector_correction(params, storage_options)
+    if correction is not None and mdoc.sub_frame_path:
+        first = movie_url(folder, mdoc.sub_frame_path[0])
+        correction.check(tuple(read_movie(first, pixel_size=1.0, storage_options=storage_options).shape[-2:]))
+    return params
+
+
+def tilt_exposures(mdoc: Mdoc, params: MotionParams) -> list[tuple[float, float]]:
+    """(exposure, pre-exposure) in e/A^2 of each section (stack order), as `Mdoc.to_tilt_series` sets them."""
+    ts = mdoc.to_tilt_series(np.zeros((mdoc.n_tilts, 1, 1), dtype=np.float32), pixel_size=1.0, exposure=params.exposure)
+    return list(zip(ts.per_tilt("exposure").tolist(), ts.per_tilt("pre_exposure").tolist()))
+
+
+def correct_movie(url: str, pixel_size_a: float, params: MotionParams, storage_options: dict | None = None,
+                  exposure: tuple[float, float] | None = None, voltage_kv: float = 300.0) -> CorrectedMovie:
+    """Motion-correct one movie (its frames aligned once; the even/odd sums use the same shifts), with the
+    detector corrections of `params`; dose-weighted per frame when `params.dose_weight_frames`, from the
+    tilt's `exposure` = (exposure, pre-exposure) in e/A^2 and `voltage_kv`.
 
     Runs inside one task: the movie is read in full (a few frames of one tilt)."""
-    from cryocloud.preprocess.motion import correct_tilt
+    from cryocloud.preprocess.motion import FrameDose, correct_tilt
     from cryocloud.preprocess.movies import read_movie
 
     frames = np.asarray(read_movie(url, pixel_size=pixel_size_a, storage_options=storage_options).compute(scheduler="sync"))
-    total, even, odd, shifts_px = correct_tilt(frames, pixel_size_a, bfactor_a2=params.bfactor_a2, iterations=params.iterations,
-                                               max_shift_a=params.max_shift_a)
-    return CorrectedMovie(total, even, odd, shifts_px * pixel_size_a)
+    dose = None
+    if params.dose_weight_frames:
+        if exposure is None:
+            raise ModelError("motion.dose_weight_frames", "needs the tilt's exposure and pre-exposure", source=url)
+        dose = FrameDose(params.dose_per_frame or exposure[0] / frames.shape[0], exposure[1], voltage_kv)
+    out = correct_tilt(frames, pixel_size_a, bfactor_a2=params.bfactor_a2, iterations=params.iterations, max_shift_a=params.max_shift_a,
+                       detector=detector_correction(params, storage_options), dose=dose)
+    return CorrectedMovie(out.total, out.even, out.odd, out.shifts_px * pixel_size_a, out.fixed_pattern)
+
+
+def warn_fixed_pattern(movies: list[CorrectedMovie], names: list[str]) -> list[str]:
+    """Log (warning) and return a message for each movie whose frames show an uncorrected fixed detector pattern."""
+    import logging
+
+    messages = [m.fixed_pattern.message(name) for m, name in zip(movies, names) if m.fixed_pattern is not None and m.fixed_pattern.flagged]
+    for text in messages:
+        logging.getLogger(__name__).warning("%s", text)
+    return messages
 
 
 def mdoc_pixel_size(mdoc: Mdoc, params: MotionParams) -> float:

@@ -11,6 +11,14 @@ Algorithm, per tilt (one Dask task per tilt):
 3. the aligned frames are summed with Fourier shifts (no interpolation loss); even-indexed and
    odd-indexed frames are also summed separately (the half-sets used by learned denoising).
 
+Before alignment, raw frames can be detector-corrected (`cryocloud.preprocess.detector`: gain
+reference, defect map, hot pixels). Optionally (`FrameDose`), the sums are dose-weighted per frame
+(Grant & Grigorieff 2015): frame f, exposed from N0 + f d to N0 + (f + 1) d (e/A^2), is weighted at
+spatial frequency k by its exposure-averaged attenuation `optics.exposure_averaged_dose_weight`
+(the filter the tilt-level dose weighting applies), and each sum (all frames, even, odd) is
+normalised so that its weights add up to its number of frames at every frequency: the mean
+and the lowest frequencies keep the plain sum's scale, and each half is weighted the same way.
+
 Optionally (`patches=(ny, nx)`), a local correction follows: the globally aligned movie is cut
 into overlapping patches, each aligned in the same way, patch trajectories are smoothed by a
 low-order polynomial in time and a plane a + b x + c y is fitted across patches per frame; frames
@@ -34,7 +42,8 @@ from scipy import ndimage
 
 from cryocloud.errors import ModelError
 from cryocloud.model import TILT_DIMS, TiltSeries
-from cryocloud.optics import frequency_grid
+from cryocloud.optics import exposure_averaged_dose_weight, frequency_grid
+from cryocloud.preprocess.detector import DetectorCorrection, FixedPattern, correct_frames, fixed_pattern
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,27 @@ class MotionResult:
     even: TiltSeries
     odd: TiltSeries
     shifts: xr.DataArray
+    #: per tilt: even/odd column/row profile correlation in detector coordinates (see detector.fixed_pattern)
+    fixed_pattern: xr.DataArray | None = None
+
+
+@dataclass(frozen=True)
+class FrameDose:
+    """Per-frame dose weighting of one tilt: `per_frame` exposure (e/A^2), `pre_exposure` before its
+    first frame (e/A^2), `voltage_kv` (100, 200 or 300)."""
+
+    per_frame: float
+    pre_exposure: float = 0.0
+    voltage_kv: float = 300.0
+
+    def weights(self, n_frames: int, shape: tuple[int, int], pixel_size_a: float) -> np.ndarray:
+        """Dose weights (frame, ky, kx) on the rfft2 grid of images of `shape` (y, x)."""
+        if not self.per_frame > 0:
+            raise ModelError("dose_per_frame", f"expected an exposure per frame > 0 e/A^2, got {self.per_frame}")
+        ky, kx = frequency_grid(shape, pixel_size_a, rfft=True)
+        k = np.sqrt(ky * ky + kx * kx)
+        return np.stack([exposure_averaged_dose_weight(k, self.pre_exposure + f * self.per_frame, self.per_frame,
+                                                       voltage_kv=self.voltage_kv) for f in range(n_frames)]).astype(np.float32)
 
 
 def _phase_ramp(fy: np.ndarray, fx: np.ndarray, shifts_xy: np.ndarray) -> np.ndarray:
@@ -120,15 +150,33 @@ def align_frames(
     return shifts
 
 
-def _shifted_sums(frames: np.ndarray, shifts_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sum, even-frame sum and odd-frame sum (y, x) of frames moved back by their shifts (px)."""
+def _weighted_sum(spectra: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """Sum over frames of spectra (frame, ky, kx); with weights, normalised so that they add up to the
+    number of frames at every frequency (see module)."""
+    if weights is None:
+        return spectra.sum(axis=0)
+    return (spectra * weights).sum(axis=0) * (len(weights) / weights.sum(axis=0))
+
+
+def _sums(spectra: np.ndarray, shape: tuple[int, int], weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sum, even-frame sum and odd-frame sum (y, x) of aligned frame spectra (frame, ky, kx)."""
+    if weights is None:
+        even, odd = spectra[0::2].sum(axis=0), spectra[1::2].sum(axis=0)
+        total = even + odd
+    else:
+        total = _weighted_sum(spectra, weights)
+        even, odd = _weighted_sum(spectra[0::2], weights[0::2]), _weighted_sum(spectra[1::2], weights[1::2])
+    out = scipy.fft.irfft2(np.stack([total, even, odd]), s=shape).astype(np.float32)
+    return out[0], out[1], out[2]
+
+
+def _shifted_sums(frames: np.ndarray, shifts_xy: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sum, even-frame sum and odd-frame sum (y, x) of frames moved back by their shifts (px), dose-weighted
+    when `weights` (frame, ky, kx) are given."""
     n, ny, nx = frames.shape
     fy, fx = frequency_grid((ny, nx), 1.0, rfft=True)
     aligned = scipy.fft.rfft2(np.asarray(frames, dtype=np.float32)) * _phase_ramp(fy, fx, shifts_xy)
-    even = aligned[0::2].sum(axis=0)
-    odd = aligned[1::2].sum(axis=0)
-    out = scipy.fft.irfft2(np.stack([even + odd, even, odd]), s=(ny, nx)).astype(np.float32)
-    return out[0], out[1], out[2]
+    return _sums(aligned, (ny, nx), weights)
 
 
 def _patch_starts(n: int, count: int, size: int) -> np.ndarray:
@@ -188,6 +236,17 @@ def apply_local_field(frames: np.ndarray, coefficients: np.ndarray) -> np.ndarra
     return out
 
 
+@dataclass(frozen=True)
+class CorrectedTilt:
+    """One motion-corrected tilt: sums (y, x) float32, global shifts (frame, (x, y)) px, fixed-pattern evidence."""
+
+    total: np.ndarray
+    even: np.ndarray
+    odd: np.ndarray
+    shifts_px: np.ndarray
+    fixed_pattern: FixedPattern
+
+
 def correct_tilt(
     frames: np.ndarray,
     pixel_size_a: float,
@@ -196,37 +255,41 @@ def correct_tilt(
     iterations: int = 10,
     max_shift_a: float | None = None,
     patches: tuple[int, int] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Motion-correct one tilt's frames (frame, y, x): (sum, even sum, odd sum, global shifts px (frame, 2))."""
-    frames = np.asarray(frames, dtype=np.float32)
+    detector: DetectorCorrection | None = None,
+    dose: FrameDose | None = None,
+) -> CorrectedTilt:
+    """Motion-correct one tilt's raw frames (frame, y, x): detector correction, alignment, (dose-weighted) sums."""
+    frames = correct_frames(frames, detector)
     shifts = align_frames(frames, pixel_size_a, bfactor_a2=bfactor_a2, iterations=iterations, max_shift_a=max_shift_a)
-    if patches is None:
-        total, even, odd = _shifted_sums(frames, shifts)
-        return total, even, odd, shifts
+    pattern = fixed_pattern(frames, shifts)
     n, ny, nx = frames.shape
+    weights = None if dose is None else dose.weights(n, (ny, nx), pixel_size_a)
+    if patches is None:
+        return CorrectedTilt(*_shifted_sums(frames, shifts, weights), shifts, pattern)
     fy, fx = frequency_grid((ny, nx), 1.0, rfft=True)
     aligned = scipy.fft.irfft2(scipy.fft.rfft2(frames) * _phase_ramp(fy, fx, shifts), s=(ny, nx)).astype(np.float32)
     field = local_motion_field(aligned, pixel_size_a, patches, iterations=iterations, max_shift_a=max_shift_a)
     local = apply_local_field(aligned, field)
-    even, odd = local[0::2].sum(axis=0), local[1::2].sum(axis=0)
-    return even + odd, even, odd, shifts
+    return CorrectedTilt(*_sums(scipy.fft.rfft2(local), (ny, nx), weights), shifts, pattern)
 
 
-def _tilt_task(block: np.ndarray, pixel_size_a: float, options: dict) -> tuple:
-    total, even, odd, shifts = correct_tilt(block[0], pixel_size_a, **options)
-    return total[None], even[None], odd[None], shifts[None]
+def _tilt_task(block: np.ndarray, detector: DetectorCorrection | None, pixel_size_a: float, options: dict,
+               dose: FrameDose | None) -> tuple:
+    out = correct_tilt(block[0], pixel_size_a, detector=detector, dose=dose, **options)
+    return out.total[None], out.even[None], out.odd[None], out.shifts_px[None], np.array([out.fixed_pattern.correlation])
 
 
-def summed_like(frames: TiltSeries, data, *, exposure_fraction: float = 1.0, name: str | None = None) -> TiltSeries:
+def summed_like(frames: TiltSeries, data, *, exposure_fraction: float = 1.0, name: str | None = None, **attrs) -> TiltSeries:
     """A (tilt, y, x) TiltSeries with the per-tilt metadata of a frames series and new pixel data.
 
-    `exposure_fraction` scales the per-tilt exposure (e.g. ~0.5 for the even or odd half-sums).
+    `exposure_fraction` scales the per-tilt exposure (e.g. ~0.5 for the even or odd half-sums);
+    `attrs` are added to the data's attributes (e.g. dose_weighted=True).
     """
     src = frames.data
     coords = {k: v for k, v in src.coords.items() if "frame" not in v.dims}
     if exposure_fraction != 1.0:
         coords["exposure"] = ("tilt", np.asarray(src.coords["exposure"].values) * exposure_fraction)
-    arr = xr.DataArray(data, dims=TILT_DIMS, coords=coords, attrs=dict(src.attrs), name=name or src.name)
+    arr = xr.DataArray(data, dims=TILT_DIMS, coords=coords, attrs={**src.attrs, **attrs}, name=name or src.name)
     return TiltSeries(arr, frames.microscope, frames.tilt_axis_angle)
 
 
@@ -237,12 +300,18 @@ def motion_correct(
     iterations: int = 10,
     max_shift_a: float | None = None,
     patches: tuple[int, int] | None = None,
+    detector: DetectorCorrection | None = None,
+    dose_weight_frames: bool = False,
+    dose_per_frame: float | None = None,
 ) -> MotionResult:
     """Lazy motion correction of a movie tilt series (tilt, frame, y, x), one Dask task per tilt.
 
     bfactor_a2: B-factor (A^2) of the alignment filter exp(-B k^2 / 4) (150-500 usual);
     iterations: maximum alignment iterations; max_shift_a: search radius (A);
-    patches: (ny, nx) patch grid for local motion, None for global only.
+    patches: (ny, nx) patch grid for local motion, None for global only;
+    detector: gain / defects / hot pixels corrected in the raw frames first (checked here);
+    dose_weight_frames: weight the sums per frame (see module), each tilt from its pre-exposure with
+    `dose_per_frame` (e/A^2; default the tilt's exposure / frames).
     Returns sums (tilt, y, x) with the per-tilt metadata of `frames` and shifts in A (see module).
     """
     if not frames.has_frames:
@@ -250,10 +319,14 @@ def motion_correct(
     px = frames.pixel_size
     arr = da.asarray(frames.data.data).astype(np.float32)
     n_tilt, n_frame, ny, nx = arr.shape
+    if detector is not None:
+        detector.check((ny, nx))
     arr = arr.rechunk((1, n_frame, ny, nx))
     options = dict(bfactor_a2=bfactor_a2, iterations=iterations, max_shift_a=max_shift_a, patches=patches)
-    task = dask.delayed(_tilt_task, nout=4, pure=True)
-    outputs = [task(block, px, options) for block in arr.to_delayed().ravel()]
+    doses = frame_doses(frames, dose_per_frame) if dose_weight_frames else [None] * n_tilt
+    task = dask.delayed(_tilt_task, nout=5, pure=True)
+    shared = dask.delayed(detector, pure=True)  # one graph key for the gain, not one copy per tilt
+    outputs = [task(block, shared, px, options, dose) for block, dose in zip(arr.to_delayed().ravel(), doses)]
 
     def stack(index: int, shape: tuple, dtype) -> da.Array:
         return da.concatenate([da.from_delayed(o[index], shape=shape, dtype=dtype) for o in outputs], axis=0)
@@ -261,16 +334,24 @@ def motion_correct(
     image = (1, ny, nx)
     shifts = stack(3, (1, n_frame, 2), np.float64) * px
     n_even = (n_frame + 1) // 2
-    shift_da = xr.DataArray(
-        shifts,
-        dims=("tilt", "frame", "axis"),
-        coords={"axis": ["x", "y"], "tilt_angle": ("tilt", frames.tilt_angles)},
-        name="shift",
-        attrs={"units": "angstrom"},
-    )
+    angles = {"tilt_angle": ("tilt", frames.tilt_angles)}
+    shift_da = xr.DataArray(shifts, dims=("tilt", "frame", "axis"), coords={"axis": ["x", "y"], **angles}, name="shift",
+                            attrs={"units": "angstrom"})
+    pattern = xr.DataArray(stack(4, (1,), np.float64), dims=("tilt",), coords=angles, name="fixed_pattern_correlation")
+    weighted = {"dose_weighted": True} if dose_weight_frames else {}
     return MotionResult(
-        sum=summed_like(frames, stack(0, image, np.float32)),
-        even=summed_like(frames, stack(1, image, np.float32), exposure_fraction=n_even / n_frame),
-        odd=summed_like(frames, stack(2, image, np.float32), exposure_fraction=(n_frame - n_even) / n_frame),
+        sum=summed_like(frames, stack(0, image, np.float32), **weighted),
+        even=summed_like(frames, stack(1, image, np.float32), exposure_fraction=n_even / n_frame, **weighted),
+        odd=summed_like(frames, stack(2, image, np.float32), exposure_fraction=(n_frame - n_even) / n_frame, **weighted),
         shifts=shift_da,
+        fixed_pattern=pattern,
     )
+
+
+def frame_doses(frames: TiltSeries, dose_per_frame: float | None = None) -> list[FrameDose]:
+    """Per tilt of a movie series: its FrameDose from its pre-exposure and `dose_per_frame` (e/A^2),
+    by default its exposure divided by its number of frames."""
+    n_frame = frames.data.sizes["frame"]
+    exposure, pre = frames.per_tilt("exposure"), frames.per_tilt("pre_exposure")
+    return [FrameDose(dose_per_frame if dose_per_frame is not None else float(exposure[t]) / n_frame, float(pre[t]),
+                      frames.microscope.voltage_kv) for t in range(frames.n_tilts)]

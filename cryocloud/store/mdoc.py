@@ -128,6 +128,18 @@ class Mdoc:
         return ["" if p == "." else p for p in paths]
 
     @property
+    def gain_reference(self) -> str | None:
+        """Base name of SerialEM's GainReference (the gain of unnormalised frames; header or sections),
+        None when absent; StoreError when sections name different files."""
+        extras = [self.header.model_extra or {}] + [sec.model_extra or {} for sec in self.sections]
+        names = {str(e["GainReference"]).strip().replace("\\", "/").rsplit("/", 1)[-1] for e in extras if e.get("GainReference")}
+        names.discard("")
+        if len(names) > 1:
+            raise StoreError(self.source, f"names {len(names)} different gain references ({', '.join(sorted(names))}); "
+                             "expected one per tilt series", field="GainReference")
+        return names.pop() if names else None
+
+    @property
     def acquisition_order(self) -> np.ndarray:
         """0 = first exposed: by DateTime when all sections have one (ties keep stack order)."""
         times = self.date_time
