@@ -8,7 +8,7 @@ Per-tilt `shift_x` / `shift_y` coordinates (A), when present, are applied on the
 aligned image at (x', y') is read from the stored image at (x' + shift_x, y' + shift_y)
 (geometry.aligned_to_raw with a zero tilt-axis angle). A tilt series with a non-zero
 `tilt_axis_angle` carries a stored alignment (`cryocloud align`): it is applied here, lazily, by
-`cryocloud.alignment.apply_alignment` with one block per tilt and slab, so each task resamples only
+`cryocloud.resample.apply_alignment` with one block per tilt and slab, so each task resamples only
 its own rows (a series with a tilted axis and no shifts is refused as not aligned).
 
 Every XZ slice is independent, so the graph has one task per slab of Y rows: it reads those rows
@@ -32,6 +32,7 @@ import numpy as np
 from cryocloud.errors import ModelError
 from cryocloud.model import TiltSeries, Tomogram
 from cryocloud.recon_filters import FilterSpec, apply_filter, filter_response, padded_length
+from cryocloud.resample import apply_alignment
 
 HALVES = ("even", "odd")
 SLAB_TARGET_BYTES = 64 * 2**20
@@ -265,8 +266,6 @@ def reconstruct(
     if rows < 1:
         raise ModelError("slab_rows", f"expected a positive number of rows, got {slab_rows}")
     if apply:
-        from cryocloud.alignment.apply import apply_alignment  # here: cryocloud.alignment imports this module
-
         ts = apply_alignment(ts, slab_rows=rows * binning)
         data = ts.data.data
     if not isinstance(data, da.Array):  # in memory: each task gets only its own rows, not the whole array
