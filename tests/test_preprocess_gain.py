@@ -231,3 +231,43 @@ def test_cli_motion_with_gain_from_the_mdoc_and_the_fixed_pattern_warning(tmp_pa
     assert main(["motion", movies, str(tmp_path / "flat.zarr"), "--mdoc", str(mdoc), "--gain", str(flat)]) == 0
     err = capsys.readouterr().err.replace("\n", "")  # rich wraps long lines
     assert err.count("uncorrected fixed detector pattern") == len(drifts) and "locked" in err
+
+
+def test_a_bright_region_is_not_taken_for_hot_pixels():
+    rng = np.random.default_rng(7)
+    mean = np.full((96, 96), 1.0)
+    mean[:, 48:] = 3.0  # an empty hole beside the ice: three times the counts
+    frames = rng.poisson(mean * 40.0, (10, 96, 96)).astype(np.float32)  # high counts: the Poisson sigma is small
+    frames[:, 20, 70] += 200.0
+    assert np.argwhere(hot_pixels(frames, 10.0)).tolist() == [[20, 70]]
+
+
+def test_pipeline_motion_settings_correct_a_movie(tmp_path):
+    from cryocloud.pipeline.config import MotionParams
+    from cryocloud.pipeline.movies import checked_params, correct_movie
+    from cryocloud.store import parse_mdoc
+
+    mdoc, gain_path, drifts = write_detector_movies(tmp_path, n_tilts=1)
+    parsed = parse_mdoc(mdoc.read_text(), source=str(mdoc))
+    params = MotionParams(gain=str(gain_path), gain_rotate=90, detect_hot_pixels=True)
+    movie = correct_movie(str(tmp_path / "ts_00.tif"), PX, checked_params(params, parsed, str(tmp_path)))
+    assert drift_rms_error(movie.shifts_a / PX, drifts[0]) < 0.5 and not movie.fixed_pattern.flagged
+    with pytest.raises(ModelError, match=r"gain\.mrc: field 'gain': has shape \(160, 128\)"):
+        checked_params(params.model_copy(update={"gain_rotate": 0}), parsed, str(tmp_path))
+    with pytest.raises(Exception, match="gain_rotate"):
+        MotionParams(gain_rotate=45)
+
+
+def test_assemble_sums_are_gain_corrected():
+    import dask.array as da
+
+    from cryocloud.preprocess.detector import detector_corrected_sums
+
+    frames, drift, gain, columns, _ = detector_movie(8)
+    lag = int(np.ceil(np.abs(drift).max())) + 1
+    stack = da.from_array(np.stack([frames, frames]))
+    plain = detector_corrected_sums(stack, None).compute()
+    corrected = detector_corrected_sums(stack, DetectorCorrection(gain=gain, hot_pixel_sigma=10.0)).compute()
+    assert column_pattern_correlation(plain[1], columns, lag) > 0.8
+    assert column_pattern_correlation(corrected[1], columns, lag) < 0.3
+    np.testing.assert_allclose(corrected[0], correct_frames(frames, DetectorCorrection(gain=gain, hot_pixel_sigma=10.0)).sum(0), rtol=1e-5)

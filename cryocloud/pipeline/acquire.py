@@ -141,6 +141,7 @@ def _motion_of_simulation(ctx: RunContext, overwrite: bool) -> None:
 
     from cryocloud.errors import ModelError
     from cryocloud.pipeline.movies import drift_error, persist_motion, shifts_at_mean_frame
+    from cryocloud.preprocess.detector import DetectorCorrection
     from cryocloud.preprocess.motion import motion_correct
     from cryocloud.simulate.output import read_simulated_frames
     from cryocloud.progress import compute
@@ -150,13 +151,16 @@ def _motion_of_simulation(ctx: RunContext, overwrite: bool) -> None:
     so = ctx.storage_options
     if not ctx.exists("simulation", "frames.zarr"):
         raise ModelError("simulate.overrides.frames_per_tilt", "the motion stage needs simulated movies: set it to 2 or more")
-    for key in ("pixel_size_a", "exposure"):
+    for key in ("pixel_size_a", "exposure", "gain", "defects"):
         if getattr(p, key) is not None:
-            raise ModelError(f"motion.{key}", "applies to .mdoc input only; the simulation records its pixel size and exposure")
+            raise ModelError(f"motion.{key}", "applies to .mdoc input only; the simulation records its pixel size and exposure "
+                             "and has no detector gain or defects")
     stored = None if overwrite else complete(lambda: read_tilt_series(ctx.url("motion", "tilt_series.zarr"), storage_options=so))
     if stored is None:
         frames = read_simulated_frames(ctx.url("simulation", "frames.zarr"), ctx.results["tilt_series"], so)
-        result = motion_correct(frames, bfactor_a2=p.bfactor_a2, iterations=p.iterations, max_shift_a=p.max_shift_a)
+        detector = DetectorCorrection(hot_pixel_sigma=p.hot_pixel_sigma) if p.detect_hot_pixels else None
+        result = motion_correct(frames, bfactor_a2=p.bfactor_a2, iterations=p.iterations, max_shift_a=p.max_shift_a, detector=detector,
+                                dose_weight_frames=p.dose_weight_frames, dose_per_frame=p.dose_per_frame)
         total, even, odd, shifts = compute(result.sum.data.data, result.even.data.data, result.odd.data.data, result.shifts.data,
                                            description=f"motion correction of {frames.n_tilts} movies")
         halves = {"even": result.even.with_data(even), "odd": result.odd.with_data(odd)}

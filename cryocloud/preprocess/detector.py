@@ -9,9 +9,9 @@
 - Bad pixels (a defect map, nonzero = bad, and/or hot pixels found in the frames) are replaced
   in every frame by the mean of their good neighbours (3 x 3, grown until each bad pixel has some):
   the mean, not the median, so that a sparse counting frame keeps its expected counts.
-- Hot pixels: a pixel whose sum over the frames exceeds the image's median sum by more than
-  `n_sigma` robust standard deviations (1.4826 x MAD of the sums, which for counting data is the
-  Poisson sigma).
+- Hot pixels: a pixel whose sum over the frames exceeds the median of its 3 x 3 neighbourhood by
+  more than `n_sigma` robust standard deviations (1.4826 x MAD of those excesses, for counting data
+  about the Poisson sigma).
 - Fixed pattern: a detector pattern left uncorrected sits at the same pixels in every frame while
   the specimen drifts. `fixed_pattern` correlates the pixel-scale column (and row) profiles of the
   even- and odd-frame sums in detector coordinates: their noise is independent, so only a pattern
@@ -89,14 +89,15 @@ class DetectorCorrection:
 
 
 def hot_pixels(frames: np.ndarray, n_sigma: float) -> np.ndarray:
-    """Bool mask (y, x) of pixels whose sum over frames (frame, y, x) is more than `n_sigma` robust
-    sigmas above the median sum (see module)."""
+    """Bool mask (y, x) of pixels whose sum over frames (frame, y, x) exceeds the median of its 3 x 3
+    neighbourhood by more than `n_sigma` robust sigmas (see module); the local median keeps bright
+    regions (an empty hole beside the ice) from being taken for hot pixels."""
     total = np.asarray(frames, dtype=np.float64).sum(axis=0)
-    median = np.median(total)
-    sigma = 1.4826 * np.median(np.abs(total - median))
-    if sigma == 0:  # sparse counts: the MAD vanishes; fall back to the Poisson sigma of the median
-        sigma = np.sqrt(max(median, 1.0))
-    return total > median + n_sigma * sigma
+    excess = total - ndimage.median_filter(total, size=3, mode="reflect")
+    sigma = 1.4826 * np.median(np.abs(excess - np.median(excess)))
+    if sigma == 0:  # sparse counts: the MAD vanishes; fall back to the Poisson sigma of the median sum
+        sigma = np.sqrt(max(float(np.median(total)), 1.0))
+    return excess > n_sigma * sigma
 
 
 def fill_bad_pixels(frames: np.ndarray, bad: np.ndarray) -> np.ndarray:
