@@ -19,12 +19,13 @@ console = Console(highlight=False, stderr=True)
 
 
 @app.command()
-@guarded(inputs=("in_url",), outputs=("out_url", "xf", "tlt"))
+@guarded(inputs=("in_url",), outputs=("out_url", "xf", "tlt", "aln"))
 def align(
     in_url: str = typer.Argument(..., help="Raw tilt series, OME-Zarr (local path, file:// or s3://)."),
     out_url: str = typer.Argument(..., help="Output tilt series with the alignment in its metadata, OME-Zarr."),
     xf: Optional[str] = typer.Option(None, "--xf", help="IMOD .xf output (default: next to OUT_URL)."),
     tlt: Optional[str] = typer.Option(None, "--tlt", help="IMOD .tlt output (default: next to OUT_URL)."),
+    aln: Optional[str] = typer.Option(None, "--aln", help="AreTomo .aln output, the same alignment (default: next to OUT_URL)."),
     refine: str = typer.Option("projection-matching", "--refine", help="projection-matching | patch-tracking | none."),
     iterations: int = typer.Option(3, "--iterations", help="Projection-matching iterations."),
     estimate_axis: bool = typer.Option(True, "--estimate-axis/--fixed-axis", help="Fit the tilt-axis angle or keep it."),
@@ -58,7 +59,7 @@ def align(
                                    axis_method=axis_method)
     finally:
         logger.removeHandler(handler)
-    urls = write_alignment(ts, result, out_url, parameters=parameters, xf_url=xf, tlt_url=tlt, ngff_version=ngff_version,
+    urls = write_alignment(ts, result, out_url, parameters=parameters, xf_url=xf, tlt_url=tlt, aln_url=aln, ngff_version=ngff_version,
                            overwrite=overwrite, storage_options=write_options, title=in_url)
     for line in result.quality_lines():
         console.print(line)

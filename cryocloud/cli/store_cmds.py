@@ -104,12 +104,15 @@ def refuse_unannotated_stack(source: str, options: dict | None) -> None:
 
 
 @app.command()
-@guarded(inputs=("source", "tilt_angles", "mdoc"), outputs=("target",))
+@guarded(inputs=("source", "tilt_angles", "mdoc", "aln"), outputs=("target",))
 def convert(
     source: str = typer.Argument(..., help="Input: MRC file or OME-Zarr image (URL)."),
     target: str = typer.Argument(..., help="Output: OME-Zarr image (.zarr) or MRC file (.mrc, .st, ...)."),
     tilt_angles: Optional[str] = typer.Option(None, "--tilt-angles", help=".tlt/.rawtlt file: the MRC is a tilt series."),
     mdoc: Optional[str] = typer.Option(None, "--mdoc", help="SerialEM .mdoc: the MRC is a tilt series."),
+    aln: Optional[str] = typer.Option(
+        None, "--aln", help="AreTomo .aln: the MRC is its raw tilt series; keeps the aligned images with the .aln's tilt angles, tilt axis "
+        "and shifts (`reconstruct` applies them); with --mdoc the doses come from the mdoc."),
     pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="Pixel size (A), overrides the header."),
     exposure: Optional[float] = typer.Option(None, "--exposure", help="Exposure per tilt (e/A^2)."),
     tilt_axis_angle: Optional[float] = typer.Option(None, "--tilt-axis-angle", help="Tilt axis (deg, CCW from image y)."),
@@ -130,6 +133,17 @@ def convert(
     write_kwargs = dict(ngff_version=ngff_version, levels=levels, overwrite=overwrite, storage_options=write_options,
                         metadata={"stage": "convert", "parameters": {"source": source}})
     if is_mrc(source):
+        if aln:
+            from cryocloud.store.aretomo import read_aln
+
+            alignment = read_aln(aln, storage_options=options)
+            raw = read_tilt_series_mrc(source, tilt_angles=None if mdoc else alignment.raw_tilt_angles, mdoc=mdoc, pixel_size=pixel_size,
+                                       exposure=exposure, storage_options=options)
+            ts = alignment.apply_to(raw, source=aln)
+            write_tilt_series(ts, target, **write_kwargs)
+            patches = f"; its {alignment.n_patches} local patch alignments are not applied" if alignment.n_patches else ""
+            console.print(f"wrote {target} (a tilt series of {ts.n_tilts} tilts aligned by {aln}: tilt axis {ts.tilt_axis_angle:.2f} deg{patches})")
+            return
         if tilt_angles or mdoc:
             ts = read_tilt_series_mrc(source, tilt_angles=tilt_angles, mdoc=mdoc, pixel_size=pixel_size, exposure=exposure,
                                       tilt_axis_angle=tilt_axis_angle, storage_options=options)
