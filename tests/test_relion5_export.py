@@ -9,6 +9,7 @@ tomography_python_programs (YTilt = .tlt, ZRot = .xf in-plane rotation, shifts =
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import mrcfile
@@ -186,3 +187,28 @@ def test_extract_peaks_writes_a_relion5_set(tmp_path, capsys):
     found = picks[[f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]].to_numpy() / 21.0 + np.array([nx // 2, ny // 2, nz // 2])
     for p in positions[:, ::-1]:
         assert np.min(np.linalg.norm(found - p, axis=1)) <= 1.0
+
+
+@pytest.mark.slow
+def test_pipeline_peaks_write_a_relion5_set(tmp_path):
+    from cryocloud.average.relion_particles import read_relion_particles
+    from cryocloud.pipeline import PipelineConfig, run_pipeline
+    from cryocloud.store import read_particles_csv
+
+    out = tmp_path / "run"
+    summary = run_pipeline(PipelineConfig(
+        output=str(out), report=False, simulate={"preset": "toy", "overrides": {"n_particles": 6, "seed": 2}},
+        stages=["simulate", "ctf", "align", "reconstruct", "match", "peaks"], align={"refine": "none", "estimate_axis": False},
+        match={"angular_increment_deg": 45.0, "subvolume": 64}, peaks={"n_false": None, "number": 6},
+    ))
+    assert summary["peaks"]["relion5"] == "peaks/relion5/optimisation_set.star"
+    rp = read_relion_particles(out / "peaks" / "relion5" / "optimisation_set.star")
+    picks = read_particles_csv(str(out / "peaks" / "particles.csv"))
+    assert set(rp.particles.tomogram) == {"simulation"} == set(picks.tomogram)
+    assert set(starfile.read(out / "peaks" / "particles.star")["rlnTomoName"]) == {"simulation"}
+    (series,) = rp.tomograms.values()
+    assert series.defocus_u.min() > 0 and series.hand == -1.0 and series.micrograph_names is not None
+    # positions back in the tomogram frame, to within RELION's decentring by rlnTomoSize / 2.0 (our centre is voxel n // 2
+    # of the searched grid: half a voxel apart on an odd axis)
+    voxel = float(json.loads((out / "match" / "match.json").read_text())["voxel_size"])
+    assert np.abs(rp.particles.positions - picks.positions).max() <= voxel / 2 + 1e-6

@@ -106,6 +106,29 @@ def _searched(ctx: RunContext, name: str) -> Any:
     return read_tomogram(ctx.url("denoise", name), level=level, storage_options=ctx.storage_options)
 
 
+def tomogram_name(ctx: RunContext) -> str:
+    """The tomogram's name in pick lists (rlnTomoName): the input's name (`batch.series_name`), "simulation" for a simulated run."""
+    from cryocloud.pipeline.batch import series_name
+
+    return series_name(ctx.config.input) if ctx.config.input else "simulation"
+
+
+def _write_relion5(ctx: RunContext, particles: Any, name: str, shape_zyx: tuple[int, int, int], voxel_size_a: float) -> str:
+    """`peaks/relion5/`: the picks as a RELION 5 set (cryocloud.store.relion5) with the tilt series the tomogram was
+    reconstructed from (align stage's output: raw images and their alignment); returns what was written or why not."""
+    from cryocloud.store import read_tilt_series
+    from cryocloud.store.relion5 import RelionTomogram, write_relion5
+
+    if ctx.results.get("input_tomogram") is not None:
+        return "not written: the input is a portal tomogram (its tilt series' alignment is not known here)"
+    so = ctx.storage_options
+    ts = read_tilt_series(ctx.url("align", "tilt_series.zarr"), storage_options=so) if ctx.exists("align", "tilt_series.zarr") else ctx.results["tilt_series"]
+    if ts.per_tilt("defocus_u") is None:
+        return "not written: the tilt series has no per-tilt defocus (run the ctf stage)"
+    write_relion5(ctx.url("peaks", "relion5"), particles, [RelionTomogram(name, ts, shape_zyx, voxel_size_a)], overwrite=True, storage_options=so)
+    return "peaks/relion5/optimisation_set.star"
+
+
 def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     """The config's `peaks` section is the PeaksJob, run on the match stage's score maps; fiducials of the
     searched tomogram and (`avoid_membranes`) the segment stage's membranes kept clear of picks."""
@@ -125,17 +148,19 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     if p.n_false is not None and ctx.exists("match", "null", "match.json") and ctx.config.match.input == "denoised":
         null_maps, _ = read_search(ctx.url("match", "null"), storage_options=so)
         null, null_scores = p.null_threshold(maps, null_maps, source=ctx.url("match", "null")), null_maps.scores
-    particles, threshold = p.run(maps, avoid=avoid, null_threshold=null, tomogram="tomogram", object_name="ribosome")
+    name = tomogram_name(ctx)
+    particles, threshold = p.run(maps, avoid=avoid, null_threshold=null, tomogram=name, object_name="ribosome")
     ctx.results["particles"] = particles
     write_particles_csv(particles, ctx.url("peaks", "particles.csv"), overwrite=True, storage_options=so)
     write_picks(particles, ctx.url("peaks", "particles.star"), "star", storage_options=so,
                 pixel_size=float(summary["voxel_size"]), shape_zyx=maps.shape)
+    relion5 = _write_relion5(ctx, particles, name, maps.shape, float(summary["voxel_size"]))
     write_score_figures(maps.scores, particles, threshold, ctx.url("peaks", "scores"), radius_a=maps.particle_radius_a, title="template matching",
                         null_scores=null_scores, null_threshold=null, storage_options=so)
     figures: dict[str, Any] = {"n_picks": len(particles), "threshold": None if threshold is None else round(threshold, 4),
                                "null_threshold": None if null is None else round(null, 4),
                                "fiducial_voxels": len(avoid["fiducials"][0]) if "fiducials" in avoid else None,
-                               "membrane_voxels": len(avoid["mask"][0]) if "mask" in avoid else None}
+                               "membrane_voxels": len(avoid["mask"][0]) if "mask" in avoid else None, "relion5": relion5}
     truth = ctx.results.get("truth_particles")
     if truth is not None:
         expected = truth.positions + ctx.results.get("volume_offset_a", np.zeros(3))
