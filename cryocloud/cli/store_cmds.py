@@ -104,7 +104,7 @@ def refuse_unannotated_stack(source: str, options: dict | None) -> None:
 
 
 @app.command()
-@guarded(inputs=("source", "tilt_angles", "mdoc", "aln"), outputs=("target",))
+@guarded(inputs=("source", "tilt_angles", "mdoc", "aln", "warp_xml"), outputs=("target",))
 def convert(
     source: str = typer.Argument(..., help="Input: MRC file or OME-Zarr image (URL)."),
     target: str = typer.Argument(..., help="Output: OME-Zarr image (.zarr) or MRC file (.mrc, .st, ...)."),
@@ -113,6 +113,9 @@ def convert(
     aln: Optional[str] = typer.Option(
         None, "--aln", help="AreTomo .aln: the MRC is its raw tilt series; keeps the aligned images with the .aln's tilt angles, tilt axis "
         "and shifts (`reconstruct` applies them); with --mdoc the doses come from the mdoc."),
+    warp_xml: Optional[str] = typer.Option(
+        None, "--warp-xml", help="Warp tilt-series .xml: the MRC holds its images in the XML's order; tilt angles, axis, shifts, "
+        "defocus and dose from the XML (tilts it does not use left out)."),
     pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="Pixel size (A), overrides the header."),
     exposure: Optional[float] = typer.Option(None, "--exposure", help="Exposure per tilt (e/A^2)."),
     tilt_axis_angle: Optional[float] = typer.Option(None, "--tilt-axis-angle", help="Tilt axis (deg, CCW from image y)."),
@@ -133,6 +136,19 @@ def convert(
     write_kwargs = dict(ngff_version=ngff_version, levels=levels, overwrite=overwrite, storage_options=write_options,
                         metadata={"stage": "convert", "parameters": {"source": source}})
     if is_mrc(source):
+        if warp_xml:
+            from cryocloud.store.warp import read_warp_xml
+
+            warp = read_warp_xml(warp_xml, storage_options=options)
+            stack = read_mrc(source, pixel_size=pixel_size or warp.pixel_size_a, storage_options=options)
+            if stack.data.shape[0] != len(warp.tilt_angles):
+                raise StoreError(warp_xml, f"lists {len(warp.tilt_angles)} tilts but {source} holds {stack.data.shape[0]} images", field="Angles")
+            ts = warp.to_tilt_series(stack.data.data, pixel_size=stack.pixel_size, name=stack.data.name)
+            write_tilt_series(ts, target, **write_kwargs)
+            ignored = ", ".join(f"{k} up to {v:.3g}" for k, v in warp.not_applied.items() if v > 0)
+            console.print(f"wrote {target} (a tilt series of {ts.n_tilts} tilts from {warp_xml}: tilt axis {ts.tilt_axis_angle:.2f} deg"
+                          + (f"; not applied: {ignored}" if ignored else "") + ")")
+            return
         if aln:
             from cryocloud.store.aretomo import read_aln
 
