@@ -9,7 +9,8 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
-from alnfile import df_to_xf, read as alnfile_read
+from alnfile import df_to_xf
+from alnfile import read as alnfile_read
 
 from cryocloud.alignment.outputs import write_alignment
 from cryocloud.alignment.result import AlignmentResult

@@ -22,9 +22,21 @@ from cryocloud.average.align import Poses
 from cryocloud.average.subtilt import extract_subtilts, reconstruct
 from cryocloud.cli import main
 from cryocloud.errors import ModelError
-from cryocloud.geometry import aligned_to_raw, point_defocus, project_points, random_rotations, relion_euler_to_matrix
+from cryocloud.geometry import (
+    aligned_to_raw,
+    point_defocus,
+    project_points,
+    random_rotations,
+    relion_euler_to_matrix,
+)
 from cryocloud.model import Particles, TiltSeries
-from cryocloud.store.relion5 import HAND, RelionTomogram, relion_projections, tilt_series_table, write_relion5
+from cryocloud.store.relion5 import (
+    HAND,
+    RelionTomogram,
+    relion_projections,
+    tilt_series_table,
+    write_relion5,
+)
 from cryocloud.store.tiltfiles import alignments_from_xf, xf_from_alignments
 
 # RELION's own tilt-series STAR (3dem/relion src/tomography_python_programs/_tests/test_project_directory/
@@ -50,7 +62,7 @@ RELION_TS45 = [
 def test_projection_matrices_match_relions_own():
     """Rotation rows and the z translation (specimen centre int(size / 2)) of all three tilts, and the x/y translations
     of tilts 2 and 3 given the image centre that tilt 1 implies (1855, 1919: a 3710 x 3838 image)."""
-    table = pd.DataFrame([dict(rlnTomoYTilt=y, rlnTomoZRot=z, rlnTomoXShiftAngst=sx, rlnTomoYShiftAngst=sy) for y, z, sx, sy, _ in RELION_TS45])
+    table = pd.DataFrame([{"rlnTomoYTilt": y, "rlnTomoZRot": z, "rlnTomoXShiftAngst": sx, "rlnTomoYShiftAngst": sy} for y, z, sx, sy, _ in RELION_TS45])
     ours = relion_projections(table, 1.35, (4000, 4000, 3000), (3710, 3838))
     theirs = np.array([rows for *_, rows in RELION_TS45])
     np.testing.assert_allclose(ours[:, :3, :3], theirs[:, :, :3], atol=1e-6)

@@ -12,7 +12,12 @@ import pytest
 
 from cryocloud.cli import main
 from cryocloud.errors import StoreError
-from cryocloud.geometry import aligned_to_raw, point_defocus, project_points, relion_euler_to_matrix
+from cryocloud.geometry import (
+    aligned_to_raw,
+    point_defocus,
+    project_points,
+    relion_euler_to_matrix,
+)
 from cryocloud.store import read_mdoc, read_tilt_series, read_tlt
 from cryocloud.store.warp import read_warp_xml
 

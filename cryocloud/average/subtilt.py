@@ -277,7 +277,7 @@ def from_relion_tilt_series(rp, tilt_series: dict[str, TiltSeries], box: int) ->
     for name in np.unique(names):
         rel, ts = rp.tomograms[name], tilt_series[name]
         sel = np.flatnonzero(names == name)
-        shape_zyx = tuple(int(round(v)) for v in (rel.extent_a / rel.pixel_size_a)[::-1])
+        shape_zyx = tuple(round(v) for v in (rel.extent_a / rel.pixel_size_a)[::-1])
         patches, geo = extract_subtilts(ts, rp.particles.positions[sel], shape_zyx, box)
         t = ts.n_tilts
         tilt_du, tilt_dv = ts.per_tilt("defocus_u")[None], ts.per_tilt("defocus_v")[None]
