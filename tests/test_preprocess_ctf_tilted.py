@@ -8,13 +8,13 @@ import logging
 
 import numpy as np
 import pytest
+from tilted_ctf_images import PX, exposed, first_zero_a, intensity
 
 from cryocloud.cli import main
 from cryocloud.model import TiltSeries
 from cryocloud.preprocess.ctf_estimate import CLEAR_PEAK_Z, CtfSearch, estimate_ctf, fit_ctf, search_ranges
 from cryocloud.preprocess.ctffind_io import parse_ctffind
 from cryocloud.store import write_tilt_series
-from tilted_ctf_images import PX, exposed, first_zero_a, intensity
 
 TILTS = np.arange(-60.0, 61.0, 15.0)
 

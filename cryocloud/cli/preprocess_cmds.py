@@ -3,7 +3,7 @@
 Movies (MRC/TIFF, one file per tilt) come from a folder or bucket prefix with a SerialEM .mdoc
 that names them (SubFramePath); images and results are OME-Zarr tilt series. Outputs next to
 OUT (a `.zarr` URL): `<stem>_even.zarr`, `<stem>_odd.zarr`, `<stem>_shifts.csv`, `<stem>_drift.png`
-(motion); `<stem>_ctffind4.txt`, `<stem>_ctf.png` (ctf).
+(motion); `<stem>_ctffind4.txt`, `<stem>_ctf.png`, with --handedness `<stem>_handedness.json` (ctf).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from cryocloud.preprocess.ctf_estimate import FIT_COLUMNS, CtfFit, CtfSearch, es
 from cryocloud.preprocess.ctffind_io import apply_ctf_table, format_ctffind, parse_ctffind
 from cryocloud.preprocess.dose import dose_weight as dose_weight_series
 from cryocloud.preprocess.figures import defocus_figure, drift_figure, png_bytes, spectrum_figure
+from cryocloud.preprocess.handedness import estimate_handedness, with_negated_tilt_angles
 from cryocloud.preprocess.motion import motion_correct, summed_like
 from cryocloud.preprocess.movies import movie_url, read_movie
 from cryocloud.store import open_url, read_tilt_series, write_tilt_series
@@ -218,6 +219,16 @@ def ctf(
         help="Half-width (A) of the defocus window searched for tilts whose own fit shows no clear peak, around the series' "
              "defocus and widened to the spread of the clear tilts (those search the full range); 0: every tilt searches the full range.",
     ),
+    check_handedness: bool = typer.Option(
+        False, "--handedness",
+        help="First check the sign of the tilt angles from the defocus difference across the tilt axis (right / flipped / "
+             "undetermined; writes <stem>_handedness.json, and the verdict into --output's metadata).",
+    ),
+    fix_handedness: bool = typer.Option(
+        False, "--fix-handedness",
+        help="With the check: when the hand is flipped, negate the tilt angles before fitting the CTF; --output then holds "
+             "the corrected series.",
+    ),
     overwrite: bool = OVERWRITE,
     anon: bool = ANON,
     endpoint_url: Optional[str] = ENDPOINT,
@@ -228,11 +239,21 @@ def ctf(
     read, write = read_write_options(endpoint_url, anon)
     if out_url is None and is_portal_url(in_url):
         raise ModelError("--output", "the input is on the CryoET Data Portal (read-only): name an output for the results and figures", source=in_url)
+    if fix_handedness and out_url is None:
+        raise ModelError("--output", "--fix-handedness writes the corrected tilt series there (the input is never written); name one")
     ts = read_tilt_series(in_url, storage_options=read)
     search = CtfSearch(box=box, defocus_range_a=(min_defocus, max_defocus), min_resolution_a=min_res, max_resolution_a=max_res,
                        series_window_a=series_window or None)
-    result = estimate_ctf(ts, search=search, quiet=False)
     base = out_url or in_url
+    handedness = None
+    if check_handedness or fix_handedness:
+        handedness = estimate_handedness(ts, search=search, quiet=False)
+        console.print(handedness.describe())
+        write_text(sibling(base, "_handedness.json"), handedness.to_json(), overwrite=overwrite, storage_options=write)
+        if fix_handedness and handedness.verdict == "flipped":
+            ts = with_negated_tilt_angles(ts)
+            console.print("tilt angles negated (--fix-handedness): the CTF is fitted, and --output written, with them")
+    result = estimate_ctf(ts, search=search, quiet=False)
     text_url = ctffind or sibling(base, "_ctffind4.txt")
     text = format_ctffind(result.table, pixel_size_a=ts.pixel_size, microscope=ts.microscope, input_name=in_url, box=box,
                           resolution_range_a=search.resolution_range_a(ts.pixel_size), defocus_range_a=(min_defocus, max_defocus))
@@ -240,7 +261,9 @@ def ctf(
     if out_url:
         write_tilt_series(result.tilt_series, out_url, overwrite=overwrite, storage_options=write,
                           metadata={"stage": "ctf", "parameters": {"box": box, "defocus_range_a": [min_defocus, max_defocus],
-                                                                   "series_window_a": series_window or None}})
+                                                                   "series_window_a": series_window or None,
+                                                                   "fix_handedness": fix_handedness},
+                                    **({} if handedness is None else {"handedness": handedness.summary()})})
     i = int(np.argmin(np.abs(ts.tilt_angles)))
     image = np.asarray(ts.data.data[i])
     fit = CtfFit(*(float(result.table[c][i]) for c in FIT_COLUMNS))

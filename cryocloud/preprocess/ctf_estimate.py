@@ -118,15 +118,24 @@ def _taper(box: int, fraction: float = 0.1) -> np.ndarray:
     return np.outer(w, w)
 
 
-def tile_offsets(
-    shape: tuple[int, int], box: int, pixel_size_a: float, tilt_deg: float, tilt_axis_angle_deg: float, shift_xy_a=(0.0, 0.0)
+def tile_grid(
+    shape: tuple[int, int], box: int, pixel_size_a: float, tilt_axis_angle_deg: float, shift_xy_a=(0.0, 0.0)
 ) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """Tile corners (y0, x0) covering an image with 50 % overlap and each tile's defocus offset (A)."""
+    """Tile corners (y0, x0) covering an image with 50 % overlap and each tile centre's distance x' (A)
+    across the tilt axis (the aligned frame's x, geometry.py)."""
     ny, nx = shape
     corners = [(y0, x0) for y0 in range(0, ny - box + 1, box // 2) for x0 in range(0, nx - box + 1, box // 2)]
     centres = np.array([((x0 + box / 2 - nx // 2) * pixel_size_a, (y0 + box / 2 - ny // 2) * pixel_size_a) for y0, x0 in corners])
     aligned = raw_to_aligned(centres, tilt_axis_angle_deg, np.asarray(shift_xy_a, dtype=np.float64))
-    return corners, aligned[:, 0] * np.tan(np.deg2rad(tilt_deg))
+    return corners, aligned[:, 0]
+
+
+def tile_offsets(
+    shape: tuple[int, int], box: int, pixel_size_a: float, tilt_deg: float, tilt_axis_angle_deg: float, shift_xy_a=(0.0, 0.0)
+) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Tile corners (y0, x0) covering an image with 50 % overlap and each tile's defocus offset (A)."""
+    corners, across = tile_grid(shape, box, pixel_size_a, tilt_axis_angle_deg, shift_xy_a)
+    return corners, across * np.tan(np.deg2rad(tilt_deg))
 
 
 def tile_spectra(
@@ -138,16 +147,25 @@ def tile_spectra(
     tilt_axis_angle_deg: float = 0.0,
     shift_xy_a=(0.0, 0.0),
     group_width_a: float = 250.0,
+    side: int = 0,
 ) -> TileSpectra:
     """Average tile periodograms of an image (y, x) in groups of similar defocus offset.
 
-    Tiles whose offsets round to the same multiple of `group_width_a` form one group.
+    Tiles whose offsets round to the same multiple of `group_width_a` form one group. `side` +1 / -1:
+    only the tiles whose centre lies on that side of the tilt axis, more than half a pixel off it
+    (x' > 0 / x' < 0); 0: all tiles.
     """
     image = np.asarray(image, dtype=np.float32)
     box = int(min(box, *image.shape)) // 2 * 2
     if box < 32:
         raise ModelError("image", f"is too small for CTF estimation: shape {image.shape}, need at least 32 x 32 pixels")
-    corners, offsets = tile_offsets(image.shape, box, pixel_size_a, tilt_deg, tilt_axis_angle_deg, shift_xy_a)
+    corners, across = tile_grid(image.shape, box, pixel_size_a, tilt_axis_angle_deg, shift_xy_a)
+    if side:
+        kept = np.sign(side) * across > 0.5 * pixel_size_a
+        if not kept.any():
+            raise ModelError("image", f"has no {box}-pixel tile on side {side:+d} of the tilt axis (shape {image.shape})")
+        corners, across = [c for c, k in zip(corners, kept) if k], across[kept]
+    offsets = across * np.tan(np.deg2rad(tilt_deg))
     tiles = np.stack([image[y0 : y0 + box, x0 : x0 + box] for y0, x0 in corners])
     tiles = (tiles - tiles.mean(axis=(1, 2), keepdims=True)) * _taper(box)
     power = np.abs(scipy.fft.rfft2(tiles)) ** 2
