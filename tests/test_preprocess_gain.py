@@ -138,13 +138,15 @@ def test_orient_gain_follows_motioncor2_rotation_then_flip():
 def test_gain_checks_name_the_file_and_the_field():
     gain = np.ones((8, 8), dtype=np.float32)
     with pytest.raises(ModelError, match=r"g\.mrc: field 'gain': has shape \(8, 8\).*\(8, 10\)"):
-        DetectorCorrection(gain=gain, source="g.mrc").check((8, 10))
+        DetectorCorrection(gain=gain, gain_source="g.mrc").check((8, 10))
     dead = gain.copy()
     dead[2, 3] = 0.0
     with pytest.raises(ModelError, match=r"g\.mrc: field 'gain': 1 pixels are zero.*x=3, y=2"):
-        DetectorCorrection(gain=dead, source="g.mrc").check((8, 8))
+        DetectorCorrection(gain=dead, gain_source="g.mrc").check((8, 8))
     bad = np.zeros((8, 8), dtype=bool)
     bad[2, 3] = True
+    with pytest.raises(ModelError, match=r"d\.tif: field 'defects': has shape \(8, 8\)"):
+        DetectorCorrection(defects=bad, defects_source="d.tif").check((8, 9))
     DetectorCorrection(gain=dead, defects=bad).check((8, 8))  # a dead pixel marked as a defect is fine
     frames = np.ones((2, 8, 8), dtype=np.float32)
     np.testing.assert_allclose(correct_frames(frames, DetectorCorrection(gain=dead, defects=bad)), 1.0)

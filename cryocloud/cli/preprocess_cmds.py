@@ -108,7 +108,7 @@ HOT_SIGMA = typer.Option(10.0, "--hot-pixel-sigma", help="Threshold of --detect-
 
 
 @app.command()
-@guarded(inputs=("movies", "mdoc"), outputs=("out_url",))
+@guarded(inputs=("movies", "mdoc", "gain", "defects"), outputs=("out_url",))
 def assemble(
     movies: str = MOVIES,
     out_url: str = typer.Argument(..., help="Output tilt series (OME-Zarr) of the plain frame sums."),
@@ -139,7 +139,7 @@ def assemble(
 
 
 @app.command()
-@guarded(inputs=("movies", "mdoc"), outputs=("out_url",))
+@guarded(inputs=("movies", "mdoc", "gain", "defects"), outputs=("out_url",))
 def motion(
     movies: str = MOVIES,
     out_url: str = typer.Argument(..., help="Output tilt series (OME-Zarr) of the aligned sums."),

@@ -41,7 +41,8 @@ def detector_correction(params: MotionParams, storage_options: dict | None = Non
         gain = orient_gain(read_detector_image(params.gain, field="gain", storage_options=storage_options), params.gain_rotate, params.gain_flip)
     if params.defects:
         defects = read_detector_image(params.defects, field="defects", storage_options=storage_options) != 0
-    correction = DetectorCorrection(gain, defects, params.hot_pixel_sigma if params.detect_hot_pixels else None, source=params.gain or "gain")
+    correction = DetectorCorrection(gain, defects, params.hot_pixel_sigma if params.detect_hot_pixels else None,
+                                    gain_source=params.gain, defects_source=params.defects)
     return correction if correction.active else None
 
 

@@ -57,20 +57,21 @@ def orient_gain(gain: np.ndarray, rotate_deg: int = 0, flip: GainFlip = "none") 
 class DetectorCorrection:
     """What to correct in raw frames: `gain` (y, x) multiplicative, already oriented like the frames;
     `defects` (y, x) bool, True = bad; `hot_pixel_sigma`: find hot pixels above this many robust
-    sigmas (None: do not look). `source` names where the gain came from, for error messages."""
+    sigmas (None: do not look). `gain_source` / `defects_source` name the files, for error messages."""
 
     gain: np.ndarray | None = None
     defects: np.ndarray | None = None
     hot_pixel_sigma: float | None = None
-    source: str = "gain"
+    gain_source: str | None = None
+    defects_source: str | None = None
 
     def check(self, frame_shape: tuple[int, int]) -> None:
         """ModelError naming the file when the gain or defect map does not fit frames of `frame_shape` (y, x),
         or the gain is zero, negative or not finite at a pixel whose data it would multiply (not a defect)."""
-        for name, image in (("gain", self.gain), ("defects", self.defects)):
+        hints = {"gain": "check --gain-rotate / --gain-flip or the camera binning", "defects": "check the camera binning"}
+        for name, image, source in (("gain", self.gain, self.gain_source), ("defects", self.defects, self.defects_source)):
             if image is not None and image.shape != tuple(frame_shape):
-                raise ModelError(name, f"has shape {image.shape} (y, x) but the frames are {tuple(frame_shape)}; "
-                                 "check --gain-rotate / --gain-flip or the camera binning", source=self.source if name == "gain" else None)
+                raise ModelError(name, f"has shape {image.shape} (y, x) but the frames are {tuple(frame_shape)}; {hints[name]}", source=source)
         if self.gain is not None:
             bad = ~(np.isfinite(self.gain) & (self.gain > 0))
             if self.defects is not None:
@@ -79,7 +80,7 @@ class DetectorCorrection:
                 y, x = np.argwhere(bad)[0]
                 raise ModelError("gain", f"{int(bad.sum())} pixels are zero, negative or not finite (first at x={x}, y={y}, value "
                                  f"{self.gain[y, x]}); expected a positive multiplicative gain where data are kept "
-                                 "(mark dead pixels in a defect map)", source=self.source)
+                                 "(mark dead pixels in a defect map)", source=self.gain_source)
         if self.hot_pixel_sigma is not None and not self.hot_pixel_sigma > 0:
             raise ModelError("hot_pixel_sigma", f"expected > 0 sigma, got {self.hot_pixel_sigma}")
 

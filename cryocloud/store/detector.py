@@ -36,12 +36,15 @@ def _cached(url: str, options_key: tuple, field: str) -> np.ndarray:
     storage_options = dict(options_key) or None
     loc = resolve(url, storage_options)
     suffix = posixpath.splitext(loc.path)[1].lower()
-    if suffix in (".tif", ".tiff"):
-        data = _read_tiff_image(loc.url, storage_options)
-    elif suffix == ".mrc":
-        data = np.asarray(read_mrc(loc.url, pixel_size=1.0, storage_options=storage_options).data.data.compute(scheduler="sync"))
-    else:
-        raise StoreError(loc.url, f"unknown image format '{suffix}'; expected one of {', '.join(DETECTOR_IMAGE_SUFFIXES)}", field=field)
+    try:
+        if suffix in (".tif", ".tiff"):
+            data = _read_tiff_image(loc.url, storage_options)
+        elif suffix == ".mrc":
+            data = np.asarray(read_mrc(loc.url, pixel_size=1.0, storage_options=storage_options).data.data.compute(scheduler="sync"))
+        else:
+            raise StoreError(loc.url, f"unknown image format '{suffix}'; expected one of {', '.join(DETECTOR_IMAGE_SUFFIXES)}")
+    except StoreError as exc:  # name the setting the file was given as
+        raise StoreError(exc.source, exc.problem, field=exc.field or field) from exc
     data = np.squeeze(np.asarray(data))
     if data.ndim != 2:
         raise StoreError(loc.url, f"holds an array of shape {data.shape}; expected one image (y, x)", field=field)
