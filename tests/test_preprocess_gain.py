@@ -20,7 +20,13 @@ from scipy import ndimage
 from cryocloud.cli import main
 from cryocloud.errors import ModelError
 from cryocloud.optics import exposure_averaged_dose_weight
-from cryocloud.preprocess.detector import DetectorCorrection, correct_frames, fill_bad_pixels, hot_pixels, orient_gain
+from cryocloud.preprocess.detector import (
+    DetectorCorrection,
+    correct_frames,
+    fill_bad_pixels,
+    hot_pixels,
+    orient_gain,
+)
 from cryocloud.preprocess.motion import FrameDose, correct_tilt
 from cryocloud.preprocess.movies import read_movie
 from cryocloud.store import read_tilt_series
@@ -64,7 +70,7 @@ def drift_rms_error(measured_px: np.ndarray, true_px: np.ndarray) -> float:
 def column_pattern_correlation(image: np.ndarray, columns: np.ndarray, max_lag: int) -> float:
     """Largest |correlation| between the pixel-scale column profile of `image` and the detector's column
     pattern over lags within the drift (the pattern may sit shifted in an aligned sum)."""
-    detail = lambda p: p[1:-1] - 0.5 * (p[:-2] + p[2:])  # noqa: E731
+    detail = lambda p: p[1:-1] - 0.5 * (p[:-2] + p[2:])
     profile, pattern = detail(image.mean(axis=0)), detail(columns)
     keep = slice(max_lag, -max_lag)
     return max(abs(np.corrcoef(np.roll(profile, lag)[keep], pattern[keep])[0, 1]) for lag in range(-max_lag, max_lag + 1))
@@ -210,7 +216,7 @@ def write_detector_movies(folder: Path, *, gain_reference: str | None = None, n_
 
 @pytest.mark.slow
 def test_cli_motion_with_gain_from_the_mdoc_and_the_fixed_pattern_warning(tmp_path, capsys):
-    mdoc, gain_path, drifts = write_detector_movies(tmp_path / "movies", gain_reference="CountRef.mrc")
+    mdoc, _, drifts = write_detector_movies(tmp_path / "movies", gain_reference="CountRef.mrc")
     movies = str(tmp_path / "movies")
     out = tmp_path / "ts.zarr"
     assert main(["motion", movies, str(out), "--mdoc", str(mdoc), "--gain-rotate", "90", "--detect-hot-pixels",

@@ -43,7 +43,12 @@ from scipy import ndimage
 from cryocloud.errors import ModelError
 from cryocloud.model import TILT_DIMS, TiltSeries
 from cryocloud.optics import exposure_averaged_dose_weight, frequency_grid
-from cryocloud.preprocess.detector import DetectorCorrection, FixedPattern, correct_frames, fixed_pattern
+from cryocloud.preprocess.detector import (
+    DetectorCorrection,
+    FixedPattern,
+    correct_frames,
+    fixed_pattern,
+)
 
 
 @dataclass(frozen=True)
