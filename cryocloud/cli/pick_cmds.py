@@ -206,14 +206,17 @@ def extract_peaks_cmd(
     if not name.strip():
         raise ModelError("tomo_name", "cannot tell the tomogram's name from its URL; give --tomo-name", source=match_url)
     particles, threshold = job.run(maps, avoid=avoid, null_threshold=null, tomogram=name, object_name=object_name)
-    px = float(summary["voxel_size"])
+    shape, px = maps.shape, float(summary["voxel_size"])
+    if level and fmt in ("star", "relion5"):  # centred coordinates: from the full-resolution tomogram's centre
+        full = read_volume(str(summary.get("tomogram", "")), level=0, storage_options=options)
+        shape, px = full.shape, full.pixel_size
     if fmt == "relion5":
         from cryocloud.store.relion5 import RelionTomogram, write_relion5
 
         ts = read_tilt_series(tilt_series, storage_options=options)
-        write_relion5(out_url, particles, [RelionTomogram(name, ts, maps.shape, px)], storage_options=options)
+        write_relion5(out_url, particles, [RelionTomogram(name, ts, shape, px)], storage_options=options)
     else:
-        write_picks(particles, out_url, fmt, storage_options=options, pixel_size=px, shape_zyx=maps.shape, object_name=object_name)
+        write_picks(particles, out_url, fmt, storage_options=options, pixel_size=px, shape_zyx=shape, object_name=object_name)
     cut = "none" if threshold is None else f"{threshold:.4f}"
     empirical = "" if null is None else f", the null search's {null:.4f}"
     console.print(f"{out_url}: {len(particles)} particles (cut-off {cut}{empirical}, at least {job.min_distance(maps):.1f} A apart)")

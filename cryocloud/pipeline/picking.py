@@ -140,7 +140,7 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
 
     p = ctx.config.peaks
     so = ctx.storage_options
-    maps, summary = read_search(ctx.url("match"), storage_options=so)
+    maps, _ = read_search(ctx.url("match"), storage_options=so)
     searched = ctx.read_tomogram(ctx.config.match.pyramid_level) if p.fiducial_sigma is not None else None
     membranes = _membranes(ctx, maps.shape) if p.avoid_membranes else None
     avoid = p.avoided(maps, searched=searched, mask=membranes)
@@ -152,9 +152,9 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     particles, threshold = p.run(maps, avoid=avoid, null_threshold=null, tomogram=name, object_name="ribosome")
     ctx.results["particles"] = particles
     write_particles_csv(particles, ctx.url("peaks", "particles.csv"), overwrite=True, storage_options=so)
-    write_picks(particles, ctx.url("peaks", "particles.star"), "star", storage_options=so,
-                pixel_size=float(summary["voxel_size"]), shape_zyx=maps.shape)
-    relion5 = _write_relion5(ctx, particles, name, maps.shape, float(summary["voxel_size"]))
+    full = ctx.read_tomogram(0)  # centred coordinates: from the full-resolution tomogram's centre, whatever level was searched
+    write_picks(particles, ctx.url("peaks", "particles.star"), "star", storage_options=so, pixel_size=full.pixel_size, shape_zyx=full.shape)
+    relion5 = _write_relion5(ctx, particles, name, full.shape, full.pixel_size)
     write_score_figures(maps.scores, particles, threshold, ctx.url("peaks", "scores"), radius_a=maps.particle_radius_a, title="template matching",
                         null_scores=null_scores, null_threshold=null, storage_options=so)
     figures: dict[str, Any] = {"n_picks": len(particles), "threshold": None if threshold is None else round(threshold, 4),
