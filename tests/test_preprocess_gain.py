@@ -252,7 +252,7 @@ def test_a_bright_region_is_not_taken_for_hot_pixels():
 
 def test_pipeline_motion_settings_correct_a_movie(tmp_path):
     from cryocloud.pipeline.config import MotionParams
-    from cryocloud.pipeline.movies import checked_params, correct_movie
+    from cryocloud.pipeline.movies import checked_params, correct_movie, warn_fixed_pattern
     from cryocloud.store import parse_mdoc
 
     mdoc, gain_path, drifts = write_detector_movies(tmp_path, n_tilts=1)
@@ -260,6 +260,10 @@ def test_pipeline_motion_settings_correct_a_movie(tmp_path):
     params = MotionParams(gain=str(gain_path), gain_rotate=90, detect_hot_pixels=True)
     movie = correct_movie(str(tmp_path / "ts_00.tif"), PX, checked_params(params, parsed, str(tmp_path)))
     assert drift_rms_error(movie.shifts_a / PX, drifts[0]) < 0.5 and not movie.fixed_pattern.flagged
+    # the motion stage and `watch` log the same warning as the CLI for a movie left uncorrected
+    plain = correct_movie(str(tmp_path / "ts_00.tif"), PX, MotionParams())
+    assert warn_fixed_pattern([movie, plain], ["ok.tif", "plain.tif"]) == [plain.fixed_pattern.message("plain.tif")]
+    assert "locked" in plain.fixed_pattern.message("plain.tif")
     with pytest.raises(ModelError, match=r"gain\.mrc: field 'gain': has shape \(160, 128\)"):
         checked_params(params.model_copy(update={"gain_rotate": 0}), parsed, str(tmp_path))
     with pytest.raises(Exception, match="gain_rotate"):
