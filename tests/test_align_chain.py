@@ -21,6 +21,8 @@ from cryocloud.project import project_volume
 from cryocloud.reconstruct import reconstruct
 from cryocloud.store import image_info, read_tilt_series, read_tomogram
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 STEM = REAL_DATA / "etspy_haadf_stem"
 ANGLES = np.arange(-60.0, 61.0, 6.0)
 

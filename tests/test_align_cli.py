@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from cryocloud.cli import main
 from cryocloud.geometry import alignment_from_xf
 from cryocloud.simulate import SimulationConfig, simulate
 from cryocloud.store import read_tilt_series, write_tilt_series
 from cryocloud.store.tiltfiles import read_tlt, read_xf
+
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
 
 
 def test_align_command_writes_metadata_xf_tlt_and_figure(tmp_path):

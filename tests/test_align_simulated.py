@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from cryocloud.alignment import align_tilt_series, remove_raw_gauge
 from cryocloud.simulate import SimulationConfig, simulate
+
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
 
 
 def test_alignment_accuracy_on_simulated_tilt_series():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mrcfile
 import numpy as np
+import pytest
 
 from cryocloud.average.wedge import wedge_grid
 from cryocloud.cli import main
@@ -12,6 +13,8 @@ from cryocloud.model import Tomogram
 from cryocloud.store import write_particles_csv, write_tomogram
 from cryocloud.model import Particles
 from test_average_core import ANGLES, PX, place, ribosome  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
 
 
 def test_average_cli_writes_maps_fsc_and_figures(tmp_path, ribosome):  # noqa: F811

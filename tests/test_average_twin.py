@@ -13,6 +13,8 @@ import pytest
 
 from benchmarks.average_twin import measure
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 
 def test_twin_average_reaches_the_truth_resolution_with_gold_standard():
     out = measure(36, per_series=36, shape_zyx=(32, 160, 160), pixel_size_a=16.0, box=20, iterations=1)

@@ -5,6 +5,8 @@ from distributed import LocalCluster
 
 from cryocloud.cluster import ClusterError, cluster_settings, connect, describe
 
+pytestmark = pytest.mark.slow  # starts local Dask clusters with worker processes
+
 
 def test_defaults_come_from_dask_config():
     s = cluster_settings()

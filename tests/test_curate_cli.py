@@ -4,10 +4,13 @@ import mrcfile
 import numpy as np
 import pandas as pd
 import starfile
+import pytest
 
 from cryocloud.cli import main
 from cryocloud.pick.formats import read_picks
 from cryocloud.store import write_particles_csv, write_tomogram
+
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
 
 
 def test_gallery_apply_export(tmp_path):

@@ -5,7 +5,10 @@ on two training twins -> automatic curation (agreement with the first average, t
 import torch
 
 from benchmarks.learned_pick import curated_training, learned_picks, membrane_labels, particle_radius_a, pick_scores, twin
+import pytest
 from cryocloud.learn.train import TrainSettings, train
+
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
 
 torch.set_num_threads(1)
 SHAPE = (32, 96, 96)

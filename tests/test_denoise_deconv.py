@@ -17,6 +17,8 @@ from cryocloud.reconstruct import reconstruct
 from cryocloud.simulate import preset
 from cryocloud.store import read_tomogram, write_tomogram
 
+pytestmark = pytest.mark.slow  # simulates and reconstructs the digital twin
+
 PX = 10.0
 DEFOCUS = 30000.0
 

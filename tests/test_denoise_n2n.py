@@ -21,6 +21,8 @@ from cryocloud.model import Tomogram
 from cryocloud.simulate import preset
 from cryocloud.store import read_tomogram, write_tomogram
 
+pytestmark = pytest.mark.slow  # simulates and reconstructs the digital twin
+
 PX = 10.0
 SMALL = N2NConfig(channels=4, patch=16, n_patches=48, steps=100, learning_rate=3e-3)
 

@@ -2,12 +2,15 @@
 
 import numpy as np
 import torch
+import pytest
 
 from cryocloud.learn.picks import picks_from_probability
 from cryocloud.learn.predict import class_map, predict
 from cryocloud.learn.train import TrainSettings, class_weights, train
 from cryocloud.model import Tomogram
 from cryocloud.pick.evaluate import f_beta
+
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
 
 torch.set_num_threads(1)
 PX = 16.0

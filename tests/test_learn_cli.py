@@ -4,10 +4,13 @@ import json
 
 import numpy as np
 import torch
+import pytest
 
 from cryocloud.cli import main
 from cryocloud.pick.formats import read_picks
 from cryocloud.store import read_tomogram, write_particles_csv, write_tomogram
+
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
 
 torch.set_num_threads(1)
 

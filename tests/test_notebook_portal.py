@@ -23,6 +23,8 @@ from cryocloud.pipeline import PipelineConfig, run_pipeline
 from cryocloud.store import open_url
 from cryocloud.store.portal.copick import from_copick
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "portal_in_place.ipynb"
 TWIN = {"shape_zyx": [48, 128, 128], "pixel_size_a": 16.0, "n_particles": 12, "tilt_step": 3.0, "seed": 1}
 DS, RUN = "10001", "TS_026"

@@ -4,6 +4,9 @@ from pathlib import Path
 
 import nbclient
 import nbformat
+import pytest
+
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "tilt_schemes.ipynb"
 

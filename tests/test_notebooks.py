@@ -18,6 +18,8 @@ from distributed import LocalCluster
 
 from cryocloud.pipeline import PipelineConfig, run_pipeline
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 # the digital twin the matching notebook searches: 12 ribosomes at 16 A voxels, +-60 deg in 3 deg steps

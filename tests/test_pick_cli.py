@@ -20,6 +20,8 @@ from cryocloud.pick.weighting import TiltWeighting, tilt_weight
 from cryocloud.store import write_tomogram
 from test_pick_match import REAL, _synthetic
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 
 def test_em_reader_and_template_preparation(tmp_path):
     em, _ = read_map(str(REAL / "pytom_templates" / "human_ribo_21A.em"), voxel_size=21.0)

@@ -7,6 +7,9 @@ import xarray as xr
 
 from cryocloud.pick.peaks import extract_peaks
 from cryocloud.segment.fiducials import fiducial_voxels
+import pytest
+
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
 
 BEADS = np.array([[12, 20, 20], [30, 50, 44]])  # (z, y, x) voxels
 BEAD_RADIUS = 3.0

@@ -15,6 +15,8 @@ from cryocloud.pick.peaks import BlockMoments, extract_peaks
 from cryocloud.pick.results import block_moments_of, read_match, run_match
 from test_pick_match import _synthetic
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 PLANTED = np.array([[8, 8, 8], [8, 24, 24], [24, 8, 24]])  # (z, y, x) in the quiet half
 
 

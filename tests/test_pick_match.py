@@ -14,6 +14,8 @@ from cryocloud.pick.evaluate import f_beta, match_picks
 from cryocloud.pick.template import read_map
 from test_pick_score import rotate_real_space
 
+pytestmark = pytest.mark.slow  # simulates and reconstructs the digital twin
+
 REAL = __import__("pathlib").Path(__file__).resolve().parent / "data" / "real"
 
 

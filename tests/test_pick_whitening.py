@@ -15,6 +15,8 @@ from cryocloud.pick import MatchJob, MatchSettings
 from cryocloud.pick.null import halves_difference
 from cryocloud.pick.spectrum import chunk_power, noise_spectrum, shell_grid
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 PX = 8.0
 
 

@@ -11,6 +11,8 @@ from cryocloud.errors import CryocloudError
 from cryocloud.pipeline import PipelineConfig, load_config, run_pipeline
 from cryocloud.store import open_url, read_tomogram
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 TOY = {"simulate": {"preset": "toy", "overrides": {"n_particles": 2}}, "stages": ["simulate", "reconstruct"]}
 
 

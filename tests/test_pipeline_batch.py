@@ -12,6 +12,8 @@ from cryocloud.pipeline import correlation_with_truth, load_config
 from cryocloud.simulate import preset, simulate
 from cryocloud.store import read_tomogram, write_tilt_series
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):

@@ -11,6 +11,8 @@ from cryocloud.pipeline import PipelineConfig, run_pipeline
 from cryocloud.pipeline.run import stage_order
 from cryocloud.store import read_tilt_series, read_tomogram
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 CONFIG = dict(
     simulate={"preset": "toy", "overrides": {"n_particles": 4, "seed": 1, "frames_per_tilt": 4, "drift_a": 20.0}},
     stages=["ctf", "align", "reconstruct", "denoise", "match", "peaks"],

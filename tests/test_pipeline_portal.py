@@ -23,6 +23,8 @@ from cryocloud.store import open_url, read_labels, read_particles_csv, read_tomo
 from cryocloud.store.portal import PORTAL_BUCKET, portal_run, read_annotation_points
 from cryocloud.store.portal.copick import CopickOverlay, from_copick
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 DS, RUN = "10001", "TS_01"
 STAGES = dict(  # the smallest settings the stages have (as tests/test_pipeline_stages.py)
     align={"refine": "none", "estimate_axis": False},

@@ -19,6 +19,8 @@ from cryocloud.store import read_tomogram
 from cryocloud.store.portal import PORTAL_BUCKET
 from cryocloud.store.portal.copick import from_copick
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 DS, RUN = "10001", "TS_01"
 STAGES = dict(denoise={"tile": 32, "overlap": 8}, match={"angular_increment_deg": 45.0, "subvolume": 64}, peaks={"n_false": None, "number": 8},
               report=False)

@@ -10,6 +10,8 @@ from cryocloud.errors import CryocloudError
 from cryocloud.pipeline import PipelineConfig, run_pipeline
 from cryocloud.store import read_labels, read_mrc, read_tomogram
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 CONFIG = dict(
     simulate={"preset": "toy", "overrides": {"n_particles": 8, "seed": 1, "membranes": {"vesicles": 1, "vesicle_radius_a": [180.0, 220.0]}}},
     stages=["simulate", "align", "reconstruct", "denoise", "segment", "match", "peaks", "average"],

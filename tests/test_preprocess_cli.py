@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import tifffile
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_preprocess_ctf import ctf_image  # noqa: E402
 from test_preprocess_motion import movie  # noqa: E402

@@ -7,6 +7,8 @@ from cryocloud.preprocess.ctf_estimate import estimate_ctf
 from cryocloud.preprocess.motion import motion_correct
 from cryocloud.simulate import SimulationConfig, simulate
 
+pytestmark = pytest.mark.slow  # simulates and reconstructs the digital twin
+
 PX = 4.0
 
 

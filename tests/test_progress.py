@@ -3,6 +3,9 @@ import numpy as np
 from distributed import Client, LocalCluster
 
 from cryocloud.progress import compute, current_client
+import pytest
+
+pytestmark = pytest.mark.slow  # starts local Dask clusters with worker processes
 
 
 def test_compute_local_scheduler_shows_progress_and_returns_results(capsys):

@@ -8,6 +8,8 @@ from cryocloud.cli import main
 from cryocloud.model import TiltSeries
 from cryocloud.store import image_info, read_tilt_series, read_tomogram, write_tilt_series
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 ANGLES = np.arange(-60.0, 61.0, 3.0)
 
 

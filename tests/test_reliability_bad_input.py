@@ -21,6 +21,8 @@ from badinput import (  # noqa: F401  (small_cluster is a fixture)
 )
 from cryocloud.cli import main
 
+pytestmark = pytest.mark.slow  # the bad-input corpus: one CLI run per case
+
 
 # ------------------------------------------------------------------------------------- the cases
 # each returns (argv, fragments the error message must contain)

@@ -21,6 +21,8 @@ from cryocloud.pick.results import run_match
 from cryocloud.pick.template import prepare_template
 from cryocloud.store import write_tilt_series, write_tomogram
 
+pytestmark = pytest.mark.slow  # the bad-input corpus: one CLI run per case
+
 TILTS = np.arange(-60.0, 61.0, 20.0)  # the missing wedge `average` needs
 
 

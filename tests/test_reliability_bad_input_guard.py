@@ -17,6 +17,8 @@ from badinput import (  # noqa: F401  (small_cluster is a fixture)
     Case, check_bad_input, first_chunk, mrc_file, small_cluster, text_file, tomo_zarr, ts_zarr,
 )
 
+pytestmark = pytest.mark.slow  # the bad-input corpus: one CLI run per case
+
 
 # ------------------------------------------------------------------------------ outputs over inputs
 def reconstruct_onto_input_with_overwrite(c: Case):

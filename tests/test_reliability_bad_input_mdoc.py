@@ -11,6 +11,8 @@ import pytest
 
 from badinput import MDOC_HEADER, Case, check_bad_input, mdoc_section, mrc_file, small_cluster, text_file  # noqa: F401  (small_cluster is a fixture)
 
+pytestmark = pytest.mark.slow  # the bad-input corpus: one CLI run per case
+
 
 def convert_with_mdoc(c: Case, n_images: int, mdoc_text: str) -> list[str]:
     """CLI arguments converting an `n_images` stack (images differ) with the given mdoc text."""

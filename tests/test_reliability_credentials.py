@@ -13,6 +13,9 @@ import numpy as np
 from cryocloud.cli import main
 from cryocloud.model import TiltSeries
 from cryocloud.store import write_tilt_series
+import pytest
+
+pytestmark = pytest.mark.slow  # a real S3 endpoint (moto server) and the CLI
 
 ACCESS_KEY = "AKIACRYOCLOUDLEAKTEST"
 SECRET_KEY = "s3cr3t-DoNotLeak-7f3a9c2e"

@@ -21,6 +21,8 @@ from cryocloud.errors import CryocloudError, StoreError
 from cryocloud.model import Tomogram
 from cryocloud.store import open_url, resolve, write_mrc, write_tomogram
 
+pytestmark = pytest.mark.slow  # a real S3 endpoint (moto server) and the CLI
+
 def _tomo() -> Tomogram:
     return Tomogram.from_array(np.random.default_rng(0).normal(size=(8, 8, 8)).astype(np.float32), pixel_size=4.0)
 

@@ -14,6 +14,8 @@ from cryocloud.model import Tomogram
 from cryocloud.store import read_tomogram, write_tomogram
 from cryocloud.store.location import S3_RETRIES
 
+pytestmark = pytest.mark.slow  # a real S3 endpoint (moto server) and the CLI
+
 DATA = np.random.default_rng(5).normal(size=(16, 16, 16)).astype(np.float32)
 
 

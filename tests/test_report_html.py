@@ -11,6 +11,9 @@ from matplotlib.image import imread
 from cryocloud.pipeline import PipelineConfig, run_pipeline
 from cryocloud.report import save_slices_png
 from cryocloud.report_html import render_report
+import pytest
+
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -16,6 +16,8 @@ from cryocloud.store.labels import read_labels, write_labels
 from cryocloud.store.ngff import open_image
 from cryocloud.store.location import resolve
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 
 @pytest.fixture(scope="module")
 def twin_tomogram(tmp_path_factory):

@@ -18,6 +18,8 @@ from cryocloud.reconstruct import reconstruct
 from cryocloud.segment import evaluate_membranes, recall_by_normal_angle, segment_membranes
 from cryocloud.simulate import MembraneConfig, SimulationConfig, simulate
 
+pytestmark = pytest.mark.slow  # simulates and reconstructs the digital twin
+
 SHAPE = (64, 128, 128)
 
 

@@ -16,6 +16,8 @@ from cryocloud.segment.evaluate import wedge_normals
 from cryocloud.model import Tomogram
 from cryocloud.simulate import MembraneConfig, SimulationConfig, simulate
 
+pytestmark = pytest.mark.slow  # simulates and reconstructs the digital twin
+
 
 @pytest.fixture(autouse=True)
 def _threads():

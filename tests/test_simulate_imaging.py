@@ -9,6 +9,8 @@ from cryocloud.simulate import FiducialConfig, SimulationConfig, simulate
 from cryocloud.optics import exposure_averaged_dose_weight
 from cryocloud.simulate.acquisition import Optics, ctf_image, interaction_constant
 
+pytestmark = pytest.mark.slow  # simulates and reconstructs the digital twin
+
 BLANK = dict(n_particles=0, ice_structure_factor=0.0)
 
 

@@ -13,6 +13,8 @@ from cryocloud.simulate.phantom import LABEL_FIDUCIAL, LABEL_MEMBRANE, LABEL_PAR
 from cryocloud.store import read_tilt_series, read_tomogram
 from cryocloud.store.particles_csv import read_particles_csv
 
+pytestmark = pytest.mark.slow  # simulates and reconstructs the digital twin
+
 SMALL = dict(shape_zyx=(48, 96, 96), pixel_size_a=10.0, n_particles=4, tilt_step=15.0)
 
 

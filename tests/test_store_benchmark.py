@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 from benchmarks.__main__ import main
+import pytest
+
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
 
 
 def test_s3_read_quick_prints_one_json_line_with_ratio_and_equal_results(capsys):

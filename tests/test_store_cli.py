@@ -11,6 +11,9 @@ from cryocloud.cli import main
 from cryocloud.store import read_tilt_series, read_tlt, read_tomogram, write_mrc
 
 from conftest import REAL_DATA
+import pytest
+
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
 
 
 def test_convert_mrc_to_zarr_0_5_and_back_and_info(tmp_path, capsys):

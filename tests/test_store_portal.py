@@ -28,6 +28,8 @@ from cryocloud.store.portal import (
     read_portal_tomogram,
 )
 
+pytestmark = pytest.mark.slow  # a real S3 endpoint (moto server) and the CLI
+
 DS, RUN, OLD_RUN = "10001", "TS_01", "TS_02"
 VS, OLD_VS, TS_PX = 10.012, 13.48, 5.006
 TS_ANGLES = np.array([-6.0, -3.0, 0.0, 3.0, 6.0])  # image order (z_index 0..4), as in the .rawtlt

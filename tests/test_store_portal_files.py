@@ -23,6 +23,8 @@ from cryocloud.store.portal.annotations import write_portal_annotation
 from cryocloud.store.portal.https import tilt_series_coordinates_https
 from cryocloud.store.tiltfiles import alignments_from_xf
 
+pytestmark = pytest.mark.slow  # a real S3 endpoint (moto server) and the CLI
+
 DS, RUN = "10001", "TS_01"
 ANGLES = np.array([-6.0, -3.0, 0.0, 3.0, 6.0])
 AXIS = np.array([84.5, 84.6, 84.7, 84.8, 84.9])

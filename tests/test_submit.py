@@ -16,6 +16,8 @@ from cryocloud.submit import JobSpec, job_name, memory_bytes
 
 from k8s_validation import arg_after, check_pod_security, check_workers_match_dask, load_all, pods, validate
 
+pytestmark = pytest.mark.slow  # starts local Dask clusters with worker processes
+
 CONFIG = {
     "input": "s3://cryoet-data-portal-public/10000/TS_01/Reconstructions/VoxelSpacing13.480/Tomograms/100/TS_01.zarr",
     "output": "s3://lab-bucket/runs/ts01",

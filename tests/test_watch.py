@@ -19,6 +19,8 @@ from cryocloud.simulate import preset, simulate
 from cryocloud.store import read_tilt_series, read_tomogram
 from cryocloud.watch import WatchSettings
 
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
+
 DRIFT_A = 20.0
 # cross-correlation alignment takes out what motion correction leaves: each sum sits at its frames' mean position
 FAST = {"align": {"refine": "none", "estimate_axis": False}, "reconstruct": {"thickness_px": 64}}

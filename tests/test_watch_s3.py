@@ -10,6 +10,9 @@ from cryocloud.pipeline import PipelineConfig
 from cryocloud.simulate import preset, simulate
 from cryocloud.store import read_tilt_series
 from cryocloud.watch import WatchSettings, watch
+import pytest
+
+pytestmark = pytest.mark.slow  # integration: runs the CLI, the pipeline or a notebook end to end
 
 
 def test_watch_follows_a_bucket_prefix(s3_bucket):
