@@ -65,6 +65,10 @@ class CtfParams(_Section):
         5000.0, gt=0, description="half-width (A) of the defocus window searched for tilts without a clear peak of their own, "
         "around the series' defocus and widened to the clear tilts' spread (those search the full range); None: all full range"
     )
+    handedness: bool = pydantic.Field(
+        False, description="also check the sign of the tilt angles from the defocus difference across the tilt axis "
+        "(right / flipped / undetermined, in the summary and ctf/handedness.json; about twice the CTF fit's time)"
+    )
 
 
 class AlignParams(_Section):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import partial
 from typing import Any
@@ -33,6 +34,25 @@ def _ctf_figures(ctx: RunContext, table: Any, overwrite: bool) -> None:
     ctx.figure("ctf", "defocus per tilt", "ctf", "defocus.png", draw=lambda fh: save_png(defocus_figure(table), fh), overwrite=overwrite)
 
 
+def _handedness(ctx: RunContext, ts: Any, search: Any, overwrite: bool) -> dict:
+    """The hand of the tilt angles (verdict, slope, its standard error, tilts used), checked once and kept
+    in ctf/handedness.json."""
+    from cryocloud.preprocess.handedness import estimate_handedness
+    from cryocloud.store import open_url
+
+    url = ctx.url("ctf", "handedness.json")
+    so = ctx.storage_options
+    if overwrite or not ctx.exists("ctf", "handedness.json"):
+        result = estimate_handedness(ts, search=search, quiet=False)
+        if result.verdict != "right":
+            log.warning("%s", result.describe())
+        with open_url(url, "w", storage_options=so) as fh:
+            fh.write(result.to_json())
+    with open_url(url, "r", storage_options=so) as fh:
+        report = json.load(fh)
+    return {key: report[key] for key in ("verdict", "slope", "slope_se", "n_tilts_used")}
+
+
 def stage_ctf(ctx: RunContext, overwrite: bool) -> None:
     from cryocloud.preprocess.ctf_estimate import CtfSearch, estimate_ctf
     from cryocloud.preprocess.ctffind_io import apply_ctf_table, format_ctffind, parse_ctffind
@@ -48,9 +68,9 @@ def stage_ctf(ctx: RunContext, overwrite: bool) -> None:
         return
     url = ctx.url("ctf", "ctffind4.txt")
     so = ctx.storage_options
+    search = CtfSearch(defocus_range_a=(p.defocus_min_a, p.defocus_max_a), min_resolution_a=p.min_resolution_a,
+                       series_window_a=p.series_window_a)
     if overwrite or not ctx.exists("ctf", "ctffind4.txt"):
-        search = CtfSearch(defocus_range_a=(p.defocus_min_a, p.defocus_max_a), min_resolution_a=p.min_resolution_a,
-                           series_window_a=p.series_window_a)
         table = estimate_ctf(ts, search=search, quiet=False).table
         with open_url(url, "w", storage_options=so) as fh:
             fh.write(format_ctffind(table, pixel_size_a=ts.pixel_size, microscope=ts.microscope, box=search.box,
@@ -69,6 +89,8 @@ def stage_ctf(ctx: RunContext, overwrite: bool) -> None:
         true_mean = 0.5 * (np.asarray(truth["defocus_u_a"]) + np.asarray(truth["defocus_v_a"]))
         low = np.abs(ts.tilt_angles) <= 30
         figures["defocus_rms_error_a_low_tilt"] = round(float(np.sqrt(np.mean((mean_defocus - true_mean)[low] ** 2))), 1)
+    if p.handedness:
+        figures["handedness"] = _handedness(ctx, ts, search, overwrite)
     ctx.summary["ctf"] = figures
     _ctf_figures(ctx, table.assign(poor_fit=poor), overwrite)
 
