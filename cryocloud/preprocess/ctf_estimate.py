@@ -130,6 +130,12 @@ def tile_grid(
     return corners, aligned[:, 0]
 
 
+def on_side(across_a: np.ndarray, side: int, pixel_size_a: float) -> np.ndarray:
+    """Which distances x' (A) across the tilt axis lie on `side` (+1: x' > 0, -1: x' < 0), more than half a
+    pixel off the axis (a tile centred on the axis belongs to neither side)."""
+    return np.sign(side) * np.asarray(across_a) > 0.5 * pixel_size_a
+
+
 def tile_offsets(
     shape: tuple[int, int], box: int, pixel_size_a: float, tilt_deg: float, tilt_axis_angle_deg: float, shift_xy_a=(0.0, 0.0)
 ) -> tuple[list[tuple[int, int]], np.ndarray]:
@@ -161,7 +167,7 @@ def tile_spectra(
         raise ModelError("image", f"is too small for CTF estimation: shape {image.shape}, need at least 32 x 32 pixels")
     corners, across = tile_grid(image.shape, box, pixel_size_a, tilt_axis_angle_deg, shift_xy_a)
     if side:
-        kept = np.sign(side) * across > 0.5 * pixel_size_a
+        kept = on_side(across, side, pixel_size_a)
         if not kept.any():
             raise ModelError("image", f"has no {box}-pixel tile on side {side:+d} of the tilt axis (shape {image.shape})")
         corners, across = [c for c, k in zip(corners, kept) if k], across[kept]

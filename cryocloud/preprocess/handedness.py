@@ -3,7 +3,7 @@
 At tilt t the specimen mid-plane is imaged with defocus df(x') = df0 + x' tan t, x' the distance (A) across
 the tilt axis in the aligned frame (geometry.py: at positive tilt the side of larger x' is more underfocused,
 as in IMOD / Dynamo / novaCTF). A series whose tilt angles carry the wrong sign shows the opposite gradient
-(its tomogram is mirrored). As in Warp's handedness check, per tilt:
+(its tomogram is mirrored). After the idea of Warp's defocus-handedness check, per tilt:
 
 1. the tiles on each side of the axis (x' < 0, x' > 0; `tile_spectra(side=...)`) are fitted on their own with
    the CTF estimator (`fit_tiles`, full defocus range, no gradient assumed within a side, so the fit favours
@@ -33,15 +33,12 @@ from cryocloud import progress
 from cryocloud.errors import ModelError
 from cryocloud.geometry import image_defocus_gradient
 from cryocloud.model import Microscope, TiltSeries
-from cryocloud.preprocess.ctf_estimate import CtfSearch, fit_tiles, tile_grid, tile_spectra
+from cryocloud.preprocess.ctf_estimate import CtfSearch, fit_tiles, on_side, tile_grid, tile_spectra
 
 SIDE_COLUMNS = ("defocus_minus_a", "defocus_plus_a", "distance_minus_a", "distance_plus_a", "poor_fit")
 
 #: fewest tilts with good fits on both sides for a verdict
 MIN_TILTS = 3
-
-VERDICTS = ("right", "flipped", "undetermined")
-
 
 @dataclass(frozen=True)
 class SideFits:
@@ -116,7 +113,7 @@ def side_defocus(
         _, across = tile_grid(np.shape(image), tiles.box, pixel_size_a, tilt_axis_angle_deg, shift_xy_a)
         fit = fit_tiles(tiles, microscope, search)
         defocus.append(0.5 * (fit.defocus_u + fit.defocus_v))
-        distance.append(float(across[side * across > 0.5 * pixel_size_a].mean()))
+        distance.append(float(across[on_side(across, side, pixel_size_a)].mean()))
         poor = poor or fit.poor_fit
     return SideFits(defocus[0], defocus[1], distance[0], distance[1], poor)
 
