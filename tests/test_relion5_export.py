@@ -222,3 +222,26 @@ def test_pipeline_peaks_write_a_relion5_set(tmp_path):
     # positions back in the tomogram frame (the full-resolution tomogram's, whatever level was searched), to within
     # RELION's decentring by rlnTomoSize / 2.0 (our centre is voxel n // 2: half a pixel apart on an odd axis)
     assert np.abs(rp.particles.positions - picks.positions).max() <= series.pixel_size_a / 2 + 1e-6
+
+
+def test_two_tilt_series_of_different_lengths_read_back(tmp_path):
+    from cryocloud.average.relion_particles import read_relion_particles, tilt_series_of
+    from cryocloud.average.subtilt import from_relion_tilt_series
+    from cryocloud.store.relion5 import read_micrographs
+
+    rng = np.random.default_rng(4)
+    long, short = _tilt_series(rng, name="TS_a"), _tilt_series(rng, n_tilts=15, axis=-95.0, name="TS_b")
+    pos = rng.uniform([300, 300, 150], [600, 500, 250], size=(4, 3))
+    parts = Particles.create(pos, random_rotations(4, rng), rng.random(4), tomogram=np.array(["TS_a", "TS_b", "TS_b", "TS_a"], dtype=object))
+    write_relion5(str(tmp_path / "set"), parts, [RelionTomogram("TS_a", long, (40, 80, 96), 10.0), RelionTomogram("TS_b", short, (40, 80, 96), 10.0)])
+    rp = read_relion_particles(tmp_path / "set" / "optimisation_set.star")
+    assert list(rp.particles.tomogram) == ["TS_a", "TS_b", "TS_b", "TS_a"] and rp.stack_paths is None
+    np.testing.assert_array_equal(rp.visible.sum(axis=1), [21, 15, 15, 21])
+    series = {name: tilt_series_of(ts, read_micrographs(ts.micrograph_names, ts.base)) for name, ts in rp.tomograms.items()}
+    assert series["TS_b"].tilt_axis_angle == -95.0 and series["TS_b"].n_tilts == 15
+    np.testing.assert_array_equal(series["TS_b"].data.values, short.data.values)
+    np.testing.assert_allclose(series["TS_b"].per_tilt("shift_x"), short.per_tilt("shift_x"), atol=1e-5)
+    ti = from_relion_tilt_series(rp, series, 16)
+    assert ti.images.shape == (4, 21, 16, 16)
+    np.testing.assert_array_equal(ti.weight[1, 15:], 0.0)
+    np.testing.assert_allclose(ti.weight[0], np.cos(np.deg2rad(long.tilt_angles)), atol=1e-6)

@@ -93,7 +93,7 @@ class RelionTiltSeries:
 @dataclass(frozen=True)
 class RelionParticles:
     """Particles with their 2D tilt stacks: `particles` (positions A, rotations), `stack_paths` (N,) (None: no stacks),
-    `visible` (N, T) bool, `tilt_series` names per particle, optics (`pixel_size_a`, `box`,
+    `visible` (N, T) bool (T the most tilts of any tilt series), `tilt_series` names per particle, optics (`pixel_size_a`, `box`,
     `ctf_premultiplied`) and the `tomograms` geometry by name."""
 
     particles: Particles
@@ -283,9 +283,11 @@ def read_relion_particles(
         rot = rot @ STACK_FLIP
         base = Path(particles_star).parent
         stacks = np.array([str(base / str(v).split("@")[-1]) for v in _column(parts, "rlnImageName", src, "particles")])
-    if "rlnTomoVisibleFrames" in parts.columns or has_stacks:
-        visible = np.stack([_visible(v, tomograms[n].n_tilts, src) for v, n in zip(_column(parts, "rlnTomoVisibleFrames", src, "particles"), names)])
-    else:
-        visible = np.stack([np.ones(tomograms[n].n_tilts, dtype=bool) for n in names]) if len(names) else np.zeros((0, 0), dtype=bool)
+    t_max = max(ts.n_tilts for ts in tomograms.values())
+    visible = np.zeros((len(names), t_max), dtype=bool)  # tilt series with fewer tilts: the rest not visible
+    flags = _column(parts, "rlnTomoVisibleFrames", src, "particles") if "rlnTomoVisibleFrames" in parts.columns or has_stacks else None
+    for i, name in enumerate(names):
+        n_tilts = tomograms[name].n_tilts
+        visible[i, :n_tilts] = True if flags is None else _visible(flags[i], n_tilts, src)
     particles = Particles.create(pos, rot, tomogram=names)
     return RelionParticles(particles, stacks, visible, px, box, premultiplied, tomograms)

@@ -199,7 +199,7 @@ def from_relion(rp, stacks: np.ndarray) -> TiltImages:
         dv[p, :t] = ts.defocus_v + depth
         ang[p, :t] = ts.defocus_angle
         dose[p, :t] = ts.pre_exposure + 0.5 * ts.dose_per_tilt
-        weight[p, :t] = rp.visible[p] * ts.ctf_scale
+        weight[p, :t] = rp.visible[p, :t] * ts.ctf_scale
     return TiltImages(
         stack_images(np.asarray(stacks, dtype=np.float32)), mats, np.zeros(shape + (2,)), du, dv, ang, dose, weight,
         rp.pixel_size_a, next(iter(rp.tomograms.values())).microscope, rp.ctf_premultiplied,
@@ -285,6 +285,6 @@ def from_relion_tilt_series(rp, tilt_series: dict[str, TiltSeries], box: int) ->
         mats[sel, :t], offsets[sel, :t], ang[sel, :t], dose[sel, :t] = geo.matrices, geo.offsets_px, geo.astigmatism_deg, geo.dose
         du[sel, :t] = tilt_du + rel.hand * (tilt_du - geo.defocus_u)  # extract_subtilts gives defocus - z'
         dv[sel, :t] = tilt_dv + rel.hand * (tilt_dv - geo.defocus_v)
-        weight[sel, :t] = rp.visible[sel] * rel.ctf_scale[None]
+        weight[sel, :t] = rp.visible[sel, :t] * rel.ctf_scale[None]
     first = next(iter(tilt_series.values()))
     return TiltImages(images, mats, offsets, du, dv, ang, dose, weight, first.pixel_size, first.microscope, False)
