@@ -32,7 +32,12 @@ def test_real_aretomo_file_and_the_imod_convention():
     np.testing.assert_array_equal(aln.shifts_px[0], [9.220, 103.933])
     np.testing.assert_array_equal(aln.raw_indices, np.arange(61))
     # cryocloud's .xf of the alignment (geometry.xf_from_alignment: ROT = tilt axis, (TX, TY) = raw-image shift)
-    # is the one alnfile makes of the file (df_to_xf: A = R(-ROT), d = -A (TX, TY))
+    # is the one alnfile makes of the file (df_to_xf: A = R(-ROT), d = -A (TX, TY)) and AreTomo3's own IMOD export
+    # (AreTomo/ImodUtil/CSaveXF.cpp, transcribed)
+    rot = np.deg2rad(-aln.tilt_axis_angle)
+    a = np.array([[np.cos(rot), -np.sin(rot)], [np.sin(rot), np.cos(rot)]])
+    aretomo = np.array([[*a.ravel(), *(a @ -s)] for s in aln.shifts_px])
+    np.testing.assert_allclose(xf_from_alignments(aln.tilt_axis_angle, aln.shifts_px), aretomo, atol=1e-9)
     theirs = df_to_xf(alnfile_read(REAL_ALN))
     ours = xf_from_alignments(aln.tilt_axis_angle, aln.shifts_px)
     np.testing.assert_allclose(ours, np.concatenate([theirs[:, :, :2].reshape(-1, 4), theirs[:, :, 2]], axis=1), atol=1e-9)

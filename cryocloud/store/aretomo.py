@@ -4,9 +4,11 @@ An .aln holds, per aligned tilt image, ROT (the tilt axis, deg), GMAG, TX, TY (s
 raw stack), ..., TILT (the tilt angle used to reconstruct, deg), and a header with RawSize (x, y, images
 of the raw stack), the excluded images (DarkFrame: raw index, angle) and local patch alignments.
 
-Convention, as RELION 5's AreTomo import reads it (tomography_python_programs/align_tilt_series/aretomo:
-rlnTomoZRot = ROT, rlnTomoYTilt = TILT, specimen shifts = (TX, TY), the same roles as its IMOD import's
-.xf rotation and -A^-1 d) and as alnfile converts it to IMOD (df_to_xf: A = R(-ROT), d = -A (TX, TY)):
+Convention, as AreTomo3 itself exports it to IMOD (AreTomo/ImodUtil/CSaveXF.cpp: a11 = cos(-ROT),
+a12 = -sin(-ROT), a21 = sin(-ROT), a22 = cos(-ROT), (dx, dy) = A (-TX, -TY)), as RELION 5's AreTomo import
+reads it (tomography_python_programs/align_tilt_series/aretomo: rlnTomoZRot = ROT, rlnTomoYTilt = TILT,
+specimen shifts = (TX, TY), the roles of its IMOD import's .xf rotation and -A^-1 d) and as alnfile converts
+it (df_to_xf, the same matrix as CSaveXF):
 ROT is cryocloud's `tilt_axis_angle` (counter-clockwise from image y) and (TX, TY) x pixel size its
 per-tilt shift_x / shift_y (geometry.aligned_to_raw). cryocloud holds one tilt axis per series, so a ROT
 that changes from tilt to tilt is refused, as are a magnification (GMAG != 1) and a BetaOffset (tilt about
