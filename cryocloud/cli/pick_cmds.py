@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Optional, Tuple
 
 import numpy as np
@@ -167,6 +168,11 @@ def extract_peaks_cmd(
         help="Score sigma of the cut-off: global (all scores), block (each sub-volume's own), slab (each z row of sub-volumes).",
     ),
     sigma_floor: bool = typer.Option(_peaks_default("sigma_floor"), "--sigma-floor/--no-sigma-floor", help="A local sigma is never taken below the global one."),
+    cutoff_method: str = typer.Option(
+        _peaks_default("cutoff_method"), "--cutoff-method",
+        help="robust-sigma: the best-score map's median and lower-half sigma, each voxel one trial (holds on dense specimens); "
+        "search-sigma: the sigma of every score evaluated, voxels x orientations as trials (with --local-sigma).",
+    ),
     object_name: str = typer.Option("particle", "--object-name", help="Class / copick object name."),
     avoid_fiducials: Optional[str] = typer.Option(
         None, "--avoid-fiducials", help="The searched tomogram (read at the searched pyramid level): no picks within a particle radius of its gold fiducials.",
@@ -181,7 +187,8 @@ def extract_peaks_cmd(
         None, "--null-match", help="`cryocloud match` output of the same search on the tomogram's null volume (half the even/odd "
         "difference, denoised alike: `denoise predict --difference`): the cut-off is never below its empirical one.",
     ),
-    figures: bool = typer.Option(True, "--figures/--no-figures", help="Write <out>_slices.png and <out>_histogram.png."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Write <out>_slices.png and <out>_histogram.png (<out>_cutoff.json, "
+                                 "what set the cut-off, is always written)."),
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint."),
 ) -> None:
     """Pick particles from a score map (cryocloud.pick.job.PeaksJob): false-alarm cut-off and/or a fixed number, non-maximum suppression."""
@@ -192,7 +199,7 @@ def extract_peaks_cmd(
     if fmt == "relion5" and tilt_series is None:
         raise ModelError("tilt_series", "--format relion5 needs --tilt-series (the tilt images and their alignment)")
     job = validated(PeaksJob, dict(n_false=n_false or None, number=number, local_sigma=local_sigma, sigma_floor=sigma_floor,
-                                   min_distance_a=min_distance, fiducial_sigma=fiducial_sigma))
+                                   cutoff_method=cutoff_method, min_distance_a=min_distance, fiducial_sigma=fiducial_sigma))
     maps, summary = read_search(match_url, storage_options=options)
     level = int(summary.get("pyramid_level", 0))
     searched = None if avoid_fiducials is None else _read_level(avoid_fiducials, level, options)
@@ -205,7 +212,8 @@ def extract_peaks_cmd(
     name = tomo_name or series_name(tilt_series or str(summary.get("tomogram", "")))
     if not name.strip():
         raise ModelError("tomo_name", "cannot tell the tomogram's name from its URL; give --tomo-name", source=match_url)
-    particles, threshold = job.run(maps, avoid=avoid, null_threshold=null, tomogram=name, object_name=object_name)
+    cutoff = job.cutoff(maps, null_threshold=null)
+    particles, threshold = job.run(maps, avoid=avoid, cutoff=cutoff, tomogram=name, object_name=object_name)
     shape, px = maps.shape, float(summary["voxel_size"])
     if level and fmt in ("star", "relion5"):  # centred coordinates: from the full-resolution tomogram's centre
         full = read_volume(str(summary.get("tomogram", "")), level=0, storage_options=options)
@@ -217,7 +225,9 @@ def extract_peaks_cmd(
         write_relion5(out_url, particles, [RelionTomogram(name, ts, shape, px)], storage_options=options)
     else:
         write_picks(particles, out_url, fmt, storage_options=options, pixel_size=px, shape_zyx=shape, object_name=object_name)
-    cut = "none" if threshold is None else f"{threshold:.4f}"
+    with open_url(f"{out_url.rsplit('.', 1)[0]}_cutoff.json", "w", storage_options=options) as f:
+        json.dump({"n_particles": len(particles), **cutoff.as_dict()}, f, indent=1)
+    cut = "none" if threshold is None else f"{threshold:.4f} ({cutoff.method})"
     empirical = "" if null is None else f", the null search's {null:.4f}"
     console.print(f"{out_url}: {len(particles)} particles (cut-off {cut}{empirical}, at least {job.min_distance(maps):.1f} A apart)")
     if figures:

@@ -26,7 +26,7 @@ from cryocloud.model import Particles, Tomogram, pixel_size_of
 from cryocloud.pick.angles import crowther_increment, uniform_rotations
 from cryocloud.pick.match import BlockCache, MatchResult, MatchSettings, match
 from cryocloud.pick.null import check_same_search, empirical_threshold
-from cryocloud.pick.peaks import BlockMoments, LocalSigma, extract_peaks
+from cryocloud.pick.peaks import BlockMoments, CutoffMethod, LocalSigma, MapNoise, extract_peaks, map_noise, search_sigma_threshold
 from cryocloud.pick.spectrum import RadialSpectrum, noise_spectrum, null_spectrum
 from cryocloud.pick.template import Template, check_fits, prepare_template
 from cryocloud.pick.weighting import CtfMode, TiltWeighting
@@ -149,6 +149,11 @@ class ScoreMaps:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.scores.shape)
 
+    @property
+    def n_voxels(self) -> float:
+        """The voxels searched (all but those a tomogram mask left out)."""
+        return self.n_search / len(self.rotations)
+
     @classmethod
     def of(cls, result: MatchResult, template: Template, search_id: str | None = None) -> "ScoreMaps":
         """The score maps of a lazy search with `template`, computed in one pass (maps in memory, so peak
@@ -156,6 +161,24 @@ class ScoreMaps:
         scores, orientation, blocks = dask.compute(result.scores, result.orientation, result.block_moments)
         sigma, count = blocks.total()
         return cls(scores, orientation, result.rotations, sigma, count, template.particle_radius * template.voxel_size, blocks, search_id)
+
+
+@dataclass(frozen=True)
+class Cutoff:
+    """A peak extraction's false-alarm cut-off and what set it. `method`: "robust-sigma" (the best-score
+    map's lower half, `map_noise`), "search-sigma" (the search's score sigma, per block with a local
+    sigma: `value` is then the lowest block's), "null-search" (the null search's empirical cut-off,
+    higher than the statistical one) or "none" (a number of picks only); `figures` the numbers
+    behind it, both estimates' included (JSON-ready: `as_dict`)."""
+
+    method: str
+    value: float | None
+    map_noise: MapNoise | None = None
+    null_threshold: float | None = None
+    figures: dict | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cutoff_method": self.method, "cutoff": self.value, **(self.figures or {})}
 
 
 class PeaksJob(pydantic.BaseModel):
@@ -170,6 +193,10 @@ class PeaksJob(pydantic.BaseModel):
         "slab", description="score sigma of the cut-off: global (all scores), block (each sub-volume's own), slab (each z row of "
         "sub-volumes)")
     sigma_floor: bool = pydantic.Field(True, description="a local sigma is never taken below the global one")
+    cutoff_method: CutoffMethod = pydantic.Field(
+        "robust-sigma", description="false-alarm cut-off from: robust-sigma (the best-score map's median and lower-half sigma, each voxel "
+        "one trial: holds on dense specimens) or search-sigma (the standard deviation of every score evaluated, voxels x orientations "
+        "as trials, with local_sigma)")
     min_distance_a: float | None = pydantic.Field(
         None, gt=0, description="minimum distance between picks (A); default the particle's diameter (twice the template's equivalent_radius)")
     fiducial_sigma: float | None = pydantic.Field(
@@ -190,6 +217,25 @@ class PeaksJob(pydantic.BaseModel):
         px = _voxel_size(maps)
         return empirical_threshold(null.scores, min_distance_voxels=self.min_distance(maps) / px, n_false=self.n_false, source=source)
 
+    def cutoff(self, maps: ScoreMaps, *, null_threshold: float | None = None) -> Cutoff:
+        """The false-alarm cut-off `run` applies to `maps` (one pass over the score map for its robust
+        noise) with both estimates' figures; `null_threshold` from `self.null_threshold`."""
+        if self.n_false is None:
+            return Cutoff("none", None)
+        noise = map_noise(maps.scores, maps.n_voxels)
+        local = maps.block_moments if self.local_sigma != "global" else None
+        search = search_sigma_threshold(maps.score_std, maps.n_search, self.n_false, local, self.local_sigma, self.sigma_floor)
+        robust = noise.threshold(self.n_false)
+        statistical = robust if self.cutoff_method == "robust-sigma" else search
+        value, method = statistical, self.cutoff_method
+        if null_threshold is not None and null_threshold > statistical:
+            value, method = float(null_threshold), "null-search"
+        figures = {"n_false": self.n_false, "robust_sigma": {"threshold": robust, "median": noise.median, "sigma": noise.sigma,
+                                                             "n_voxels": noise.n_voxels},
+                   "search_sigma": {"threshold": search, "sigma": maps.score_std, "n_search": maps.n_search, "local_sigma": self.local_sigma},
+                   "null_search": {"threshold": null_threshold}}
+        return Cutoff(method, value, noise if self.cutoff_method == "robust-sigma" else None, null_threshold, figures)
+
     def avoided(self, maps: ScoreMaps, *, searched: Tomogram | None = None, mask: Any = None,
                 sources: tuple[str | None, str | None] = (None, None)) -> dict[str, tuple[np.ndarray, float]]:
         """What no pick may lie near, as voxels (M, 3) on the score maps' grid and a radius (A):
@@ -207,15 +253,19 @@ class PeaksJob(pydantic.BaseModel):
         return avoid
 
     def run(self, maps: ScoreMaps, *, avoid: dict[str, tuple[np.ndarray, float]] | None = None, null_threshold: float | None = None,
-            tomogram: str = "", object_name: str = "particle") -> tuple[Particles, float | None]:
+            cutoff: Cutoff | None = None, tomogram: str = "", object_name: str = "particle") -> tuple[Particles, float | None]:
         """Particles picked from `maps` (positions in A in the searched tomogram's frame) and the cut-off
         used; none near what `avoid` (from `self.avoided`) lists; `null_threshold` from
-        `self.null_threshold`; `tomogram` and `object_name` label the particles."""
+        `self.null_threshold`, or `cutoff` from `self.cutoff` (computed here when not given: pass it to
+        report what set the cut-off without a second pass); `tomogram` and `object_name` label the particles."""
+        if cutoff is not None and null_threshold is not None:
+            raise ModelError("null_threshold", "give it to `cutoff` (which then carries it) or to run, not both")
+        cutoff = self.cutoff(maps, null_threshold=null_threshold) if cutoff is None else cutoff
         return extract_peaks(
             maps.scores, maps.orientation, maps.rotations, radius_a=self.min_distance(maps), n_false=self.n_false, number=self.number,
             score_std=maps.score_std, n_search=maps.n_search, block_moments=maps.block_moments, local_sigma=self.local_sigma,
             sigma_floor=self.sigma_floor, tomogram=tomogram, class_name=object_name, avoid=list((avoid or {}).values()),
-            null_threshold=null_threshold,
+            null_threshold=cutoff.null_threshold, map_noise=cutoff.map_noise,
         )
 
 

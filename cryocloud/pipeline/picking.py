@@ -149,7 +149,8 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
         null_maps, _ = read_search(ctx.url("match", "null"), storage_options=so)
         null, null_scores = p.null_threshold(maps, null_maps, source=ctx.url("match", "null")), null_maps.scores
     name = tomogram_name(ctx)
-    particles, threshold = p.run(maps, avoid=avoid, null_threshold=null, tomogram=name, object_name="ribosome")
+    cutoff = p.cutoff(maps, null_threshold=null)
+    particles, threshold = p.run(maps, avoid=avoid, cutoff=cutoff, tomogram=name, object_name="ribosome")
     ctx.results["particles"] = particles
     write_particles_csv(particles, ctx.url("peaks", "particles.csv"), overwrite=True, storage_options=so)
     full = ctx.read_tomogram(0)  # centred coordinates: from the full-resolution tomogram's centre, whatever level was searched
@@ -158,6 +159,7 @@ def stage_peaks(ctx: RunContext, overwrite: bool) -> None:
     write_score_figures(maps.scores, particles, threshold, ctx.url("peaks", "scores"), radius_a=maps.particle_radius_a, title="template matching",
                         null_scores=null_scores, null_threshold=null, storage_options=so)
     figures: dict[str, Any] = {"n_picks": len(particles), "threshold": None if threshold is None else round(threshold, 4),
+                               "cutoff_method": cutoff.method, "cutoff": cutoff.as_dict(),
                                "null_threshold": None if null is None else round(null, 4),
                                "fiducial_voxels": len(avoid["fiducials"][0]) if "fiducials" in avoid else None,
                                "membrane_voxels": len(avoid["mask"][0]) if "mask" in avoid else None, "relion5": relion5}
