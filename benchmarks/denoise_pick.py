@@ -48,7 +48,7 @@ def _f_beta(tomo, null, series, workdir: str, truth_positions: np.ndarray, incre
     cut = PeaksJob().null_threshold(maps, read_search(f"{workdir}_null")[0])
     found = {}
     for mode, null_threshold in (("global", None), ("block", None), ("slab", None), ("null", cut)):
-        particles, _ = PeaksJob(local_sigma="slab" if mode == "null" else mode).run(maps, null_threshold=null_threshold)
+        particles, _ = PeaksJob(cutoff_method="search-sigma", local_sigma="slab" if mode == "null" else mode).run(maps, null_threshold=null_threshold)
         found[mode] = (f_beta(particles.positions, truth_positions, tolerance=tolerance), len(particles))
     best, _ = PeaksJob(n_false=None, number=len(truth_positions)).run(maps)
     ranked = f_beta(best.positions, truth_positions, tolerance=tolerance)

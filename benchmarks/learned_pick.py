@@ -76,7 +76,7 @@ def template_matching(tomo: Tomogram, ts, radius_a: float, increment_deg: float 
     job = MatchJob(angular_increment_deg=increment_deg, subvolume=96, resolution_a=40.0)
     template = job.prepare(map_from_model(str(BUNDLED_STRUCTURE), PX), PX, PX)
     maps = ScoreMaps.of(job.run(tomo, template, TiltWeighting.from_tilt_series(ts)), template)
-    particles, _ = PeaksJob(local_sigma="global").run(maps)
+    particles, _ = PeaksJob(cutoff_method="search-sigma", local_sigma="global").run(maps)
     return particles
 
 

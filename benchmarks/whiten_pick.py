@@ -56,7 +56,7 @@ def f4_scores(tomo, series, truth: np.ndarray, job, noise) -> dict:
     result = job.run(tomo, template, TiltWeighting.from_tilt_series(series), noise=noise if job.whiten == "noise" else None)
     maps = ScoreMaps.of(result, template)
     radius, tolerance = 0.8 * template.radius * px, template.radius * px / 2
-    picks, _ = PeaksJob(local_sigma="global", min_distance_a=radius).run(maps)
+    picks, _ = PeaksJob(cutoff_method="search-sigma", local_sigma="global", min_distance_a=radius).run(maps)
     best, _ = PeaksJob(n_false=None, number=len(truth), min_distance_a=radius).run(maps)
     return {"f4": round(f_beta(picks.positions, truth, tolerance=tolerance)["f4"], 3), "n_picks": len(picks),
             "f4_best_n": round(f_beta(best.positions, truth, tolerance=tolerance)["f4"], 3)}

@@ -165,7 +165,8 @@ def extract_peaks_cmd(
     number: Optional[int] = typer.Option(None, "--number", help="Keep at most this many particles."),
     local_sigma: str = typer.Option(
         _peaks_default("local_sigma"), "--local-sigma",
-        help="Score sigma of the cut-off: global (all scores), block (each sub-volume's own), slab (each z row of sub-volumes).",
+        help="With --cutoff-method search-sigma, the score sigma of the cut-off: global (all scores), block (each sub-volume's own), "
+        "slab (each z row of sub-volumes).",
     ),
     sigma_floor: bool = typer.Option(_peaks_default("sigma_floor"), "--sigma-floor/--no-sigma-floor", help="A local sigma is never taken below the global one."),
     cutoff_method: str = typer.Option(

@@ -190,8 +190,8 @@ class PeaksJob(pydantic.BaseModel):
     n_false: float | None = pydantic.Field(1.0, gt=0, description="expected false positives (statistical cut-off); None: none")
     number: int | None = pydantic.Field(None, gt=0, description="or keep the best N")
     local_sigma: LocalSigma = pydantic.Field(
-        "slab", description="score sigma of the cut-off: global (all scores), block (each sub-volume's own), slab (each z row of "
-        "sub-volumes)")
+        "slab", description="with cutoff_method search-sigma, the score sigma of the cut-off: global (all scores), block (each "
+        "sub-volume's own), slab (each z row of sub-volumes)")
     sigma_floor: bool = pydantic.Field(True, description="a local sigma is never taken below the global one")
     cutoff_method: CutoffMethod = pydantic.Field(
         "robust-sigma", description="false-alarm cut-off from: robust-sigma (the best-score map's median and lower-half sigma, each voxel "
