@@ -19,6 +19,8 @@ from cryocloud.errors import ModelError, StoreError
 from cryocloud.model import OPTIONAL_TILT_COORDS, REQUIRED_TILT_COORDS, Microscope, TiltSeries, Tomogram, pixel_size_of
 from cryocloud.store.location import Location, resolve
 from cryocloud.store.metadata import ATTRS_KEY, CryocloudAttrs, split_caller_metadata, validation_problems
+from cryocloud.store import portal
+from cryocloud.store.arrays import spatial_array
 from cryocloud.store.ngff import NgffImage, all_chunk_keys, missing_chunk_keys, open_image, write_multiscale
 
 TOMOGRAM_AXES = [{"name": d, "type": "space", "unit": "angstrom"} for d in ("z", "y", "x")]
@@ -126,38 +128,6 @@ def _check_axes(image: NgffImage, expected: tuple[str, ...]) -> None:
         raise StoreError(image.url, f"has axes {image.axis_names}, expected {expected}", field="multiscales.axes")
 
 
-def _check_isotropic(url: str, dims: tuple[str, ...], scale: np.ndarray) -> None:
-    """One pixel size for every spatial axis (within 0.1 %): cryocloud's model has a single one."""
-    sizes = {d: float(scale[i]) for i, d in enumerate(dims) if d in ("z", "y", "x")}
-    if max(sizes.values()) > min(sizes.values()) * 1.001:
-        shown = ", ".join(f"{d} {v:g}" for d, v in sizes.items())
-        raise StoreError(url, f"pixel sizes differ between axes ({shown} A); expected one isotropic pixel size", field="pixel_size")
-
-
-def spatial_array(image: NgffImage, level: int, dims: tuple[str, ...], chunks: Any, *, pooled: bool = False) -> xr.DataArray:
-    """Lazy DataArray of a level with x/y(/z) coordinates (A) at the voxel centres of that level.
-
-    `pooled`: the pyramid is mean-pooled but its levels carry scale transforms only (the CryoET
-    Data Portal): a level without a translation then gets (scale_n - scale_0) / 2 per axis, the
-    centre of the level-0 voxels it averages.
-    """
-    data = image.dask_array(level, chunks)
-    if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
-        raise StoreError(image.url, f"dtype {data.dtype} is not supported; expected real numbers (integer or float)", field="dtype")
-    scale, translation = image.scale_translation(level)
-    _check_isotropic(image.url, dims, scale)
-    if pooled and not any(t.get("type") == "translation" for t in image.transforms[level]):
-        translation = (scale - image.scale_translation(0)[0]) / 2
-    px0 = image.scale_translation(0)[0][-1]
-    coords = {
-        d: translation[i] + np.arange(data.shape[i]) * scale[i]
-        for i, d in enumerate(dims)
-        if d in ("z", "y", "x")
-    }
-    attrs = {"pixel_size": float(scale[-1]), "source": image.url, "level": level, "level0_pixel_size": float(px0)}
-    return xr.DataArray(data, dims=dims, coords=coords, attrs=attrs, name=image.location.name)
-
-
 def read_tomogram(url: str, *, level: int = 0, storage_options: dict | None = None, chunks: Any = None) -> Tomogram:
     """Lazily read a tomogram (z, y, x) from OME-Zarr (NGFF 0.4 or 0.5, with or without cryocloud block).
 
@@ -166,8 +136,6 @@ def read_tomogram(url: str, *, level: int = 0, storage_options: dict | None = No
     chunk per zarr chunk, "auto" = larger chunks for bulk reads (see `NgffImage.dask_array`).
     CryoET Data Portal addresses (portal://, its bucket, client objects) go to `cryocloud.store.portal`.
     """
-    from cryocloud.store import portal
-
     if portal.is_portal_url(url):
         return portal.read_portal_tomogram(url, level=level, storage_options=storage_options, chunks=chunks)
     image = open_image(resolve(url, storage_options))
@@ -191,8 +159,6 @@ def read_tilt_series(url: str, *, level: int = 0, storage_options: dict | None =
 
     CryoET Data Portal addresses go to `cryocloud.store.portal` (angles from .rawtlt / metadata).
     """
-    from cryocloud.store import portal
-
     if portal.is_portal_url(url):
         return portal.read_portal_tilt_series(url, level=level, storage_options=storage_options, chunks=chunks)
     image = open_image(resolve(url, storage_options))

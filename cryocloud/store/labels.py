@@ -24,7 +24,8 @@ import zarr
 
 from cryocloud.errors import OutputExistsError, StoreError
 from cryocloud.model import pixel_size_of
-from cryocloud.store.images import TOMOGRAM_AXES, source_locations, spatial_array
+from cryocloud.store.arrays import spatial_array
+from cryocloud.store.images import TOMOGRAM_AXES, source_locations
 from cryocloud.store.location import Location, os_errors_as_store_errors, resolve
 from cryocloud.store.ngff import open_image, write_multiscale
 

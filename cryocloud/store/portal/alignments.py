@@ -26,7 +26,9 @@ from cryocloud.errors import StoreError
 from cryocloud.model import TiltSeries
 from cryocloud.store.location import Location
 from cryocloud.store.mdoc import Mdoc, parse_mdoc
-from cryocloud.store.portal.bucket import PORTAL_BUCKET, PortalRun, portal_options, portal_run, read_json
+from cryocloud.store.location import PORTAL_BUCKET
+from cryocloud.store.portal.address import portal_options
+from cryocloud.store.portal.layout import PortalRun, portal_run, read_json
 from cryocloud.store.tiltfiles import alignments_from_xf, read_tlt, read_xf
 
 

@@ -10,7 +10,7 @@ spacing, i.e. position_A / voxel_spacing_A):
 
 An optional ``score`` is kept. An annotation folder holds the ndjson files and, written last, the
 metadata JSON whose ``files`` list names them (``format``, ``shape``, ``path``), as the portal's
-own annotation folders do; `cryocloud.store.portal.bucket` reads them back.
+own annotation folders do; `cryocloud.store.portal.read` reads them back.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 
 from cryocloud.errors import ModelError, StoreError
 from cryocloud.model import Particles
-from cryocloud.store.location import resolve
+from cryocloud.store.location import PORTAL_BUCKET, resolve
 from cryocloud.store.textfiles import write_text
 
 NdjsonShape = Literal["point", "orientedPoint", "instancePoint"]
@@ -113,7 +113,6 @@ def write_portal_annotation(
     `metadata` adds fields to the JSON (authors, method, ...). Never writes into the portal bucket.
     Returns the metadata JSON's URL.
     """
-    from cryocloud.store.portal.bucket import PORTAL_BUCKET
 
     folder = resolve(folder_url, storage_options)
     if folder.protocol == "s3" and folder.path.split("/", 1)[0] == PORTAL_BUCKET:

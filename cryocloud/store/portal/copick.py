@@ -33,7 +33,8 @@ import numpy as np
 from cryocloud.errors import ModelError, OutputExistsError, StoreError
 from cryocloud.model import Particles, Tomogram
 from cryocloud.store.images import write_tomogram
-from cryocloud.store.location import Location, os_errors_as_store_errors, resolve
+from cryocloud.store.location import PORTAL_BUCKET, Location, os_errors_as_store_errors, resolve
+from cryocloud.store.portal.address import SCHEME
 from cryocloud.store.textfiles import write_text
 
 def to_copick(particles: Particles, *, object_name: str, user_id: str = "cryocloud", session_id: str = "0", run_name: str = "",
@@ -108,7 +109,6 @@ class CopickOverlay:
     storage_options: dict | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        from cryocloud.store.portal.bucket import PORTAL_BUCKET, SCHEME
 
         loc = resolve(self.root, self.storage_options)
         if self.root.startswith(SCHEME) or (loc.protocol == "s3" and loc.path.split("/", 1)[0] == PORTAL_BUCKET):

@@ -3,7 +3,7 @@
 Every bucket key is also served at ``{base}/{key}`` (base ``https://files.cryoetdataportal.cziscience.com``,
 or the Dask config key ``cryocloud.portal.https_url``). HTTP cannot list folders and the portal's
 OME-Zarr has no consolidated metadata, so images and run listings go through S3
-(`cryocloud.store.portal.bucket`); what HTTPS serves well are the small files whose keys are known:
+(`cryocloud.store.portal.read`); what HTTPS serves well are the small files whose keys are known:
 metadata JSONs and the tilt angles of a tilt series (``{dataset}/{run}/TiltSeries/{id}/
 tiltseries_metadata.json`` and ``{run}.rawtlt`` beside it, current layout).
 """
@@ -17,7 +17,9 @@ import fsspec
 import numpy as np
 
 from cryocloud.errors import StoreError
-from cryocloud.store.portal.bucket import PORTAL_HTTPS, PortalImage, tilt_coordinates
+from cryocloud.store.portal.address import PORTAL_HTTPS
+from cryocloud.store.portal.layout import PortalImage
+from cryocloud.store.portal.read import tilt_coordinates
 
 
 def https_base(base: str | None = None) -> str:
@@ -53,7 +55,7 @@ def tilt_series_coordinates_https(dataset: str, run: str, tilt_series_id: str, *
     """Per-tilt coordinates of a tilt series (angles, acquisition order, exposure, defocus) read over HTTPS.
 
     Reads ``tiltseries_metadata.json`` and ``{run}.rawtlt`` (if present) and interprets them as the
-    S3 reader does (`cryocloud.store.portal.bucket.tilt_coordinates`); the number of images is
+    S3 reader does (`cryocloud.store.portal.read.tilt_coordinates`); the number of images is
     ``size.z`` of the metadata.
     """
     folder = f"{https_base(base)}/{dataset}/{run}/TiltSeries/{tilt_series_id}"
