@@ -20,7 +20,8 @@ Pipeline on binned, band-passed images (`images.prepare_stack`), angle-sorted:
    tolerance is logged as a warning and listed in `AlignmentResult.limits`;
 5. shifts are gauge-fixed (`axis.remove_gauge`) and converted to raw pixels and Angstrom.
 
-Accuracy on simulated data: tests/test_align.py and tests/test_align_axis.py.
+Accuracy on simulated data: tests/test_align.py and tests/test_align_axis.py; on an independent forward model
+(skimage radon, tests/independent_tilt_series.py) and the real STEM series: tests/test_align_independent.py.
 """
 
 from __future__ import annotations
@@ -122,7 +123,10 @@ def align_tilt_series(
     (deg): real STEM series of tests/data/real (reference 92.3-92.8): common-line 91.9, patch model
     95.8 (still drifting at its cap), projection-matching score rising beyond 10 deg away; slab twice
     the field (tests/test_align.py, true 84): 0.07 / 1.2 / 0.9 (flat score, 0.9550 +- 0.0001 over 2
-    deg); simulated cryo twin (true 85): common-line 0.93; no method is best everywhere.
+    deg); simulated cryo twin (true 85): common-line 0.93; independent slab twice the field and a quarter
+    of it thick, 3 e/A^2 Poisson (tests/independent_tilt_series.py, seed 0, true 84 / 30 / 0 / -5, guesses
+    +4 and -3.5): common-line -6.7 / -3.8 / -5.3 / -6.8, patch model +0.81 / +0.26 / +0.55 / +1.44,
+    default -0.18 / -0.67 / -0.04 / +0.45, shifts 0.15-0.31 px RMS; no method is best everywhere.
     Existing shift_x / shift_y coordinates of `ts` are ignored: the images are taken as raw.
     """
     axis_method = axis_method or ("projection-matching" if refine == "projection-matching" else "patch-model")
