@@ -86,6 +86,7 @@ def test_aligned_view_follows_geometry():
     np.testing.assert_allclose(peak, np.linalg.solve(rotation_2d(axis), q - s), atol=1.0)
 
 
+@pytest.mark.slow
 def test_projection_model_recovers_axis_shifts_and_offset_exactly():
     rng = np.random.default_rng(2)
     axis, offset = -12.5, 3.0
@@ -102,6 +103,7 @@ def test_projection_model_recovers_axis_shifts_and_offset_exactly():
     assert abs(tilt_offset_from_points(fit.points) - offset) < 0.2  # the specimen's own 0.5 px roughness
 
 
+@pytest.mark.slow
 def test_projection_matching_alignment_accuracy(series):
     """The issue's accuracy: shifts within 1 px RMS (raw pixels, binned 2 here), axis within 0.5 deg."""
     ts, shifts, _ = series
@@ -112,6 +114,7 @@ def test_projection_matching_alignment_accuracy(series):
     assert np.all(np.isfinite(result.residuals)) and result.residuals.max() < 0.5 * PIXEL
 
 
+@pytest.mark.slow
 def test_patch_tracking_alignment_accuracy(series):
     """Patch tracking alone: shifts within 1 px; its axis angle is less exact (tracks drift), within 1 deg."""
     ts, shifts, _ = series
@@ -121,6 +124,7 @@ def test_patch_tracking_alignment_accuracy(series):
     assert np.all(result.residuals > 0) and np.all(result.residuals < 1.0 * PIXEL)
 
 
+@pytest.mark.slow
 def test_coarse_only_with_fixed_axis_keeps_the_axis(series):
     ts, shifts, _ = series
     fixed = align_tilt_series(ts, refine="none", estimate_axis=False, axis_angle_guess_deg=TRUE_AXIS)
@@ -129,6 +133,7 @@ def test_coarse_only_with_fixed_axis_keeps_the_axis(series):
     assert _shift_rms_px(fixed, shifts) < 2.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("offset", [4.0, -3.0])
 def test_tilt_offset_estimate(offset):
     """Measured error over seeds 3, 5, 7 and offsets 0, 2, 4, -3 deg: at most 0.26 deg. It does not grow

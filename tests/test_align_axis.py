@@ -99,6 +99,7 @@ def test_common_line_axis_of_a_slab_wider_than_the_field():
     assert common_line_axis(images, ANGLES, TRUE_AXIS + 15, half_range_deg=5.0).at_bound
 
 
+@pytest.mark.slow
 def test_alignment_carries_its_quality_figures_and_its_limits(caplog):
     """One projection-matching iteration cannot reach the 0.05 px tolerance: the result and the log say so."""
     ts, _, _ = _series(0)
@@ -126,6 +127,7 @@ def test_common_line_axis_of_the_real_stem_series():
     assert 91.5 < found.angle_deg < 93.0
 
 
+@pytest.mark.slow
 def test_axis_method_is_checked():
     ts, _, _ = _series(0)
     with pytest.raises(ModelError, match="axis_method"):

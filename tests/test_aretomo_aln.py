@@ -70,6 +70,7 @@ def test_alignment_round_trip_and_refusals(tmp_path):
         read_aln(tmp_path / "junk.aln")
 
 
+@pytest.mark.slow
 def test_align_writes_the_aln_beside_the_xf(tmp_path):
     rng = np.random.default_rng(1)
     angles = np.arange(-30.0, 31.0, 10.0)

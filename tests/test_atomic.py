@@ -25,6 +25,7 @@ def test_atom_pair_integral_and_position(pixel):
         assert min(np.abs(peak_xyz - half).max(), np.abs(peak_xyz + half).max()) <= 0.6
 
 
+@pytest.mark.slow
 def test_bundled_ribosome_map_and_envelope():
     model = read_atomic_model()
     assert model.name == "7p6z" and len(model.xyz) == 142534

@@ -140,6 +140,7 @@ def _particles(ribosome, n, noise, seed):
     return np.array(vols, dtype=np.float32), rot, shift, pert @ rot
 
 
+@pytest.mark.slow
 def test_align_recovers_orientations_and_subvoxel_shifts(ribosome):
     vols, rot, shift, start = _particles(ribosome, 12, 0.5, seed=2)
     init = Poses(start, np.zeros((12, 3)), np.full(12, np.nan))
@@ -150,6 +151,7 @@ def test_align_recovers_orientations_and_subvoxel_shifts(ribosome):
     assert np.all(poses.scores > 0.3)
 
 
+@pytest.mark.slow
 def test_gold_standard_refinement_reaches_the_resolution_of_the_data(ribosome):
     n = 40
     vols, rot, shift, start = _particles(ribosome, n, 1.0, seed=3)

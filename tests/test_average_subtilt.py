@@ -55,6 +55,7 @@ def _tilt_images(volume: np.ndarray, n: int, seed: int) -> tuple[TiltImages, np.
     return ti, rot
 
 
+@pytest.mark.slow
 def test_subtilt_reconstruction_recovers_the_map_and_corrects_the_ctf(ribosome):  # noqa: F811
     ti, rot = _tilt_images(ribosome, 24, seed=0)
     poses = Poses(rot, np.zeros((24, 3)), np.zeros(24))
@@ -106,6 +107,7 @@ def _band_fsc(curve, lo_a: float, hi_a: float) -> float:
     return float(curve.fsc[band].mean())
 
 
+@pytest.mark.slow
 def test_real_empiar10499_average_agrees_with_relions_map():
     """The 40 WarpTools particles reconstructed with their STAR geometry reproduce the RELION map stored
     beside them. Thresholds: both maps come from the same 40 noisy particles but with different

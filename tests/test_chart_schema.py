@@ -66,6 +66,7 @@ def test_chart_owned_keys_and_credentials_are_refused(config):
     assert chart_errors(config)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (HAVE_SDK or HELM_BIN), reason="neither helm-python-sdk nor a helm binary is installed")
 def test_helm_template_refuses_a_bad_pipeline_config():
     assert helm("template", merged({"pipeline": {"config": GOOD}}))["docs"]

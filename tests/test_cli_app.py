@@ -1,7 +1,10 @@
+import pytest
+
 from cryocloud import __version__
 from cryocloud.cli import main
 
 
+@pytest.mark.slow
 def test_version_and_help(capsys):
     assert main(["--version"]) == 0
     assert __version__ in capsys.readouterr().out

@@ -75,6 +75,7 @@ def test_minislabs_along_z_and_along_the_particle_axis():
         minislabs(tomo, particles, box=box, thickness_a=30.0, axis="y")
 
 
+@pytest.mark.slow
 def test_agreement_ranks_true_particles_above_decoys():
     """Digital twin (16 A, WBP): 16 ribosomes with their true orientations, 10 decoys in empty ice
     with random orientations. The average of the 5 best-scored true particles correlates better with
@@ -158,6 +159,7 @@ def test_read_picks_inverts_every_output_format(tmp_path, fmt):
             read_picks(url)
 
 
+@pytest.mark.slow
 def test_gallery_pages_and_stack_export(tmp_path):
     rng = np.random.default_rng(3)
     images = rng.normal(size=(23, 16, 16)).astype(np.float32)

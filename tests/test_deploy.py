@@ -64,6 +64,7 @@ def same_objects(built: list[dict], expected: list[dict]) -> None:
         assert a == b, kind
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_every_manifest_in_deploy_validates(path):
     docs = load_all(path.read_text())
@@ -72,6 +73,7 @@ def test_every_manifest_in_deploy_validates(path):
         validate(doc)
 
 
+@pytest.mark.slow
 def test_validator_rejects_what_an_api_server_rejects():
     job = yaml.safe_load((DEPLOY / "daskjob.yaml").read_text())
     typo = copy.deepcopy(job)
@@ -97,6 +99,7 @@ def test_validator_rejects_what_an_api_server_rejects():
         validate(sa)
 
 
+@pytest.mark.slow
 def test_kustomization_builds_what_cryocloud_submit_builds():
     built = kustomize(DEPLOY)
     for doc in built:
@@ -110,6 +113,7 @@ def test_kustomization_builds_what_cryocloud_submit_builds():
     assert by_kind(built)["DaskAutoscaler"]["spec"]["cluster"] == job["metadata"]["name"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
 def test_kubectl_kustomize_matches_and_validates():
     out = subprocess.run(["kubectl", "kustomize", str(DEPLOY)], capture_output=True, text=True, timeout=120, check=True).stdout

@@ -138,6 +138,7 @@ def test_helm_lint_strict_passes():
     assert helm("lint", VALUES)["errors"] == []
 
 
+@pytest.mark.slow
 @needs_helm
 def test_default_install_validates_and_is_locked_down():
     docs = helm("template", VALUES)["docs"]
@@ -151,6 +152,7 @@ def test_default_install_validates_and_is_locked_down():
     assert kinds["ServiceAccount"]["automountServiceAccountToken"] is False
 
 
+@pytest.mark.slow
 @needs_helm
 def test_chart_installs_what_cryocloud_submit_builds():
     toleration = {"key": "dedicated", "operator": "Equal", "value": "cryo", "effect": "NoSchedule"}
@@ -178,6 +180,7 @@ def test_chart_installs_what_cryocloud_submit_builds():
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
+@pytest.mark.slow
 @needs_helm
 def test_worker_placement_applies_to_workers_only():
     gpu = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}

@@ -46,6 +46,7 @@ def test_targets_balls_and_membranes():
     assert shifted[5, 4, 4] == PARTICLE and shifted[0, 0, 7] == 0
 
 
+@pytest.mark.slow
 def test_receptive_radius_bounds_the_influence_of_a_voxel():
     picker = _picker()
     r = picker.config.unet.receptive_radius
@@ -60,6 +61,7 @@ def test_receptive_radius_bounds_the_influence_of_a_voxel():
     assert np.abs(changed - 48).max() > 8  # reaches through the pooled levels, beyond the full-resolution convolutions
 
 
+@pytest.mark.slow
 def test_tiled_prediction_has_no_seams():
     """Tiles of 32 voxels with the default overlap (28) reproduce one whole-volume tile; without overlap they do not."""
     picker = _picker()
@@ -93,6 +95,7 @@ def _prob_map(centres_zyx, shape, radius, chunks):
     return xr.DataArray(da.from_array(prob, chunks=chunks), dims=("z", "y", "x"), coords=coords, attrs={"pixel_size": 10.0})
 
 
+@pytest.mark.slow
 def test_connected_components_across_chunks():
     """Blobs straddling chunk borders are found once, at their centres, with mean probability scores;
     blobs far smaller than a particle are dropped."""

@@ -1,6 +1,7 @@
 """Background correction with a phase-randomised template."""
 
 import numpy as np
+import pytest
 
 from cryocloud.geometry import random_rotations
 from cryocloud.model import Tomogram
@@ -26,6 +27,7 @@ def test_phase_randomised_keeps_the_power_spectrum_and_loses_the_structure():
     assert not np.allclose(randomised, phase_randomised(template, seed=2))
 
 
+@pytest.mark.slow
 def test_background_correction_lowers_dense_objects_against_particles():
     """Four ribosomes and five dense Gaussian blobs (gold-bead-like, 2 voxels s.d., twice the template's
     peak density) in noise. Uncorrected, the blobs score about 0.6 of the particles (they correlate with

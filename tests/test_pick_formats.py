@@ -30,6 +30,7 @@ def ts037() -> Particles:
     return Particles.create(voxels * TS037_VS, rotations, np.linspace(0.1, 0.9, len(voxels)), tomogram="TS_037", class_name="ribosome")
 
 
+@pytest.mark.slow
 def test_real_picks_as_portal_ndjson_of_each_shape(ts037):
     voxels = ts037.positions / TS037_VS
     for shape in ("point", "orientedPoint", "instancePoint"):
@@ -86,6 +87,7 @@ def test_portal_annotation_folder(ts037, tmp_path):
         write_portal_annotation(subset, "s3://cryoet-data-portal-public/10001/TS_037/x", object_name="r", voxel_spacing=10.0)
 
 
+@pytest.mark.slow
 def test_copick_round_trip_and_star(ts037, tmp_path):
     text = to_copick(ts037, object_name="ribosome", user_id="cryocloud", session_id="7", run_name="TS_037", voxel_spacing=TS037_VS)
     document = json.loads(text)

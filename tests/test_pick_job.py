@@ -47,6 +47,7 @@ def test_cli_match_and_extract_peaks_pick_what_the_pipeline_picks(tmp_path):
     np.testing.assert_allclose((picked - 5.0) % voxel, 0.0, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_python_job_picks_the_pasted_particles():
     tomo, template, positions, rotations = _synthetic()
     job = MatchJob(subvolume=64, ctf="none")

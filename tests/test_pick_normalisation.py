@@ -53,6 +53,7 @@ def _run(volume, search, reach: bool, spherical: bool = True):
     return best, false_alarm_threshold(sigma, count, 1.0)
 
 
+@pytest.mark.slow
 def test_flat_ice_next_to_a_specimen_passes_no_false_alarm_cut_off(search):
     volume = _denoised_like(0)
     z = np.arange(CORE[0]) + LO[0]
@@ -124,6 +125,7 @@ def _score_moments(search, seed: int, with_inside: bool) -> np.ndarray:
     return moments
 
 
+@pytest.mark.slow
 def test_scores_next_to_the_tomogram_faces_spread_as_in_its_centre(search):
     """Statistics that count the mean padding beyond a face inflated the score's spread there (false
     picks at the faces); normalising over the tomogram's voxels only keeps it as in the centre.

@@ -60,6 +60,7 @@ def setup():
     return mask, spectrum, grid, volume, sub
 
 
+@pytest.mark.slow
 def test_fourier_search_equals_brute_force_correlation(setup):
     mask, spectrum, grid, volume, sub = setup
     mask_grid = np.roll(np.pad(mask, (0, S - B)), (-(B // 2),) * 3, axis=(0, 1, 2))

@@ -57,6 +57,7 @@ def _white_template(px: float):
     return prepare_template(volume.astype(np.float32), px, px, mask_radius_a=7 * px)
 
 
+@pytest.mark.slow
 def test_defocus_gradient_raises_scores_of_particles_off_the_mid_plane():
     """A thick specimen (1344 A along z at 4 A voxels): three particles at depths -576, 0, +576 A, each
     with the CTF of its own depth. The search with per-sub-volume defocus scores the off-centre ones
@@ -115,6 +116,7 @@ def test_whitening_flattens_the_radial_power_spectrum():
         assert np.std(np.log(after)) < 0.15 < 1.0 < np.std(np.log(before))
 
 
+@pytest.mark.slow
 def test_whitening_rescues_a_search_in_coloured_noise():
     """Eight copies of a real ribosome template (PyTom, 21 A) in noise whose power falls as 1/k^3 and
     swamps them at low frequency: without whitening the search finds none above the false-alarm

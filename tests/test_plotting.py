@@ -7,10 +7,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
 from cryocloud.plotting import subplots
 
 
+@pytest.mark.slow
 def test_no_cryocloud_module_imports_pyplot():
     code = (
         "import importlib, pkgutil, sys, cryocloud\n"
@@ -33,6 +35,7 @@ def _png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_figures_drawn_from_many_threads_are_all_valid_pngs():
     with ThreadPoolExecutor(8) as pool:
         pngs = list(pool.map(_png, range(32)))

@@ -60,6 +60,7 @@ def test_strip_width_from_tolerance():
     assert strip_width_a(-60.0, 300.0) == pytest.approx(300.0 / np.tan(np.deg2rad(60)))
 
 
+@pytest.mark.slow
 def test_phase_flip_in_strips_follows_the_defocus_gradient():
     rng = np.random.default_rng(1)
     # low defocus keeps the CTF's delocalisation (~lambda df k) small against the strips

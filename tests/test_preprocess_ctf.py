@@ -47,6 +47,7 @@ def ctf_image(rng, du, dv, angle, *, tilt=0.0, axis=0.0, noise=1.0, n=N):
     return img + 3 * low + noise * rng.standard_normal((n, n))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "du, dv, angle",
     [(30000.0, 28000.0, 30.0), (15000.0, 14200.0, -60.0), (52000.0, 50500.0, 75.0)],
@@ -61,6 +62,7 @@ def test_fit_recovers_defocus_and_astigmatism(du, dv, angle):
     assert 5.0 <= fit.fit_resolution_a < 12.0
 
 
+@pytest.mark.slow
 def test_noisier_spectrum_has_lower_score_and_fit_resolution():
     rng = np.random.default_rng(7)
     clean = fit_ctf(ctf_image(rng, 25000, 25000, 0, noise=0.3), PX)
@@ -80,6 +82,7 @@ def test_tile_offsets_follow_the_gradient_convention():
     np.testing.assert_allclose(offsets, y_centres * np.tan(np.deg2rad(30)), atol=1e-9)
 
 
+@pytest.mark.slow
 def test_tilted_image_fit_uses_the_defocus_gradient():
     rng = np.random.default_rng(11)
     img = ctf_image(rng, 20000, 19000, 40.0, tilt=55.0, axis=80.0, noise=0.3, n=384)
@@ -89,6 +92,7 @@ def test_tilted_image_fit_uses_the_defocus_gradient():
     assert aware.score > wrong_sign.score
 
 
+@pytest.mark.slow
 def test_estimate_ctf_sets_per_tilt_coordinates():
     rng = np.random.default_rng(5)
     truth = [12000.0, 16000.0, 20000.0]

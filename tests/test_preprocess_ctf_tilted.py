@@ -72,6 +72,7 @@ def test_fit_resolution_is_finite_and_within_the_band_at_coarse_pixels():
     assert high <= fit.fit_resolution_a <= low
 
 
+@pytest.mark.slow
 def test_tilts_without_a_clear_peak_search_a_window_around_the_clear_ones_and_are_named(caplog):
     rng = np.random.default_rng(4)
     images = [exposed(rng, intensity(rng, d, 0.0, n=256), 3.0) for d in (22000.0, 38000.0)]

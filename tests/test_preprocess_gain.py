@@ -76,6 +76,7 @@ def column_pattern_correlation(image: np.ndarray, columns: np.ndarray, max_lag: 
     return max(abs(np.corrcoef(np.roll(profile, lag)[keep], pattern[keep])[0, 1]) for lag in range(-max_lag, max_lag + 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_gain_and_hot_pixels_recover_drift_and_remove_the_pattern(seed):
     frames, drift, gain, columns, _ = detector_movie(seed)

@@ -76,6 +76,7 @@ def test_sums_sharper_than_uncorrected_and_even_odd_partition():
     assert cc(even) > 0.8 and cc(odd) > 0.8
 
 
+@pytest.mark.slow
 def test_local_motion_patches_recover_a_deformation_field():
     rng = np.random.default_rng(3)
     n, shape = 8, (256, 256)

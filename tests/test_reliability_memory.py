@@ -40,6 +40,7 @@ def tilt_series(folder: Path, shape: tuple[int, int, int], **coords) -> str:
     return url
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shape, options, shift_y",
     [

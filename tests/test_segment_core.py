@@ -106,6 +106,7 @@ def test_components_join_across_block_edges_and_corners():
     assert count == ndimage.label(values > 0, structure=STRUCTURE)[1]
 
 
+@pytest.mark.slow
 def test_ridge_response_does_not_depend_on_chunks():
     rng = np.random.default_rng(4)
     sheet, _ = _sheet((48, 56, 40), (2, 1, 1), 40.0)
@@ -141,6 +142,7 @@ def test_wedge_normals_and_dice():
     assert dice(np.zeros_like(a), np.zeros_like(a)) == 1.0
 
 
+@pytest.mark.slow
 def test_dataarray_input_gives_labels_on_its_coordinates():
     sheet, _ = _sheet((32, 40, 40), (1, 1, 0), 35.0, amplitude=-1.0)
     noisy = sheet + 0.2 * np.random.default_rng(5).standard_normal(sheet.shape)

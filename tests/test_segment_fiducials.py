@@ -2,6 +2,7 @@
 
 import dask.array as da
 import numpy as np
+import pytest
 
 from cryocloud.segment.fiducials import drop_fiducial_streaks
 
@@ -35,6 +36,7 @@ def test_components_on_fiducials_are_dropped_and_the_rest_renumbered():
     assert set(np.unique(result)) == {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_no_fiducials_no_change_and_chunking_does_not_matter():
     volume, labels = _scene()
     volume[volume < -10] = 0.0  # no bead

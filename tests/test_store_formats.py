@@ -34,6 +34,7 @@ def test_real_map_round_trips_mrc_to_ngff_to_mrc(tmp_path):
     assert not (tmp_path / "map.mrc.partial").exists()
 
 
+@pytest.mark.slow
 def test_mrc_reads_lazily_in_section_slabs_and_handles_s3(tmp_path, s3_bucket, monkeypatch):
     import cryocloud.store.mrc as mrc_module
 
@@ -50,6 +51,7 @@ def test_mrc_reads_lazily_in_section_slabs_and_handles_s3(tmp_path, s3_bucket, m
     assert remote.pixel_size == 4.0
 
 
+@pytest.mark.slow
 def test_read_volume_dispatches_on_the_suffix(tmp_path, s3_bucket):
     assert all(is_mrc(u) for u in ("a.mrc", "s3://b/k/A.MAP", tmp_path / "t.rec", "x.st", "y.mrcs", "z.ali", "w.preali"))
     assert not any(is_mrc(u) for u in ("t.zarr", "s3://b/t.zarr/", "mrc", "t.mrc.zarr", "portal://10445/TS_1"))
@@ -67,6 +69,7 @@ def test_read_volume_dispatches_on_the_suffix(tmp_path, s3_bucket):
     assert err.value.field == "level" and "v.rec" in str(err.value)
 
 
+@pytest.mark.slow
 def test_write_mrc_on_a_process_cluster_writes_every_block(tmp_path, s3_bucket):
     """Process workers write their blocks into the file itself (not into pickled copies of a memory map)."""
     import dask.array as da
@@ -190,6 +193,7 @@ def test_mdoc_without_sections_is_rejected(tmp_path):
         read_mdoc(tmp_path / "x.mdoc")
 
 
+@pytest.mark.slow
 def test_particles_csv_round_trip_and_errors(tmp_path, s3_bucket):
     rng = np.random.default_rng(5)
     p = Particles.create(rng.uniform(0, 3000, (20, 3)), random_rotations(20, rng), rng.uniform(0, 1, 20), "TS_01", "ribosome")

@@ -95,6 +95,7 @@ def test_store_edge_refuses_every_write_path_over_a_protected_input(tmp_path):
     assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in (tmp_path / "in").rglob("*") if p.name != "tomo.zarr.txt") == before
 
 
+@pytest.mark.slow
 def test_segment_may_write_its_labels_under_the_input_image(tmp_path, capsys):
     """NGFF's own exception: `segment membranes IN.zarr IN.zarr/labels/NAME` leaves the image itself unchanged."""
     url = str(tmp_path / "tomo.zarr")

@@ -116,6 +116,7 @@ def test_auto_read_chunks_cover_whole_zarr_chunks(tmp_path):
     assert read_tomogram(str(tmp_path / "t.zarr")).data.data.chunksize == (8, 16, 16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
 def test_output_validates_with_ome_zarr_models_and_reads_with_ome_zarr(tmp_path, version):
     url = tmp_path / "t.zarr"
@@ -286,6 +287,7 @@ def test_bad_inputs_raise_store_errors_naming_url_and_field(tmp_path):
     assert err.value.field == "dims" and not (tmp_path / "frames.zarr").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
 def test_s3_round_trip_through_moto(s3_bucket, version):
     url = f"{s3_bucket.url}/data/t.zarr"
@@ -305,6 +307,7 @@ def test_s3_round_trip_through_moto(s3_bucket, version):
     np.testing.assert_array_equal(ts.per_tilt("shift_x"), _tilt_series().per_tilt("shift_x"))
 
 
+@pytest.mark.slow
 def test_s3_endpoint_from_environment_and_missing_bucket(s3_bucket, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_bucket.storage_options["endpoint_url"])
     url = f"{s3_bucket.url}/t.zarr"
@@ -314,6 +317,7 @@ def test_s3_endpoint_from_environment_and_missing_bucket(s3_bucket, monkeypatch)
         read_tomogram("s3://no-such-bucket-xyz/t.zarr")
 
 
+@pytest.mark.slow
 def test_s3_resume_rewrites_only_deleted_chunk_objects(s3_bucket):
     url = f"{s3_bucket.url}/run/t.zarr"
     opts = s3_bucket.storage_options
@@ -333,6 +337,7 @@ def test_s3_resume_rewrites_only_deleted_chunk_objects(s3_bucket):
     np.testing.assert_array_equal(read_tomogram(url, storage_options=opts).data.values, tomo.data.values)
 
 
+@pytest.mark.slow
 def test_write_and_read_on_a_distributed_cluster(s3_bucket):
     from distributed import Client, LocalCluster
 

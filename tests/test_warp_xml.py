@@ -80,6 +80,7 @@ def test_reader_signs_reproduce_warps_projection(tmp_path, inverted):
         np.testing.assert_allclose(point_defocus(ours, warp.tilt_angles[t], mean_defocus), defocus_a[t] + z_rot, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_convert_with_a_warp_xml_and_bad_input(tmp_path, capsys):
     stack = np.random.default_rng(1).normal(size=(60, 12, 16)).astype(np.float32)
     with mrcfile.new(tmp_path / "017.mrc") as mrc:
