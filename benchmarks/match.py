@@ -139,7 +139,7 @@ def run(quick: bool = False) -> dict:
         full = _setup(template, size, weighting, MatchSettings(resolution_a=2 * px), None)
         full_sub = sc.prepare_subvolume(volume, full.grid, template.mask, lo, core, spherical=True)
         searches[name] = (full, full_sub)
-        full_band[name] = (_paired_floor_ratios(lambda: sc.search_orientations(full_sub, full.spectrum, full.grid, rotations), n_rot, floor), int(full.grid.flat.size))
+        full_band[name] = (_paired_floor_ratios(lambda full=full, full_sub=full_sub: sc.search_orientations(full_sub, full.spectrum, full.grid, rotations), n_rot, floor), int(full.grid.flat.size))
 
     # peer: real-space templates (ours, cropped), fftconvolve per orientation; the full band side
     # by side too (unweighted: the template stays in the peer's box)

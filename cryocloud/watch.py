@@ -25,7 +25,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 
 from cryocloud.errors import CryocloudError, StoreError
 from cryocloud.pipeline.batch import series_name

@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import dask.config
 import mrcfile
 import numpy as np
-import pytest
 
 from cryocloud.cli import main
 from cryocloud.errors import StoreError
@@ -113,13 +111,6 @@ def complete_looking_outputs(root: Path) -> list[str]:
         if p.is_file() and ".zarr" not in p.relative_to(root).as_posix() and not p.name.endswith(".partial") and p.name != "blocker":
             found.append(str(p))
     return found
-
-
-@pytest.fixture
-def small_cluster():
-    """One in-process worker: the CLI commands that start a cluster start a cheap one."""
-    with dask.config.set({"cryocloud.cluster.n_workers": 1, "cryocloud.cluster.processes": False}):
-        yield
 
 
 def bucket_state(bucket) -> dict[str, tuple]:

@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 from typing import NamedTuple
 
+import dask.config
 import pytest
 
 REAL_DATA = Path(__file__).resolve().parent / "data" / "real"
@@ -90,3 +91,10 @@ def s3_bucket(s3_endpoint) -> S3Bucket:
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return S3Bucket(f"s3://{name}", {"endpoint_url": s3_endpoint})
+
+
+@pytest.fixture
+def small_cluster():
+    """One in-process worker: the CLI commands that start a cluster start a cheap one."""
+    with dask.config.set({"cryocloud.cluster.n_workers": 1, "cryocloud.cluster.processes": False}):
+        yield

@@ -20,7 +20,7 @@ import yaml
 from cryocloud.pipeline import PipelineConfig
 from cryocloud.submit import JobSpec, manifests
 
-from k8s_validation import arg_after, check_pod_security, check_workers_match_dask, load_all, pods, validate
+from k8s_validation import check_pod_security, check_workers_match_dask, load_all, pods, validate
 
 CHART = Path(__file__).resolve().parents[1] / "helm" / "cryocloud"
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())

@@ -1,5 +1,6 @@
 import dask.array as da
 import numpy as np
+import pydantic
 import pytest
 
 from cryocloud.errors import ModelError
@@ -64,9 +65,9 @@ def test_unknown_per_tilt_and_wrong_dims():
 
 
 def test_microscope_validates():
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError):
         Microscope(voltage_kv=-3)
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError):
         Microscope(volts=300)
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from badinput import (  # noqa: F401  (small_cluster is a fixture)
+from badinput import (
     ANGLES, MDOC_HEADER, Case, check_bad_input, complete_looking_outputs, edit_attrs, first_chunk, mdoc_section, mrc_file,
-    small_cluster, stack_with_tlt, text_file, tomo_zarr, ts_zarr,
+    stack_with_tlt, text_file, tomo_zarr, ts_zarr,
 )
 from cryocloud.cli import main
 

@@ -12,7 +12,7 @@ import socket
 import numpy as np
 import pytest
 
-from badinput import Case, check_bad_input, mrc_file, small_cluster, text_file, tomo_zarr, ts_zarr  # noqa: F401  (small_cluster is a fixture)
+from badinput import Case, check_bad_input, mrc_file, text_file, tomo_zarr, ts_zarr
 from cryocloud.cli import main
 from cryocloud.model import Particles, TiltSeries, Tomogram
 from cryocloud.pick.angles import uniform_rotations

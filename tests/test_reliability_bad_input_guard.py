@@ -13,8 +13,8 @@ import os
 import numpy as np
 import pytest
 
-from badinput import (  # noqa: F401  (small_cluster is a fixture)
-    Case, check_bad_input, first_chunk, mrc_file, small_cluster, text_file, tomo_zarr, ts_zarr,
+from badinput import (
+    Case, check_bad_input, mrc_file, text_file, tomo_zarr, ts_zarr,
 )
 
 pytestmark = pytest.mark.slow  # the bad-input corpus: one CLI run per case

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from badinput import MDOC_HEADER, Case, check_bad_input, mdoc_section, mrc_file, small_cluster, text_file  # noqa: F401  (small_cluster is a fixture)
+from badinput import MDOC_HEADER, Case, check_bad_input, mdoc_section, mrc_file, text_file
 
 pytestmark = pytest.mark.slow  # the bad-input corpus: one CLI run per case
 

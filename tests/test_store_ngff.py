@@ -298,7 +298,7 @@ def test_s3_round_trip_through_moto(s3_bucket, version):
     np.testing.assert_allclose(read_tomogram(url, level=1, storage_options=s3_bucket.storage_options).data.values,
                                _pool(tomo.data.values, 2), atol=1e-6)
     keys = s3_bucket.fs().find(url)
-    assert any(k.endswith("/0/1/1/2") or k.endswith("/0/c/1/1/2") for k in keys)
+    assert any(k.endswith(("/0/1/1/2", "/0/c/1/1/2")) for k in keys)
     with pytest.raises(OutputExistsError):
         write_tomogram(tomo, url, ngff_version=version, storage_options=s3_bucket.storage_options)
     ts_url = f"{s3_bucket.url}/data/ts.zarr"

@@ -22,7 +22,6 @@ from cryocloud.errors import ModelError, StoreError
 from cryocloud.model import Particles
 from cryocloud.pick.formats import from_ndjson, to_ndjson
 from cryocloud.store import read_tilt_series, read_tomogram
-from cryocloud.store.location import Location
 from cryocloud.store.portal import (
     PORTAL_BUCKET, is_portal_url, list_runs, names_tomogram, parse_portal_url, portal_run, read_annotation_points, read_portal_tilt_series,
     read_portal_tomogram,

@@ -16,7 +16,7 @@ from cryocloud.errors import ModelError
 from cryocloud.model import Tomogram
 from cryocloud.pick.template import check_template
 from cryocloud.progress import compute
-from cryocloud.store import open_url, read_mrc, read_particles_csv, read_tomogram, read_volume, require_contrast, write_mrc, write_tomogram
+from cryocloud.store import open_url, read_mrc, read_particles_csv, read_volume, require_contrast, write_mrc, write_tomogram
 
 console = Console(highlight=False, stderr=True)
 

@@ -104,7 +104,7 @@ def ctf_image(
     n_knots = max(1, int(np.ceil(abs(slope) * (hi - lo) / opt.defocus_step_a)) + 1)
     knots = np.linspace(lo, hi, n_knots) if n_knots > 1 else np.array([0.0])
     out = np.zeros(phase.shape, dtype=np.float64)
-    for i, xk in enumerate(knots):
+    for xk in knots:
         if n_knots == 1:
             weight = 1.0
         else:

@@ -64,7 +64,7 @@ def portal_address(obj: Any) -> str:
 def is_portal_url(url: Any) -> bool:
     """True for ``portal://`` addresses, portal-bucket ``s3://`` keys and portal client objects."""
     text = portal_address(url)
-    return text.startswith(SCHEME) or text.startswith(f"s3://{PORTAL_BUCKET}/")
+    return text.startswith((SCHEME, f"s3://{PORTAL_BUCKET}/"))
 
 
 def _parse_tail(text: str, parts: list[str], ref: dict) -> None:
