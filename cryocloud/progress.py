@@ -1,8 +1,11 @@
 """Computing Dask collections with a visible progress bar, failing fast and clearly.
 
 With a distributed client (cryocloud.cluster.connect) the bar follows the futures on the
-cluster and the dashboard link is printed once; without one, Dask's local ProgressBar is used
+cluster and the dashboard link is printed once; without one, it follows Dask's local scheduler
 (`dask.diagnostics.ProgressBar` only sees local schedulers). `quiet=True` computes silently.
+Progress goes to stderr (stdout stays for results): a bar redrawn in place on a terminal; on anything
+else (a file, a pipe, a CI log) plain lines such as "reconstruct: 40 % (12/30 tasks), 35 s", never a
+carriage return (`StageProgress`).
 
 On a cluster, `compute` never waits forever for memory the workers cannot get:
 - the first task that fails cancels the rest, and its own exception is raised (with its traceback);
@@ -24,6 +27,7 @@ from typing import Any
 import dask
 from dask.diagnostics import ProgressBar
 from dask.utils import format_bytes, parse_timedelta
+from distributed.diagnostics.progressbar import TextProgressBar
 
 import cryocloud.cluster  # noqa: F401  (cryocloud's Dask config defaults: cryocloud.compute.*)
 from cryocloud.errors import ResourceError
@@ -46,43 +50,58 @@ def current_client() -> Any | None:
         return None
 
 
-def announce_dashboard(client: Any) -> None:
-    """Print the dashboard link of `client` once per process (to stderr)."""
+def announce_dashboard(client: Any, line: str | None = None) -> None:
+    """Print the dashboard link of `client` once per process (to stderr): `line` (one that names the link,
+    e.g. cryocloud.cluster.describe's) or "Dask dashboard: LINK"."""
     link = client.dashboard_link
     if link not in _announced_dashboards:
         _announced_dashboards.add(link)
-        print(f"Dask dashboard: {link}", file=sys.stderr)
+        print(line or f"Dask dashboard: {link}", file=sys.stderr)
 
 
 def compute(*collections: Any, description: str = "", quiet: bool = False) -> tuple:
     """Compute Dask collections (like dask.compute) showing progress; returns the results tuple.
 
-    `description` names the stage in errors as well as above the bar.
+    `description` names the stage in errors as well as in the progress lines.
     """
+    return _evaluate(collections, description, quiet, persist=False)
+
+
+def persist(*collections: Any, description: str = "", quiet: bool = False) -> tuple:
+    """Like `compute`, but the results stay where they were computed (like dask.persist: Dask collections held
+    in the workers' memory, or in this process without a cluster). A later graph then refers to them instead
+    of carrying the data (a graph that embeds a large array is sent to the scheduler whole)."""
+    return _evaluate(collections, description, quiet, persist=True)
+
+
+def _evaluate(collections: tuple, description: str, quiet: bool, *, persist: bool) -> tuple:
+    """`compute` (persist=False) or `persist` (persist=True) of `collections`."""
     client = current_client()
+    evaluate = dask.persist if persist else dask.compute
     if client is None:
         if quiet:
-            return dask.compute(*collections)
-        if description:
-            print(description, file=sys.stderr)
-        with ProgressBar(out=sys.stderr, minimum=1.0):
-            return dask.compute(*collections)
-    from distributed import progress
+            return evaluate(*collections)
+        with _LocalProgressBar(StageProgress(description or "computing")):
+            return evaluate(*collections)
+    from distributed import as_completed, futures_of
     from distributed.client import FutureCancelledError
     from distributed.scheduler import KilledWorker
 
     stage = description or "computing"
     started = time.time()
-    futures = client.compute(list(collections))
+    results = client.persist(list(collections)) if persist else None
+    futures = futures_of(results) if persist else client.compute(list(collections))
     with _StallWatch(client, futures, stage, started) as watch:
         try:
             if not quiet:
                 announce_dashboard(client)
-                if description:
-                    print(description, file=sys.stderr)
-                progress(futures, notebook=False)  # returns when all finished, one failed, or they were cancelled
-                print(file=sys.stderr)
-            return tuple(client.gather(futures))  # raises the first task error, with its traceback
+                _ClusterProgressBar(futures, StageProgress(stage))  # returns when all finished, one failed, or they were cancelled
+            if not persist:
+                return tuple(client.gather(futures))  # raises the first task error, with its traceback
+            for future in as_completed(futures):
+                if future.status != "finished":
+                    future.result()  # raises the first task error (or FutureCancelledError), with its traceback
+            return tuple(results)
         except Exception as exc:
             client.cancel(futures)  # the rest
             if watch.error is not None and isinstance(exc, FutureCancelledError):
@@ -90,6 +109,95 @@ def compute(*collections: Any, description: str = "", quiet: bool = False) -> tu
             if isinstance(exc, KilledWorker):
                 raise _killed_worker_error(client, stage, started, exc) from None
             raise
+
+
+class StageProgress:
+    """How far the tasks (or other `unit`s) of one stage are, on `stream` (default stderr). On a terminal a bar
+    redrawn in place; on anything else (a file, a pipe) a plain line such as "reconstruct: 40 % (12/30 tasks),
+    35 s" at every `step` (fraction) done and at least every `every_s` seconds, never a carriage return. Work
+    that ends within `minimum_s` seconds shows only its last line."""
+
+    def __init__(self, stage: str, stream: Any = None, *, unit: str = "tasks", step: float = 0.1, every_s: float = 30.0,
+                 minimum_s: float = 1.0, width: int = 30):
+        self.stage, self.unit, self.step, self.every_s, self.minimum_s, self.width = stage, unit, step, every_s, minimum_s, width
+        self.stream = sys.stderr if stream is None else stream
+        isatty = getattr(self.stream, "isatty", None)
+        self.live = bool(isatty and isatty())
+        self._started = time.monotonic()
+        self._last_line_at = self._started
+        self._steps_shown = -1  # the last multiple of `step` a plain line showed
+        self._shown: tuple[int, int] | None = None  # (done, total) of the last line or bar drawn
+
+    def update(self, done: int, total: int) -> None:
+        """`done` of `total` are finished."""
+        now = time.monotonic()
+        if now - self._started < self.minimum_s:
+            return
+        if self.live:
+            self._draw(done, total)
+            return
+        steps = int(done / total / self.step + 1e-9) if total else 0
+        if steps > self._steps_shown or now - self._last_line_at >= self.every_s:
+            self._steps_shown = steps
+            self._draw(done, total)
+
+    def finish(self, done: int, total: int) -> None:
+        """The work ended with `done` of `total` finished: the bar ends its line; the last plain line is
+        written unless the one before already said it."""
+        if self.live or self._shown != (done, total):
+            self._draw(done, total, final=True)
+
+    def _draw(self, done: int, total: int, *, final: bool = False) -> None:
+        elapsed = time.monotonic() - self._started
+        seconds = f"{elapsed:.1f} s" if elapsed < 10 else f"{elapsed:.0f} s"
+        fraction = done / total if total else 1.0
+        counts = f"{int(100 * fraction)} % ({done}/{total} {self.unit}), {seconds}"
+        if self.live:
+            bar = "#" * int(self.width * fraction)
+            self.stream.write(f"\r{self.stage} [{bar:<{self.width}}] {counts}" + ("\n" if final else ""))
+        else:
+            self.stream.write(f"{self.stage}: {counts}\n")
+        self.stream.flush()
+        self._shown = (done, total)
+        self._last_line_at = time.monotonic()
+
+
+class _ClusterProgressBar(TextProgressBar):
+    """Distributed's console bar (it follows the futures on the scheduler), drawn by a StageProgress.
+    Blocks until the futures finished, one failed, or they were cancelled."""
+
+    def __init__(self, futures: list, report: StageProgress):
+        self.report = report
+        super().__init__(futures)
+
+    def _draw_bar(self, remaining: int, all: int, **kwargs: Any) -> None:
+        self.report.update(all - remaining, all)
+
+    def _draw_stop(self, remaining: int, all: int, **kwargs: Any) -> None:
+        self.report.finish(all - remaining, all)
+
+
+class _LocalProgressBar(ProgressBar):
+    """Dask's local-scheduler bar (its timer thread and scheduler state), drawn by a StageProgress."""
+
+    def __init__(self, report: StageProgress):
+        super().__init__(minimum=0)
+        self._file = None  # dask itself writes nothing
+        self.report = report
+
+    def _update_bar(self, elapsed: float) -> None:
+        if self._state:
+            self.report.update(*_done_and_total(self._state))
+
+    def _finish(self, dsk: Any, state: Any, errored: bool) -> None:
+        super()._finish(dsk, state, errored)
+        self.report.finish(*_done_and_total(state))
+
+
+def _done_and_total(state: dict) -> tuple[int, int]:
+    """Tasks finished and in all, from the local scheduler's state."""
+    done = len(state["finished"])
+    return done, done + sum(len(state[k]) for k in ("ready", "waiting", "running"))
 
 
 def check_task_memory(client: Any, task_bytes: int, stage: str, *, smaller: str = "smaller chunks") -> None:

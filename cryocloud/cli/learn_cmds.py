@@ -113,10 +113,9 @@ def pick(
             write_tomogram(probability, probabilities, overwrite=overwrite, storage_options=write_options, metadata={"picker": model_dir})
             probability = read_volume(probabilities, storage_options=write_options)
         else:
-            from distributed import progress
+            from cryocloud.progress import persist
 
-            persisted = probability.data.data.persist()
-            progress(persisted)
+            (persisted,) = persist(probability.data.data, description="picker probabilities")
             probability = probability.with_data(persisted)
         particles = picks_from_probability(
             probability.data, radius_a=radius, threshold=threshold, min_fraction=min_fraction, max_fraction=max_fraction,

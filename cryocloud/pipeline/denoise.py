@@ -121,7 +121,7 @@ def _noise2noise(ctx: RunContext, retrain: bool, figures: dict[str, Any]) -> Den
     even/odd denoiser; returns what denoises with it: the mean of both denoised halves, or half their
     difference. Training figures (steps, held-out loss before and after) go into `figures`."""
     from cryocloud.denoise.noise2noise import CONFIG_FILE, denoise_halves, load_model, save_model, train
-    from rich.progress import Progress
+    from cryocloud.progress import StageProgress
 
     p = ctx.config.denoise
     so = ctx.storage_options
@@ -132,9 +132,9 @@ def _noise2noise(ctx: RunContext, retrain: bool, figures: dict[str, Any]) -> Den
     folder = ctx.url("denoise", "model")
     trained = retrain or not ctx.exists("denoise", "model", CONFIG_FILE)
     if trained:
-        with Progress() as bar:
-            task = bar.add_task("noise2noise training", total=p.noise2noise.steps)
-            model = train(halves["even"], halves["odd"], p.noise2noise, progress=lambda step, _: bar.update(task, completed=step))
+        steps, report = p.noise2noise.steps, StageProgress("noise2noise training", unit="steps")
+        model = train(halves["even"], halves["odd"], p.noise2noise, progress=lambda step, _: report.update(step, steps))
+        report.finish(steps, steps)
         save_model(model, folder, overwrite=True, storage_options=so)
     else:
         model = load_model(folder, storage_options=so)
