@@ -144,7 +144,7 @@ def _motion_of_simulation(ctx: RunContext, overwrite: bool) -> None:
     from cryocloud.preprocess.detector import DetectorCorrection
     from cryocloud.preprocess.motion import motion_correct
     from cryocloud.simulate.output import read_simulated_frames
-    from cryocloud.progress import compute
+    from cryocloud.progress import persist
     from cryocloud.store import open_url, read_tilt_series
 
     p = ctx.config.motion
@@ -161,7 +161,9 @@ def _motion_of_simulation(ctx: RunContext, overwrite: bool) -> None:
         detector = DetectorCorrection(hot_pixel_sigma=p.hot_pixel_sigma) if p.detect_hot_pixels else None
         result = motion_correct(frames, bfactor_a2=p.bfactor_a2, iterations=p.iterations, max_shift_a=p.max_shift_a, detector=detector,
                                 dose_weight_frames=p.dose_weight_frames, dose_per_frame=p.dose_per_frame)
-        total, even, odd, shifts = compute(result.sum.data.data, result.even.data.data, result.odd.data.data, result.shifts.data,
+        # persisted, not computed: the writes below refer to the sums on the workers (computed here, each write's
+        # graph would carry its whole tilt series to the scheduler)
+        total, even, odd, shifts = persist(result.sum.data.data, result.even.data.data, result.odd.data.data, result.shifts.data,
                                            description=f"motion correction of {frames.n_tilts} movies")
         halves = {"even": result.even.with_data(even), "odd": result.odd.with_data(odd)}
         stored = persist_motion(ctx.root, result.sum.with_data(total), result.shifts.copy(data=shifts), p, halves)
