@@ -116,3 +116,11 @@ def test_write_labels_pyramid_keeps_thin_labels_and_checks_shape(tmp_path):
     with pytest.raises(StoreError, match="image-label"):
         read_labels(image_url)
 
+
+
+def test_write_labels_refuses_a_labels_list_that_is_not_a_list(tmp_path):
+    image_url = str(tmp_path / "img.zarr")
+    write_tomogram(Tomogram.from_array(np.zeros((8, 8, 8), np.float32), pixel_size=5.0), image_url, levels=1)
+    zarr.open_group(f"{image_url}/labels", mode="a", zarr_format=2).attrs["labels"] = "sheet"  # a string, not a list
+    with pytest.raises(StoreError, match="attribute 'labels' is 'sheet'; expected a list"):
+        write_labels(np.zeros((8, 8, 8), np.uint16), f"{image_url}/labels/second")

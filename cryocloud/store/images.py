@@ -32,7 +32,7 @@ def source_locations(data: Any) -> list[Location]:
     if not isinstance(data, da.Array):
         return []
     found = {}
-    for name, layer in data.__dask_graph__().layers.items():
+    for name, layer in data.dask.layers.items():
         if name.startswith("original-"):
             for obj in dict(layer).values():
                 loc = getattr(obj, "location", None)

@@ -59,7 +59,9 @@ def _add_to_labels_group(image_loc: Location, name: str) -> None:
     store = loc.zarr_store(read_only=False)
     with os_errors_as_store_errors(loc.url, "written"):
         group = zarr.open_group(store=store, mode="a", zarr_format=2, use_consolidated=False)
-        names = list(group.attrs.get("labels", []))
+        names = group.attrs.get("labels", [])
+        if not isinstance(names, list):
+            raise StoreError(loc.url, f"attribute 'labels' is {names!r}; expected a list of label image names", field="labels")
         if name not in names:
             group.attrs["labels"] = names + [name]
 

@@ -190,12 +190,12 @@ class Mdoc:
         """
         array = getattr(getattr(stack, "data", None), "data", stack)
         shape = getattr(array, "shape", None)
-        if getattr(array, "ndim", 0) == 3 and self.n_tilts > shape[0]:
+        if getattr(array, "ndim", 0) == 3 and shape is not None and self.n_tilts > shape[0]:
             raise StoreError(
                 self.source, f"section [{self.kind} = {shape[0]}]: beyond the stack of shape {shape}: the mdoc describes "
                 f"{self.n_tilts} images, {self.kind} 0..{shape[0] - 1} fit", field=self.kind,
             )
-        if getattr(array, "ndim", 0) != 3 or shape[0] != self.n_tilts:
+        if getattr(array, "ndim", 0) != 3 or shape is None or shape[0] != self.n_tilts:
             raise StoreError(self.source, f"describes {self.n_tilts} images but the stack has shape {shape}", field=self.kind)
         doses = self.exposure_dose
         prior = self.prior_record_dose

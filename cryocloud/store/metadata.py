@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import pydantic
 
 import cryocloud
 from cryocloud.model import Microscope
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 ATTRS_KEY = "cryocloud"
 
 

@@ -175,15 +175,16 @@ def read_tilt_series_mrc(
         ts = parsed.to_tilt_series(stack, pixel_size=stack.pixel_size, microscope=microscope, exposure=exposure)
         return ts if tilt_axis_angle is None else TiltSeries(ts.data, ts.microscope, float(tilt_axis_angle))
     stack = read_mrc(url, pixel_size=pixel_size, storage_options=storage_options)
-    is_file = isinstance(tilt_angles, (str, os.PathLike))
-    angles = read_tlt(tilt_angles, storage_options=storage_options) if is_file else np.asarray(tilt_angles, dtype=np.float64)
+    if isinstance(tilt_angles, (str, os.PathLike)):
+        angles, source = read_tlt(tilt_angles, storage_options=storage_options), os.fspath(tilt_angles)
+    else:
+        angles, source = np.asarray(tilt_angles, dtype=np.float64), "tilt_angles"
     if angles.size != stack.data.shape[0]:
-        source = os.fspath(tilt_angles) if is_file else "tilt_angles"
         raise StoreError(source, f"has {angles.size} angles but {stack.data.shape[0]} images in {resolve(url).url}", field="tilt_angle")
     try:
         ts = TiltSeries.from_array(
             stack.data.data, tilt_angles=angles, pixel_size=stack.pixel_size, exposure=exposure or 0.0,
-            microscope=microscope, tilt_axis_angle=tilt_axis_angle or 0.0, name=stack.data.name,
+            microscope=microscope, tilt_axis_angle=tilt_axis_angle or 0.0, name=str(stack.data.name),
         )
     except ModelError as exc:
         raise StoreError(str(url), exc.problem, field=exc.field) from exc
@@ -279,7 +280,9 @@ def _write_local(array: da.Array, path: str, px: float, url: str) -> None:
         raise StoreError(url, f"dtype {array.dtype} has no MRC mode: {exc}", field="dtype") from exc
     with mrcfile.new_mmap(path, shape=array.shape, mrc_mode=int(mode), overwrite=True) as mrc:
         target = MrcSlabWriter(path, array.shape, mrc.data.dtype, mrc.header.nbytes + int(mrc.header.nsymbt))
-    compute(da.store(array, target, lock=False, compute=False), description=f"writing {url}")  # disjoint blocks
+    # disjoint blocks; dask annotates targets as numpy ArrayLike, but documents (and uses) any object with __setitem__
+    stored = da.store(array, target, lock=False, compute=False)  # type: ignore[arg-type]
+    compute(stored, description=f"writing {url}")
     with mrcfile.mmap(path, mode="r+") as mrc:
         mrc.voxel_size = px
         mrc.update_header_stats()

@@ -34,7 +34,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import dask
 import dask.array as da
@@ -47,7 +47,8 @@ from cryocloud.store.guard import refuse_input_overlap
 from cryocloud.store.location import Location, describe_os_error, os_errors_as_store_errors, transport_errors
 
 UNIT_TO_ANGSTROM = {"angstrom": 1.0, "nanometer": 10.0, "micrometer": 1e4, "picometer": 0.01, "meter": 1e10}
-NGFF_VERSIONS = {"0.4": 2, "0.5": 3}
+ZarrFormat = Literal[2, 3]
+NGFF_VERSIONS: dict[str, ZarrFormat] = {"0.4": 2, "0.5": 3}
 TOMOGRAM_CHUNK_BYTES = 8 * 2**20
 TILT_SLAB_ROWS = 256
 TILT_CHUNK_BYTES = 8 * 2**20
@@ -137,12 +138,14 @@ def multiscales_attrs(
     return {"ome": {"version": "0.5", "multiscales": [multiscale]}}
 
 
-def _compressors(zarr_format: int):
+def _compressors(zarr_format: ZarrFormat):
     if zarr_format == 2:
         from numcodecs import Blosc
 
         return Blosc(cname="zstd", clevel=3, shuffle=Blosc.SHUFFLE)
-    return zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 
 
 # ------------------------------------------------------------------------------------------ reads
@@ -198,7 +201,7 @@ class ChunkReader:
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         try:
-            block = self.array[key]
+            block = np.asarray(self.array[key])
         except Exception as exc:  # any codec / transport failure: report which chunks were involved
             source, shown = self._chunks_named(key)
             if isinstance(exc, transport_errors()) and not isinstance(exc, StoreError):
@@ -323,7 +326,7 @@ def _unit_factor(url: str, axis: dict) -> float:
     return UNIT_TO_ANGSTROM[unit]
 
 
-def _open_group(loc: Location, mode: str = "r") -> zarr.Group | None:
+def _open_group(loc: Location, mode: Literal["r", "r+", "a"] = "r") -> zarr.Group | None:
     """The zarr group at `loc`, or None when there is none."""
     try:
         return zarr.open_group(store=loc.zarr_store(read_only=mode == "r"), mode=mode, use_consolidated=False)
@@ -463,7 +466,7 @@ def downsample(stored: da.Array, binned: tuple[bool, ...], out_chunks: tuple[int
     return src.map_blocks(_pool, binned, stored.dtype, pooling, chunks=out_block_chunks, dtype=stored.dtype)
 
 
-def prepare_output(loc: Location, *, overwrite: bool, zarr_format: int) -> zarr.Group:
+def prepare_output(loc: Location, *, overwrite: bool, zarr_format: ZarrFormat) -> zarr.Group:
     """The group to write into: new, or an interrupted one to resume; complete ones need `overwrite`."""
     group = _open_group(loc, "r")
     if group is not None and group.metadata.zarr_format != zarr_format and not overwrite:
@@ -485,7 +488,7 @@ def prepare_output(loc: Location, *, overwrite: bool, zarr_format: int) -> zarr.
     return zarr.create_group(store=loc.zarr_store(read_only=False), zarr_format=zarr_format)
 
 
-def _level_array(group: zarr.Group, path: str, shape, chunks, dtype, zarr_format: int, dim_names) -> zarr.Array:
+def _level_array(group: zarr.Group, path: str, shape, chunks, dtype, zarr_format: ZarrFormat, dim_names) -> zarr.Array:
     """The array of one level: reused when an interrupted run made it with the same layout."""
     if path in group:
         arr = group[path]

@@ -115,14 +115,17 @@ def _from_imod(loc: Location, folder: str, names: list[str], storage_options: di
         hits = [n for n in names if n.endswith(suffix)]
         return f"{loc.protocol}://{hits[0]}" if hits else None
 
-    xf = read_xf(url_of(".xf"), storage_options=storage_options)
+    xf_url = url_of(".xf")
+    if xf_url is None:
+        raise StoreError(loc.url, "has no per_section_alignment_parameters and its folder no .xf file", field="per_section_alignment_parameters")
+    xf = read_xf(xf_url, storage_options=storage_options)
     axis, shifts = alignments_from_xf(xf)
     n = xf.shape[0]
     tlt_url, xtilt_url = url_of(".tlt"), url_of(".xtilt")
     tilt = read_tlt(tlt_url, storage_options=storage_options) if tlt_url else np.full(n, np.nan)
     xtilt = read_tlt(xtilt_url, storage_options=storage_options) if xtilt_url else np.zeros(n)
     for what, values, url in (("tilt_angle", tilt, tlt_url), ("xtilt", xtilt, xtilt_url)):
-        if values.size != n:
+        if url is not None and values.size != n:  # a missing file's default has n values
             raise StoreError(url, f"has {values.size} lines for the {n} lines of the .xf in {folder}", field=what)
     return {"tilt": tilt, "axis": axis, "sx": shifts[:, 0], "sy": shifts[:, 1], "xtilt": xtilt}
 
@@ -144,10 +147,9 @@ def read_portal_alignment(url: str, n_tilts: int | None = None, *, storage_optio
         values, source = _from_sections(loc.url, meta, n_tilts), "json"
     else:
         names = [p for p in loc.filesystem().ls(folder, detail=False) if p.endswith((".xf", ".tlt", ".xtilt"))]
-        if not any(n.endswith(".xf") for n in names):
-            raise StoreError(loc.url, "has no per_section_alignment_parameters and its folder no .xf file", field="per_section_alignment_parameters")
         values, source = _from_imod(loc, folder, names, options), "xf"
     offset = meta.get("volume_offset") or {}
+    offset_x, offset_y, offset_z = (_float(loc.url, offset.get(k, 0.0), f"volume_offset.{k}") for k in "xyz")
     return PortalAlignment(
         url=loc.url,
         alignment_type=str(meta.get("alignment_type", "")),
@@ -158,7 +160,7 @@ def read_portal_alignment(url: str, n_tilts: int | None = None, *, storage_optio
         included=np.isfinite(values["axis"]),
         source=source,
         tilt_offset=_float(loc.url, meta.get("tilt_offset", 0.0), "tilt_offset"),
-        volume_offset_a=tuple(_float(loc.url, offset.get(k, 0.0), f"volume_offset.{k}") for k in "xyz"),
+        volume_offset_a=(offset_x, offset_y, offset_z),
         metadata=meta,
     )
 

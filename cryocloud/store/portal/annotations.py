@@ -85,8 +85,8 @@ def parse_ndjson(text: str, voxel_spacing: float, *, source: str = "ndjson", tom
             raise ModelError("xyz_rotation_matrix", f"expected a 3x3 rotation matrix, got {rot.tolist()}", source=where)
         rotations.append(rot)
     pos = np.asarray(positions, dtype=np.float64).reshape(-1, 3) * float(voxel_spacing)
-    rot = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
-    return Particles.create(pos, rot, scores, tomogram=tomogram, class_name=class_name), np.asarray(instances, dtype=np.int64)
+    rotation_stack = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+    return Particles.create(pos, rotation_stack, scores, tomogram=tomogram, class_name=class_name), np.asarray(instances, dtype=np.int64)
 
 
 def from_ndjson(text: str, voxel_spacing: float, *, source: str = "ndjson", tomogram: str = "", class_name: str = "") -> Particles:

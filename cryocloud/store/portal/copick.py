@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import posixpath
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -195,7 +196,7 @@ class CopickOverlay:
             entry = {"name": _name(obj["name"], "object_name"), "is_particle": True, "label": i + 1, "color": colour, **obj}
             objects.append(entry)
         args = {k: v for k, v in (overlay_fs_args or {}).items() if k not in ("key", "secret", "token", "password", "aws_secret_access_key")}
-        config = {"name": name, "description": description, "version": "0.2.0", "pickable_objects": objects,
+        config: dict[str, Any] = {"name": name, "description": description, "version": "0.2.0", "pickable_objects": objects,
                   "overlay_root": self.location.url if self.location.protocol != "file" else f"local://{self.location.path}",
                   "overlay_fs_args": args}
         if dataset_ids is not None:

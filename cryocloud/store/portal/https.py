@@ -11,6 +11,7 @@ tiltseries_metadata.json`` and ``{run}.rawtlt`` beside it, current layout).
 from __future__ import annotations
 
 import json
+from typing import Literal, overload
 
 import dask
 import fsspec
@@ -27,6 +28,10 @@ def https_base(base: str | None = None) -> str:
     return (base or dask.config.get("cryocloud.portal.https_url", None) or PORTAL_HTTPS).rstrip("/")
 
 
+@overload
+def read_https_text(url: str, *, missing_ok: Literal[False] = False) -> str: ...
+@overload
+def read_https_text(url: str, *, missing_ok: bool) -> str | None: ...
 def read_https_text(url: str, *, missing_ok: bool = False) -> str | None:
     """A small text file over HTTP(S); None when missing and `missing_ok`, else StoreError naming the URL."""
     fs = fsspec.filesystem("http", skip_instance_cache=True)

@@ -9,7 +9,7 @@ import json
 import posixpath
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -60,6 +60,10 @@ class PortalRun:
 
 
 # ------------------------------------------------------------------------------------- listing
+@overload
+def read_json(fs, path: str, *, missing_ok: Literal[False] = False) -> dict: ...
+@overload
+def read_json(fs, path: str, *, missing_ok: bool) -> dict | None: ...
 def read_json(fs, path: str, *, missing_ok: bool = False) -> dict | None:
     """A metadata JSON object ("bucket/key"), one GET; None when missing and `missing_ok`."""
     try:
@@ -201,8 +205,8 @@ def portal_run(dataset: str, run: str, *, storage_options: dict | None = None, b
     if not found:
         raise StoreError(root.url, f"run '{run}' of dataset '{dataset}' does not exist (nothing under this prefix)", field="run")
     prefix = root.path + "/"
-    wanted = [(path, path[len(prefix):].split("/")) for path in found]
-    wanted = [(path, rel, kind) for path, rel in wanted if (kind := _kind_of(rel)) in kinds]
+    listed = [(path, path[len(prefix):].split("/")) for path in found]
+    wanted = [(path, rel, kind) for path, rel in listed if (kind := _kind_of(rel)) in kinds]
     documents = read_jsons(fs, [path for path, _, kind in wanted if kind != "alignment"])
     tomograms, tilt_series, annotations, alignments = [], [], [], []
     for path, rel, kind in wanted:
@@ -229,12 +233,12 @@ def _choose(ref: PortalRef, images: list[PortalImage], kind: str, where: str) ->
     return (default or chosen)[0]
 
 
-def _image_by_key(ref: PortalRef, kind: str, storage_options: dict | None) -> PortalImage:
-    """An image named by its .zarr key, with the metadata JSON next to it when there is one."""
-    loc = Location("s3", ref.image_key, portal_options(storage_options))
-    meta_path = f"{posixpath.dirname(ref.image_key)}/{'tomogram' if kind == 'tomogram' else 'tiltseries'}_metadata.json"
+def _image_by_key(image_key: str, kind: str, storage_options: dict | None) -> PortalImage:
+    """An image named by its .zarr key ("bucket/key.zarr"), with the metadata JSON next to it when there is one."""
+    loc = Location("s3", image_key, portal_options(storage_options))
+    meta_path = f"{posixpath.dirname(image_key)}/{'tomogram' if kind == 'tomogram' else 'tiltseries'}_metadata.json"
     meta = read_json(loc.filesystem(), meta_path, missing_ok=True)
-    ident = posixpath.basename(posixpath.dirname(ref.image_key))
+    ident = posixpath.basename(posixpath.dirname(image_key))
     if meta is not None:
         return _image(meta, f"s3://{meta_path}", kind, ident, loc.url)
     spacing = float(open_image(loc).scale_translation(0)[0][-1])
@@ -249,6 +253,6 @@ def resolve_portal(url: Any, kind: str, *, storage_options: dict | None = None, 
     if ref.kind is not None and ref.kind != kind:
         raise StoreError(url, f"names a {ref.kind.replace('_', ' ')}, expected a {kind.replace('_', ' ')}", field="url")
     if ref.image_key is not None:
-        return _image_by_key(ref, kind, storage_options)
+        return _image_by_key(ref.image_key, kind, storage_options)
     run = run or portal_run(ref.dataset, ref.run, storage_options=storage_options, bucket=ref.bucket, kinds=(kind,))
     return _choose(ref, run.tomograms if kind == "tomogram" else run.tilt_series, kind, str(url))
