@@ -15,7 +15,7 @@ from cryocloud.geometry import random_rotations, relion_euler_to_matrix, rotatio
 from cryocloud.model import Particles, Tomogram
 from cryocloud.pick.formats import picks_text
 from cryocloud.pick.peaks import false_alarm_threshold, non_maximum_suppression
-from cryocloud.pick.template import equivalent_radius, map_from_model, parse_em, prepare_template, read_map, resample, spherical_mask
+from cryocloud.pick.template import equivalent_radius, map_from_model, prepare_template, read_map, resample, spherical_mask
 from cryocloud.pick.weighting import TiltWeighting, tilt_weight
 from cryocloud.store import write_tomogram
 from test_pick_match import REAL, _synthetic
@@ -29,8 +29,10 @@ def test_em_reader_and_template_preparation(tmp_path):
     assert em.shape == (32, 32, 32) and mrc.shape == (20, 20, 20) and px == 1.0
     with pytest.raises(ModelError, match="voxel_size"):
         read_map(str(REAL / "pytom_templates" / "human_ribo_21A.em"))
+    bad = tmp_path / "bad.em"
+    bad.write_bytes(bytes([6, 0, 0, 7]) + bytes(508))
     with pytest.raises(StoreError, match="data type"):
-        parse_em(bytes([6, 0, 0, 7]) + bytes(508), "bad.em")
+        read_map(str(bad), voxel_size=21.0)
     # resampling keeps the physical box and the values of a smooth map
     z, y, x = np.mgrid[:32, :32, :32] - 16
     blob = np.exp(-(x**2 + y**2 + z**2) / 50.0)

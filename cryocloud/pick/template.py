@@ -2,10 +2,6 @@
 
 Volumes are numpy float32 (z, y, x), cubic, with their centre at index n // 2
 (cryocloud.geometry.centre_index). Voxel sizes in Angstrom.
-
-The EM format (TOM toolbox / PyTom) has a 512-byte header: byte 0 the machine (6 = little-endian
-PC), byte 3 the data type (1 int8, 2 int16, 4 int32, 5 float32, 9 float64), bytes 4-15 nx, ny, nz
-(int32), data from byte 512 with x fastest. It stores no voxel size.
 """
 
 from __future__ import annotations
@@ -16,41 +12,20 @@ import numpy as np
 from scipy import ndimage
 
 from cryocloud.atomic import potential_map
-from cryocloud.errors import ModelError, StoreError
-from cryocloud.store import is_atomic_model, open_url, read_atomic_model, read_mrc
-
-_EM_TYPES = {1: np.int8, 2: np.int16, 4: np.int32, 5: np.float32, 9: np.float64}
-_EM_HEADER = 512
-
-
-def parse_em(raw: bytes, source: str = "<em>") -> np.ndarray:
-    """Volume (z, y, x) float32 from the bytes of an EM file."""
-    if len(raw) < _EM_HEADER:
-        raise StoreError(source, f"is {len(raw)} bytes, shorter than the 512-byte EM header")
-    machine, dtype_code = raw[0], raw[3]
-    endian = "<" if machine in (5, 6) else ">"
-    if dtype_code not in _EM_TYPES:
-        raise StoreError(source, f"data type code {dtype_code} is not one of {sorted(_EM_TYPES)}", field="datatype")
-    nx, ny, nz = np.frombuffer(raw[4:16], dtype=f"{endian}i4")
-    dtype = np.dtype(_EM_TYPES[dtype_code]).newbyteorder(endian)
-    expected = int(nx) * int(ny) * int(nz) * dtype.itemsize
-    if nx <= 0 or ny <= 0 or nz <= 0 or len(raw) - _EM_HEADER < expected:
-        raise StoreError(source, f"header says {nx}x{ny}x{nz} of {dtype.name} ({expected} bytes) but the file has {len(raw) - _EM_HEADER}", field="dimensions")
-    data = np.frombuffer(raw, dtype=dtype, count=int(nx) * int(ny) * int(nz), offset=_EM_HEADER)
-    return data.reshape(int(nz), int(ny), int(nx)).astype(np.float32)
+from cryocloud.errors import ModelError
+from cryocloud.store import is_atomic_model, is_em, read_atomic_model, read_em, read_mrc
 
 
 def read_map(url: str, *, voxel_size: float | None = None, storage_options: dict | None = None) -> tuple[np.ndarray, float]:
-    """A density map (z, y, x) float32 and its voxel size (A) from an MRC (.mrc/.map/.rec) or EM file.
+    """A density map (z, y, x) float32 and its voxel size (A) from an MRC (.mrc/.map/.rec) or EM file
+    (TOM toolbox / PyTom, `cryocloud.store.read_em`).
 
     EM files store no voxel size: pass `voxel_size`. It also overrides an MRC header's value.
     """
-    name = str(url).lower()
-    if name.endswith(".em"):
+    if is_em(url):
         if voxel_size is None:
             raise ModelError("voxel_size", "EM files store no voxel size; give the template's voxel size in Angstrom", source=str(url))
-        with open_url(url, "rb", storage_options=storage_options) as f:
-            return parse_em(f.read(), str(url)), float(voxel_size)
+        return np.array(read_em(url, storage_options=storage_options), dtype=np.float32), float(voxel_size)
     tomo = read_mrc(url, pixel_size=voxel_size, storage_options=storage_options)
     return np.asarray(tomo.data.values, dtype=np.float32), tomo.pixel_size
 

@@ -6,6 +6,7 @@ metadata last, and resume after an interruption.
 """
 
 from cryocloud.store.atomic_model import BUNDLED_STRUCTURE, read_atomic_model
+from cryocloud.store.em import em_info, read_em
 from cryocloud.store.images import image_info, read_tilt_series, read_tomogram, write_tilt_series, write_tomogram
 from cryocloud.store.labels import read_labels, write_labels
 from cryocloud.store.location import Location, open_url, resolve
@@ -13,7 +14,7 @@ from cryocloud.store.mdoc import Mdoc, parse_mdoc, read_mdoc
 from cryocloud.store.mrc import mrc_info, read_mrc, read_tilt_series_mrc, write_mrc
 from cryocloud.store.particles_csv import read_particles_csv, write_particles_csv
 from cryocloud.store.tiltfiles import alignments_from_xf, read_tlt, read_xf, write_tlt, write_xf, xf_from_alignments
-from cryocloud.store.volume import ATOMIC_MODEL_SUFFIXES, MRC_SUFFIXES, is_atomic_model, is_mrc, read_volume, require_contrast, require_volume
+from cryocloud.store.volume import ATOMIC_MODEL_SUFFIXES, MRC_SUFFIXES, is_atomic_model, is_em, is_mrc, read_volume, require_contrast, require_volume
 
 __all__ = [
     "ATOMIC_MODEL_SUFFIXES",
@@ -22,12 +23,15 @@ __all__ = [
     "Location",
     "Mdoc",
     "alignments_from_xf",
+    "em_info",
     "image_info",
     "is_atomic_model",
+    "is_em",
     "is_mrc",
     "mrc_info",
     "open_url",
     "read_atomic_model",
+    "read_em",
     "parse_mdoc",
     "read_labels",
     "read_mdoc",
