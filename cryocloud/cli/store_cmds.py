@@ -1,4 +1,5 @@
-"""`cryocloud info` and `cryocloud convert`: inspect and convert OME-Zarr and MRC data at any URL."""
+"""`cryocloud info` and `cryocloud convert`: inspect OME-Zarr, MRC, EM and atomic-model files and convert OME-Zarr and MRC
+data at any URL."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from cryocloud.cli.app import app
 from cryocloud.cli.options import guarded, read_write_options, storage_options
 from cryocloud.errors import StoreError
 from cryocloud.store import (
-    image_info, is_mrc, mrc_info, read_mrc, read_tilt_series, read_tilt_series_mrc, read_tomogram, require_volume, write_mrc,
-    write_tilt_series, write_tlt, write_tomogram,
+    em_info, image_info, is_atomic_model, is_em, is_mrc, mrc_info, read_atomic_model, read_mrc, read_tilt_series, read_tilt_series_mrc,
+    read_tomogram, require_volume, write_mrc, write_tilt_series, write_tlt, write_tomogram,
 )
 from cryocloud.store.location import resolve
 from cryocloud.store.portal import is_portal_url
@@ -32,25 +33,49 @@ def _angles_text(angles: list[float]) -> str:
     return f"{a.size} tilts, {a.min():.2f} .. {a.max():.2f} deg: " + " ".join(f"{v:.2f}" for v in a)
 
 
+def atomic_model_info(path: str) -> dict:
+    """Summary of an atomic model (local mmCIF / PDB, `read_atomic_model`): atoms, mass (Da), radius (A) around the centroid."""
+    model = read_atomic_model(path)
+    return {"url": path, "format": "atomic model", "name": model.name, "atoms": len(model.xyz), "mass_da": model.mass_da,
+            "radius_a": model.radius_a}
+
+
+def file_info(url: str, options: dict) -> dict:
+    """The summary `info` shows of a file that `match` reads: an atomic model, an EM or MRC volume, else an OME-Zarr image."""
+    if is_atomic_model(url):
+        return atomic_model_info(url)
+    if is_em(url):
+        return em_info(url, storage_options=options)
+    return mrc_info(url, storage_options=options) if is_mrc(url) else image_info(url, storage_options=options)
+
+
 @app.command()
 @guarded(inputs=("url",))
 def info(
-    url: str = typer.Argument(..., help="OME-Zarr image or MRC file (local path, file:// or s3://)."),
+    url: str = typer.Argument(..., help="OME-Zarr image, MRC or EM file (local path, file:// or s3://), or a local atomic model "
+                                        "(mmCIF / PDB)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
     anon: bool = ANON,
     endpoint_url: Optional[str] = ENDPOINT,
 ) -> None:
-    """Show shape, voxel size, dtype, chunks, pyramid levels, tilt angles and metadata of an image."""
+    """Show shape, voxel size, dtype, chunks, pyramid levels, tilt angles and metadata of an image (atoms, mass and radius
+    of an atomic model)."""
     if is_portal_url(url):  # the portal's own summary: resolved key, portal metadata, tilt angles
         from cryocloud.cli.portal_cmds import info as portal_info
 
         return portal_info(url, as_json=as_json, endpoint_url=endpoint_url)
     options = storage_options(endpoint_url, anon=anon)
-    summary = mrc_info(url, storage_options=options) if is_mrc(url) else image_info(url, storage_options=options)
+    summary = file_info(url, options)
     if as_json:
         console.print_json(json.dumps(summary))
         return
     console.print(f"[bold]{summary['url']}[/]  {summary['format']}")
+    if summary["format"] == "atomic model":
+        console.print(f"name        {summary['name']}")
+        console.print(f"atoms       {summary['atoms']} (first model; no waters or hydrogens)")
+        console.print(f"mass        {summary['mass_da']:.0f} Da")
+        console.print(f"radius      {summary['radius_a']:.1f} A (around the centroid, holding every atom)")
+        return
     console.print(f"dtype       {summary['dtype']}")
     px = summary["pixel_size"]
     console.print(f"pixel size  {'unknown' if px is None else f'{px:.4f} A'}")
