@@ -101,8 +101,21 @@ def run_batch(config: PipelineConfig, inputs: list[str], *, rerun_from: str | No
     return batch
 
 
-KEY_FIGURES = {"ctf": ("mean_defocus_a",), "align": ("tilt_axis_angle_deg",), "reconstruct": ("shape_zyx",),
-               "peaks": ("n_picks",), "average": ("resolution_a",)}
+#: the figures of each stage a batch record and the end of `cryocloud run` show (summary.json has them all);
+#: the scores against the truth appear on simulated data only
+KEY_FIGURES = {
+    "simulate": ("n_tilts", "n_particles"),
+    "input": ("n_tilts",),
+    "motion": ("n_tilts", "drift_rms_error_a"),
+    "ctf": ("mean_defocus_a", "defocus_rms_error_a_low_tilt"),
+    "align": ("tilt_axis_angle_deg", "axis_error_deg", "shift_rms_px"),
+    "reconstruct": ("shape_zyx", "correlation_with_truth"),
+    "denoise": ("method", "correlation_with_truth"),
+    "segment": ("n_membranes", "dice"),
+    "match": ("n_orientations",),
+    "peaks": ("n_picks", "precision", "recall", "f4"),
+    "average": ("n_particles", "resolution_a"),
+}
 
 
 def _key_figures(summary: dict) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Callable
 
@@ -84,7 +85,7 @@ def run_series(config: PipelineConfig, *, rerun_from: str | None = None, label: 
     for number, name in enumerate(names, start=1):
         overwrite = overwrite or name == rerun_from
         start = time.perf_counter()
-        print(f"{prefix}[stage {number}/{len(names)}] {name}")
+        print(f"{prefix}[stage {number}/{len(names)}] {name}", file=sys.stderr)  # with the stage's progress lines
         STAGES[name](ctx, overwrite)
         ctx.summary.setdefault(name, {})["seconds"] = round(time.perf_counter() - start, 2)
     ctx.summary["stages"] = names
