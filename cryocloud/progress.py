@@ -89,7 +89,7 @@ def _evaluate(collections: tuple, description: str, quiet: bool, *, persist: boo
 
     stage = description or "computing"
     started = time.time()
-    results = client.persist(list(collections)) if persist else None
+    results: list = client.persist(list(collections)) if persist else []
     futures = futures_of(results) if persist else client.compute(list(collections))
     with _StallWatch(client, futures, stage, started) as watch:
         try:
@@ -173,8 +173,8 @@ class _ClusterProgressBar(TextProgressBar):
     def _draw_bar(self, remaining: int, all: int, **kwargs: Any) -> None:
         self.report.update(all - remaining, all)
 
-    def _draw_stop(self, remaining: int, all: int, **kwargs: Any) -> None:
-        self.report.finish(all - remaining, all)
+    def _draw_stop(self, **kwargs: Any) -> None:  # the scheduler's last report: remaining, all, status
+        self.report.finish(kwargs["all"] - kwargs["remaining"], kwargs["all"])
 
 
 class _LocalProgressBar(ProgressBar):
