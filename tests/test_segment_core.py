@@ -10,7 +10,7 @@ from cryocloud.errors import ModelError
 from cryocloud.model import Tomogram
 from cryocloud.segment import MembraneSettings, dice, segment_membranes
 from cryocloud.segment.chunked import balanced_chunks, ridge_response
-from cryocloud.segment.components import STRUCTURE, hysteresis_components
+from cryocloud.segment.components import STRUCTURE, Acceptance, hysteresis_components
 from cryocloud.segment.evaluate import wedge_normals
 from cryocloud.segment.hessian import derivatives, membrane_ridge, plate_tensor
 from cryocloud.segment.threshold import robust_statistics
@@ -61,14 +61,18 @@ def test_ridge_lies_on_oblique_sheet_in_noise():
     assert (s & (d > 2)).sum() < 0.02 * s.sum()  # and nothing else
 
 
-def _reference_components(values, low, high, min_voxels):
-    """Whole-volume reference: 26-connected components of values >= low that reach high and are large enough."""
+def _reference_components(values, low, acceptance):
+    """Whole-volume reference: the mask of the 26-connected components of values >= low that pass
+    `acceptance` (large enough, reaching high, or large_high when large), and the large ones that fail
+    as (size, peak, centre z, y, x), largest first."""
     lab, n = ndimage.label(values >= low, structure=STRUCTURE)
     sizes = np.bincount(lab.ravel())
     peaks = np.asarray(ndimage.maximum(values, lab, np.arange(n + 1)))
-    keep = (sizes >= min_voxels) & (peaks >= high)
-    keep[0] = False
-    return keep[lab]
+    large = sizes >= acceptance.large_voxels
+    keep = (sizes >= acceptance.min_voxels) & ((peaks >= acceptance.high) | (large & (peaks >= acceptance.large_high)))
+    keep[0] = large[0] = False
+    left = [k for k in np.argsort(-sizes) if large[k] and not keep[k]]
+    return keep[lab], [(sizes[k], peaks[k], ndimage.center_of_mass(lab == k)) for k in left]
 
 
 @pytest.mark.parametrize("chunks", [(7, 9, 11), (16, 5, 40)])
@@ -79,11 +83,17 @@ def test_chunked_hysteresis_components_equal_whole_volume(chunks):
     # a thin diagonal line crossing block edges and corners only diagonally (26-connectivity)
     for i in range(24):
         values[i, i, i] = 6.0
-    low, high, min_voxels = 1.0, 2.5, 5
-    labels, count = hysteresis_components(da.from_array(values, chunks=chunks), low, high, min_voxels, quiet=True)
+    low, acceptance = 1.0, Acceptance(high=2.8, min_voxels=5, large_voxels=30, large_high=2.4)
+    labels, count, left_out = hysteresis_components(da.from_array(values, chunks=chunks), low, acceptance, quiet=True)
     got = labels.compute()
-    expected = _reference_components(values, low, high, min_voxels)
+    expected, expected_left = _reference_components(values, low, acceptance)
     np.testing.assert_array_equal(got > 0, expected)
+    # the large tier keeps some components the plain high would not, and leaves some large ones out
+    plain, _ = _reference_components(values, low, Acceptance(2.8, 5, 10**9, 2.8))
+    assert (expected & ~plain).any() and len(expected_left) >= 1
+    assert [(c.voxels, c.peak) for c in left_out] == [(int(s), pytest.approx(float(p))) for s, p, _ in expected_left]
+    for c, (_, _, centre) in zip(left_out, expected_left):
+        np.testing.assert_allclose(c.centre, centre, atol=1e-6)
     assert count == ndimage.label(expected, structure=STRUCTURE)[1]
     assert len(np.unique(got[got > 0])) == count
     # one global label per component: each reference component carries a single label
@@ -99,7 +109,7 @@ def test_components_join_across_block_edges_and_corners():
     i = np.arange(24)
     values[i, i, i] = 1.0  # crosses blocks of 8 only at their corners
     values[i, 23 - i, 5] = 1.0  # crosses only at block edges (z, y), x fixed
-    labels, count = hysteresis_components(da.from_array(values, chunks=8), 0.5, 0.5, 24, quiet=True)
+    labels, count, _ = hysteresis_components(da.from_array(values, chunks=8), 0.5, Acceptance(0.5, 24, 24, 0.5), quiet=True)
     got = labels.compute()
     assert len(np.unique(got[i, i, i])) == 1 and got[0, 0, 0] > 0
     assert len(np.unique(got[i, 23 - i, 5])) == 1 and got[0, 23, 5] > 0

@@ -14,6 +14,7 @@ from cryocloud.cli.options import guarded, read_write_options
 from cryocloud.cluster import describe, session
 from cryocloud.errors import OutputExistsError
 from cryocloud.segment import MembraneSettings, segment_membranes
+from cryocloud.segment.chunked import DEFAULT_HIGH
 from cryocloud.segment.figures import save_overlay_png
 from cryocloud.store import open_url, read_labels, read_volume, require_contrast, resolve, write_labels, write_mrc
 from cryocloud.store.labels import parent_image, refuse_existing
@@ -21,6 +22,7 @@ from cryocloud.store.labels import parent_image, refuse_existing
 segment_app = typer.Typer(help="Segmentation of tomograms into NGFF label images.", no_args_is_help=True)
 app.add_typer(segment_app, name="segment")
 console = Console(highlight=False, stderr=True)
+DEFAULTS = MembraneSettings()  # the one set of defaults, shared with the pipeline and Python
 
 
 def overlay_url(out_url: str) -> str:
@@ -42,10 +44,17 @@ def membranes(
     scale_a: Optional[float] = typer.Option(None, "--scale-a", help="Hessian scale, Gaussian s.d. in A (default max(10 A, 1 voxel))."),
     integration_a: Optional[float] = typer.Option(None, "--integration-a", help="Orientation averaging s.d. in A (default 3 x scale)."),
     polarity: str = typer.Option("either", "--polarity", help="dark | bright | either: membrane contrast in the tomogram."),
-    low: float = typer.Option(5.0, "--low", help="Hysteresis low threshold, noise s.d. of the response above its median."),
-    high: float = typer.Option(35.0, "--high", help="Hysteresis high threshold, noise units; each membrane must reach it."),
-    min_size: float = typer.Option(70000.0, "--min-size", help="Smallest membrane area kept (A^2 of mid-surface)."),
-    thickness_a: float = typer.Option(50.0, "--thickness-a", help="Output membrane thickness (A)."),
+    low: float = typer.Option(DEFAULTS.low, "--low", help="Hysteresis low threshold, noise s.d. of the response above its median."),
+    high: Optional[float] = typer.Option(
+        None, "--high", help="Hysteresis high threshold (noise units) every membrane must reach, overriding the adaptive default: "
+        f"{DEFAULT_HIGH:g}, or --large-high for a candidate of at least --large-area A^2."
+    ),
+    large_high: float = typer.Option(DEFAULTS.large_high, "--large-high", help="Adaptive high threshold (noise units) of a large candidate."),
+    large_area: float = typer.Option(
+        DEFAULTS.large_area_a2, "--large-area", help="A candidate at least this large (A^2 of mid-surface) is large; left out, it is reported."
+    ),
+    min_size: float = typer.Option(DEFAULTS.min_size_a2, "--min-size", help="Smallest membrane area kept (A^2 of mid-surface)."),
+    thickness_a: float = typer.Option(DEFAULTS.thickness_a, "--thickness-a", help="Output membrane thickness (A)."),
     wedge_normalise: bool = typer.Option(
         True, "--wedge-normalise/--no-wedge-normalise", help="Judge each plate against the noise in its own orientation (missing wedge)."
     ),
@@ -65,8 +74,8 @@ def membranes(
     """Segment membranes: plate filter, hysteresis, connected components; one label per membrane."""
     read_options, write_options = read_write_options(endpoint_url, anon)
     settings = MembraneSettings(
-        scale_a=scale_a, integration_a=integration_a, polarity=polarity, low=low, high=high,
-        min_size_a2=min_size, thickness_a=thickness_a, chunk_voxels=chunk,
+        scale_a=scale_a, integration_a=integration_a, polarity=polarity, low=low, high=high, large_high=large_high,
+        large_area_a2=large_area, min_size_a2=min_size, thickness_a=thickness_a, chunk_voxels=chunk,
         wedge_normalise=wedge_normalise, complete_vesicles=complete_vesicles, fiducial_sigma=fiducial_sigma or None,
     )
     tomo = read_volume(in_url, storage_options=read_options)
@@ -81,8 +90,11 @@ def membranes(
         require_contrast(tomo.data.data, in_url, what="the tomogram")
         result = segment_membranes(tomo, settings)
         t = result.thresholds
-        console.print(f"{result.count} membranes; thresholds low {t.low:.4g} / high {t.high:.4g} "
-                      f"(response median {t.median:.4g}, noise s.d. {t.spread:.4g})")
+        console.print(f"{result.count} membranes; thresholds low {t.low:.4g} / high {t.high:.4g} / large candidates' high "
+                      f"{t.large_high:.4g} (response median {t.median:.4g}, noise s.d. {t.spread:.4g})")
+        for c in result.left_out:
+            console.print(f"warning: a large candidate left out: {c['area_a2']:.3g} A^2 at (x, y, z) {tuple(c['centre_xyz_a'])} A, "
+                          f"peak {c['peak']} noise s.d., {c['needed']} needed (a lower --high keeps it)")
         if complete_vesicles:
             closed = [f for f in result.vesicles if f.completed]
             console.print(f"{len(closed)} of {len(result.vesicles)} membranes closed as vesicles across the missing wedge: "

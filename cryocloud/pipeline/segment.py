@@ -30,6 +30,8 @@ def stage_segment(ctx: RunContext, overwrite: bool) -> None:
         stored = read_labels(url, storage_options=so)
     (count,) = compute(stored.data.max(), quiet=True)  # labels are 1..count
     figures: dict[str, Any] = {"source": "denoise" if tomo is ctx.results.get("denoised") else "reconstruct", "n_membranes": int(count)}
+    if built:  # large candidates the thresholds left out (area A^2, centre, peak in noise units), also logged
+        figures["left_out"] = list(result.left_out)
     truth = None
     if "truth" in ctx.results:
         labels = read_tomogram(ctx.url("simulation", "ground_truth", "labels.zarr"), storage_options=so)

@@ -8,8 +8,11 @@ Graph, all arrays (z, y, x):
    what the whole volume would give; the volume's own faces are reflected;
 3. thresholds from the response's noise statistics (`threshold`), computed on a bounded sample;
 4. global hysteresis + connected components with a minimum area (`components`): two passes over
-   the cubes, the component tables merged on the client; one label per connected membrane;
-   components lying on gold fiducials' streaks dropped (`fiducials`);
+   the cubes, the component tables merged on the client; one label per connected membrane. By
+   default the high threshold adapts to the candidate: `DEFAULT_HIGH` noise units for any, only
+   `large_high` for one of at least `large_area_a2` (a weak, low-contrast membrane that large is
+   no noise); large candidates left out all the same are logged and listed in the labels' attrs
+   (`left_out`); components lying on gold fiducials' streaks dropped (`fiducials`);
 5. the mid-surfaces thickened to `thickness_a` (each voxel within thickness / 2 of a surface,
    less `SURFACE_VOXEL_OFFSET`, takes that surface's label; `map_overlap` with depth
    thickness / 2 + 1);
@@ -23,6 +26,7 @@ are returned lazy, for `cryocloud.store` to write.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -38,11 +42,14 @@ from cryocloud.model import Tomogram
 from cryocloud.segment.anisotropy import estimate_whitener
 from cryocloud.segment.complete import SphereFit, draw_caps, fit_vesicles, gather_points
 from cryocloud.segment.fiducials import drop_fiducial_streaks
-from cryocloud.segment.components import hysteresis_components
+from cryocloud.segment.components import Acceptance, LeftOut, hysteresis_components
 from cryocloud.segment.hessian import membrane_ridge, overlap_depth
 from cryocloud.segment.threshold import Thresholds, automatic_thresholds
 
+log = logging.getLogger(__name__)
+
 DEFAULT_SCALE_A = 10.0
+DEFAULT_HIGH = 35.0  # noise units: the high threshold of a candidate smaller than large_area_a2 (kept only when min_size_a2 is lowered below it)
 # mean distance (voxels) of a digital surface's voxel centres from the surface itself (uniform in
 # +-1/2): thickening by thickness / 2 from the voxel centres would overshoot by this much
 SURFACE_VOXEL_OFFSET = 0.25
@@ -62,8 +69,18 @@ class MembraneSettings(pydantic.BaseModel):
     polarity: Literal["dark", "bright", "either"] = pydantic.Field(
         "either", description="membrane contrast: dark (density, cryocloud's tomograms), bright (inverted), either"
     )
-    low: float = pydantic.Field(5.0, ge=0, description="hysteresis low threshold: median + low x noise s.d. of the ridge response")
-    high: float = pydantic.Field(35.0, ge=0, description="hysteresis high threshold (noise units); a membrane must reach it")
+    low: float = pydantic.Field(4.0, ge=0, description="hysteresis low threshold: median + low x noise s.d. of the ridge response")
+    high: float | None = pydantic.Field(
+        None, ge=0, description="hysteresis high threshold (noise units) for every membrane, an explicit override; None (default): "
+        f"adaptive, {DEFAULT_HIGH:g} for a candidate smaller than large_area_a2, large_high for a larger one"
+    )
+    large_high: float = pydantic.Field(
+        15.0, ge=0, description="adaptive high threshold (noise units) of a candidate of at least large_area_a2 (when high is None)"
+    )
+    large_area_a2: float = pydantic.Field(
+        70000.0, ge=0, description="a candidate at least this large (A^2 of mid-surface) is kept at large_high; left out, it is reported. "
+        "Noise components at the low threshold stay below ~1e4 A^2 (independent phantom, tests/independent_membranes.py)"
+    )
     min_size_a2: float = pydantic.Field(
         70000.0, ge=0, description="smallest membrane area kept (A^2 of mid-surface; a 150 A vesicle has ~2.8e5 A^2, ~2e5 outside the wedge)"
     )
@@ -84,9 +101,14 @@ class MembraneSettings(pydantic.BaseModel):
 
     @pydantic.model_validator(mode="after")
     def _ordered(self) -> "MembraneSettings":
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        high, large_high = self.high_sigmas()
+        if self.low > min(high, large_high):
+            raise ValueError(f"low ({self.low}) must not exceed high ({high}) nor large_high ({large_high})")
         return self
+
+    def high_sigmas(self) -> tuple[float, float]:
+        """(high, large candidates' high) in noise units: adaptive by default, `high` for both when set."""
+        return (DEFAULT_HIGH, self.large_high) if self.high is None else (self.high, self.high)
 
     def scales_vox(self, pixel_size_a: float) -> tuple[float, float]:
         """(Hessian, integration) Gaussian s.d. in voxels of size `pixel_size_a`."""
@@ -100,7 +122,8 @@ class MembraneSettings(pydantic.BaseModel):
 @dataclass(frozen=True)
 class MembraneSegmentation:
     """Result of `segment_membranes`: lazy labels (z, y, x) uint32, 0 = no membrane, 1..count one per
-    connected membrane; the ridge response (float32, lazy); the thresholds used."""
+    connected membrane; the ridge response (float32, lazy); the thresholds used; the large candidates
+    left out (`left_out`: dicts of area_a2, centre_xyz_a, peak and needed, in noise units)."""
 
     labels: xr.DataArray
     ridge: xr.DataArray
@@ -108,6 +131,7 @@ class MembraneSegmentation:
     count: int
     settings: MembraneSettings
     vesicles: tuple[SphereFit, ...] = ()
+    left_out: tuple[dict, ...] = ()
 
     @property
     def mask(self) -> xr.DataArray:
@@ -156,6 +180,18 @@ def ridge_response(volume: da.Array, pixel_size_a: float, settings: MembraneSett
     )
 
 
+def describe_left_out(candidate: LeftOut, thresholds: Thresholds, coords: dict[str, np.ndarray], pixel_size_a: float) -> dict:
+    """A large candidate left out, for logs and summaries: its mid-surface area (A^2), centre (x, y, z)
+    in the tomogram's coordinates (A), peak and the threshold it missed (noise units)."""
+    centre = [float(np.interp(c, np.arange(coords[d].size), coords[d])) for c, d in zip(candidate.centre, "zyx")]
+    return {
+        "area_a2": round(candidate.voxels * pixel_size_a**2, -2),
+        "centre_xyz_a": [round(c, 1) for c in centre[::-1]],
+        "peak": round(thresholds.noise_units(candidate.peak), 1),
+        "needed": round(thresholds.noise_units(thresholds.large_high), 1),
+    }
+
+
 def segment_membranes(
     tomogram: Tomogram | xr.DataArray, settings: MembraneSettings | None = None, *, quiet: bool = False
 ) -> MembraneSegmentation:
@@ -177,11 +213,15 @@ def segment_membranes(
     data = tomogram.data.data
     volume = data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks=settings.chunk_voxels)
     ridge = ridge_response(volume, px, settings, quiet=quiet)
-    thresholds = automatic_thresholds(ridge, settings.low, settings.high, quiet=quiet)
-    min_voxels = int(math.ceil(settings.min_size_a2 / px**2))
-    surfaces, count = hysteresis_components(
-        ridge, thresholds.low, thresholds.high, min_voxels, quiet=quiet, description="membrane components"
-    )
+    thresholds = automatic_thresholds(ridge, settings.low, *settings.high_sigmas(), quiet=quiet)
+    acceptance = Acceptance(thresholds.high, int(math.ceil(settings.min_size_a2 / px**2)),
+                            int(math.ceil(settings.large_area_a2 / px**2)), thresholds.large_high)
+    surfaces, count, left = hysteresis_components(ridge, thresholds.low, acceptance, quiet=quiet, description="membrane components")
+    axes_a = {d: np.asarray(tomogram.data.coords[d].values, dtype=float) for d in ("z", "y", "x")}
+    left_out = [describe_left_out(c, thresholds, axes_a, px) for c in left]
+    for c in left_out:
+        log.warning("segment membranes: a large candidate left out: %.3g A^2 at (x, y, z) %s A, peak %.1f noise s.d., "
+                    "%.1f needed (a lower --high keeps it)", c["area_a2"], tuple(c["centre_xyz_a"]), c["peak"], c["needed"])
     streaks = 0
     if settings.fiducial_sigma is not None:
         surfaces, count, streaks = drop_fiducial_streaks(surfaces, count, volume, px, sigma=settings.fiducial_sigma,
@@ -201,10 +241,12 @@ def segment_membranes(
             **settings.model_dump(mode="json"),
             "threshold_low": thresholds.low,
             "threshold_high": thresholds.high,
+            "threshold_large_high": thresholds.large_high,
             "noise_median": thresholds.median,
             "noise_spread": thresholds.spread,
             "membranes": count,
             "fiducial_streaks_dropped": streaks,
+            "left_out": left_out,
             **({"vesicles": [f.as_dict(px) for f in fits]} if settings.complete_vesicles else {}),
         },
     }
@@ -217,4 +259,5 @@ def segment_membranes(
         count=count,
         settings=settings,
         vesicles=tuple(fits),
+        left_out=tuple(left_out),
     )

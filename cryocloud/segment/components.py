@@ -1,11 +1,13 @@
 """Hysteresis thresholding and connected components over a chunked volume, consistent across chunks.
 
-A component is a 26-connected set of voxels >= `low`; it is kept when its largest value reaches
-`high` (hysteresis) and it has at least `min_voxels` voxels. Components cross chunk borders, so
+A component is a 26-connected set of voxels >= `low`; it is kept when it has at least `min_voxels`
+voxels and its largest value reaches `high` (hysteresis), or, when it has at least `large_voxels`,
+reaches `large_high` (a large candidate may be weaker: noise does not make large components). Large
+candidates that fail are returned as `LeftOut` (size, peak, centre), for the caller to report. Components cross chunk borders, so
 labels are made global in two passes over the Dask blocks; memory per task is one block:
 
-1. per block (computed): `scipy.ndimage.label` of the block's low mask; per local label its size
-   and peak value, and the labels on the block's six boundary planes (non-zero entries only);
+1. per block (computed): `scipy.ndimage.label` of the block's low mask; per local label its size,
+   peak value and sum of voxel indices, and the labels on the block's six boundary planes (non-zero entries only);
 2. on the client: local labels get global ids (a running offset per block); every pair of
    26-adjacent voxels in two neighbouring blocks (face, edge and corner neighbours: the 13
    forward offsets of the block grid) joins two ids; `scipy.sparse.csgraph.connected_components`
@@ -50,6 +52,7 @@ class BlockSummary:
     shape: tuple[int, int, int]
     sizes: np.ndarray
     peaks: np.ndarray
+    index_sums: np.ndarray  # (n, 3) sums of the (z, y, x) voxel indices in the block, per label
     faces: dict  # (axis, side) -> (flat indices, labels) of the non-zero voxels of that boundary plane
 
     @property
@@ -77,13 +80,15 @@ def summarise_block(block: np.ndarray, low: float) -> BlockSummary:
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
     peaks = np.zeros(n + 1, dtype=np.float32)
     np.maximum.at(peaks, labels.ravel(), block.ravel().astype(np.float32))
+    grid = np.indices(labels.shape).reshape(3, -1)
+    index_sums = np.stack([np.bincount(labels.ravel(), weights=g, minlength=n + 1)[1:] for g in grid], axis=1)
     faces = {}
     for axis in range(3):
         for side, index in ((0, 0), (1, -1)):
             plane = np.take(labels, index, axis=axis).ravel()
             nz = np.flatnonzero(plane).astype(np.int32)
             faces[(axis, side)] = (nz, plane[nz])
-    return BlockSummary(tuple(block.shape), sizes, peaks[1:], faces)
+    return BlockSummary(tuple(block.shape), sizes, peaks[1:], index_sums, faces)
 
 
 def _boundary(summary: BlockSummary, offset: tuple[int, ...], towards: bool) -> np.ndarray:
@@ -111,10 +116,39 @@ def neighbour_pairs(a: BlockSummary, b: BlockSummary, offset: tuple[int, ...]) -
     return np.unique(np.concatenate(pairs), axis=0) if pairs else np.zeros((0, 2), dtype=np.int32)
 
 
-def global_lookup(grid: np.ndarray, high: float, min_voxels: int) -> tuple[list[np.ndarray], int]:
-    """Per block (C order) lookup tables local label -> final id (index 0 -> 0), and the count K.
+@dataclass(frozen=True)
+class Acceptance:
+    """Which components are kept: >= `min_voxels` voxels and a peak >= `high`, or >= `large_voxels`
+    voxels and a peak >= `large_high` (absolute values of the thresholded volume)."""
 
-    `grid`: object array of BlockSummary with the block-grid shape (pass 2).
+    high: float
+    min_voxels: int
+    large_voxels: int
+    large_high: float
+
+    def keep(self, size: np.ndarray, peak: np.ndarray) -> np.ndarray:
+        large = size >= max(self.large_voxels, self.min_voxels)
+        return (size >= self.min_voxels) & ((peak >= self.high) | (large & (peak >= self.large_high)))
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A component of at least `large_voxels` voxels that failed the peak test: its size, peak and
+    centre (z, y, x voxel indices of the whole volume)."""
+
+    voxels: int
+    peak: float
+    centre: tuple[float, float, float]
+
+
+def global_lookup(
+    grid: np.ndarray, acceptance: Acceptance, starts: tuple[np.ndarray, ...]
+) -> tuple[list[np.ndarray], int, list[LeftOut]]:
+    """Per block (C order) lookup tables local label -> final id (index 0 -> 0), the count K and the
+    large components left out (largest first).
+
+    `grid`: object array of BlockSummary with the block-grid shape (pass 2); `starts`: per axis the
+    first voxel index of each block.
     """
     flat = grid.ravel()
     counts = np.array([s.n for s in flat], dtype=np.int64)
@@ -138,12 +172,20 @@ def global_lookup(grid: np.ndarray, high: float, min_voxels: int) -> tuple[list[
     comp_size = np.bincount(component, weights=sizes, minlength=n_comp)
     comp_peak = np.full(n_comp, -np.inf)
     np.maximum.at(comp_peak, component, peaks)
-    keep = (comp_peak >= high) & (comp_size >= min_voxels)
+    keep = acceptance.keep(comp_size, comp_peak)
+    left = np.flatnonzero(~keep & (comp_size >= max(acceptance.large_voxels, acceptance.min_voxels)))
+    left_out = []
+    if left.size:
+        block_starts = [np.array([starts[a][i[a]] for a in range(3)]) for i in itertools.product(*(range(n) for n in grid.shape))]
+        sums = np.concatenate([s.index_sums + s.sizes[:, None] * b for s, b in zip(flat, block_starts)])
+        comp_sums = np.stack([np.bincount(component, weights=sums[:, a], minlength=n_comp) for a in range(3)], axis=1)
+        for c in left[np.argsort(-comp_size[left])]:
+            left_out.append(LeftOut(int(comp_size[c]), float(comp_peak[c]), tuple(float(v) for v in comp_sums[c] / comp_size[c])))
     final = np.zeros(n_comp, dtype=np.uint32)
     final[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
     table = final[component]
     tables = [np.concatenate([[0], table[offsets[i] : offsets[i + 1]]]).astype(np.uint32) for i in range(flat.size)]
-    return tables, int(keep.sum())
+    return tables, int(keep.sum()), left_out
 
 
 def _relabel(block: np.ndarray, low: float, table: np.ndarray) -> np.ndarray:
@@ -152,9 +194,10 @@ def _relabel(block: np.ndarray, low: float, table: np.ndarray) -> np.ndarray:
 
 
 def hysteresis_components(
-    values: da.Array, low: float, high: float, min_voxels: int, *, quiet: bool = False, description: str = "components"
-) -> tuple[da.Array, int]:
-    """Lazy uint32 labels (0 = background, 1..K) of the kept components of `values`, and K.
+    values: da.Array, low: float, acceptance: Acceptance, *, quiet: bool = False, description: str = "components"
+) -> tuple[da.Array, int, list[LeftOut]]:
+    """Lazy uint32 labels (0 = background, 1..K) of the kept components of `values`, K, and the large
+    components left out (see `Acceptance`).
 
     Passes 1 and 2 run here (small results); pass 3 is the returned lazy array.
     """
@@ -163,9 +206,10 @@ def hysteresis_components(
     grid = np.empty(blocks.shape, dtype=object)
     for i, s in enumerate(summaries):
         grid.flat[i] = s
-    tables, count = global_lookup(grid, high, min_voxels)
+    starts = tuple(np.concatenate([[0], np.cumsum(c)[:-1]]) for c in values.chunks)
+    tables, count, left_out = global_lookup(grid, acceptance, starts)
     pieces = np.empty(blocks.shape, dtype=object)
     for i, (block, table, summary) in enumerate(zip(blocks.ravel(), tables, summaries)):
         task = dask.delayed(_relabel, pure=True)(block, low, table)
         pieces.flat[i] = da.from_delayed(task, shape=summary.shape, dtype=np.uint32)
-    return da.block(pieces.tolist()), count
+    return da.block(pieces.tolist()), count, left_out

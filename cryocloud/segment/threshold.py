@@ -5,10 +5,13 @@ across a plate, in ice as well as on membranes. Most ridge voxels are noise, so 
 the robust spread of the non-zero ridge values (1.4826 x the median absolute deviation, the s.d.
 of a normal distribution) describe the noise. The thresholds are
 
-    low  = median + low_sigma  x spread   (a voxel may belong to a membrane)
-    high = median + high_sigma x spread   (a membrane must reach this somewhere)
+    low        = median + low_sigma        x spread   (a voxel may belong to a membrane)
+    high       = median + high_sigma       x spread   (a membrane must reach this somewhere)
+    large_high = median + large_high_sigma x spread   (what a large candidate must reach)
 
-`low_sigma` / `high_sigma` are the user's overrides, in these noise units. The statistics come
+The sigmas are in these noise units, so the thresholds follow the tomogram's noise level; the
+large tier (`cryocloud.segment.components.Acceptance`) follows its membrane contrast: a weak but
+large membrane is kept where noise makes no component that large. The statistics come
 from a sample of at most `max_blocks` Dask blocks spread evenly over the volume (all of them
 for small volumes), each contributing at most `MAX_VALUES_PER_BLOCK` values, so the cost is
 bounded whatever the tomogram size.
@@ -36,6 +39,11 @@ class Thresholds:
     spread: float
     low: float
     high: float
+    large_high: float
+
+    def noise_units(self, value: float) -> float:
+        """A response value in noise s.d. above the median."""
+        return (value - self.median) / self.spread
 
 
 def subsample(values: np.ndarray, limit: int = MAX_VALUES_PER_BLOCK) -> np.ndarray:
@@ -61,22 +69,23 @@ def robust_statistics(values: np.ndarray) -> tuple[float, float]:
     return median, float(1.4826 * np.median(np.abs(values - median)))
 
 
-def thresholds_from_values(values: np.ndarray, low_sigma: float, high_sigma: float) -> Thresholds:
+def thresholds_from_values(values: np.ndarray, low_sigma: float, high_sigma: float, large_high_sigma: float) -> Thresholds:
     """Thresholds from a sample of non-zero ridge values (see the module docstring)."""
-    if not 0 <= low_sigma <= high_sigma:
-        raise ModelError("low", f"expected 0 <= low <= high (noise units), got low={low_sigma}, high={high_sigma}")
+    if not 0 <= low_sigma <= min(high_sigma, large_high_sigma):
+        raise ModelError("low", f"expected 0 <= low <= high, large high (noise units), got low={low_sigma}, high={high_sigma}, "
+                                f"large high={large_high_sigma}")
     if values.size < 100:
         raise ModelError("data", f"the ridge response has only {values.size} non-zero voxels; the volume is too small or flat to segment")
     median, spread = robust_statistics(values)
     if not spread > 0:
         raise ModelError("data", "the ridge response has no spread (constant volume?); nothing to segment")
-    return Thresholds(median, spread, median + low_sigma * spread, median + high_sigma * spread)
+    return Thresholds(median, spread, *(median + k * spread for k in (low_sigma, high_sigma, large_high_sigma)))
 
 
 def automatic_thresholds(
-    ridge: da.Array, low_sigma: float, high_sigma: float, *, max_blocks: int = 8, quiet: bool = False
+    ridge: da.Array, low_sigma: float, high_sigma: float, large_high_sigma: float, *, max_blocks: int = 8, quiet: bool = False
 ) -> Thresholds:
     """Thresholds for a lazy ridge response, from a bounded sample of its blocks (computed here)."""
     parts = [dask.delayed(_ridge_values)(b) for b in sample_blocks(ridge, max_blocks)]
     sampled = compute(*parts, description="membrane response statistics", quiet=quiet)
-    return thresholds_from_values(np.concatenate(sampled), low_sigma, high_sigma)
+    return thresholds_from_values(np.concatenate(sampled), low_sigma, high_sigma, large_high_sigma)
