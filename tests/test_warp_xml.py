@@ -102,3 +102,12 @@ def test_convert_with_a_warp_xml_and_bad_input(tmp_path, capsys):
     (tmp_path / "bad.xml").write_text("<TiltSeries><Angles>1\n2</Angles><AxisAngle>85</AxisAngle></TiltSeries>")
     with pytest.raises(StoreError, match="AxisAngle"):
         read_warp_xml(tmp_path / "bad.xml")
+
+
+@pytest.mark.parametrize("block, element, attribute", [("CTF", "Param", "Value"), ("CTF", "Param", "Name"), ("GridCTF", "Node", "Value")])
+def test_a_param_or_node_without_its_attribute_is_named(tmp_path, block, element, attribute):
+    root = ET.parse(TS017 / "017.xml").getroot()
+    del next(root.find(block).iter(element)).attrib[attribute]
+    ET.ElementTree(root).write(tmp_path / "017.xml")
+    with pytest.raises(StoreError, match=f"<{block}> has a {element} without"):
+        read_warp_xml(tmp_path / "017.xml")

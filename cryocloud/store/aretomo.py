@@ -70,7 +70,7 @@ def read_aln(url: str | os.PathLike, *, storage_options: dict | None = None) -> 
         raise StoreError(loc.url, f"GMAG is {gmag.min():.5f}..{gmag.max():.5f}; magnification changes are not supported (expected 1)", field="GMAG")
     if abs(aln.BetaOffset or 0.0) > 1e-6:
         raise StoreError(loc.url, f"BetaOffset is {aln.BetaOffset}; tilts about the image x axis are not supported (expected 0)", field="BetaOffset")
-    raw_size = tuple(int(v) for v in aln.RawSize)
+    raw_size = aln.RawSize  # (width, height, images), ints: alnfile's model validates them
     dark = {d.section_idx: d.angle for d in aln.DarkFrames}
     kept = np.array([i for i in range(raw_size[2]) if i not in dark])
     if kept.size != len(rows) or any(i >= raw_size[2] for i in dark):

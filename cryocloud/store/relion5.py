@@ -98,7 +98,8 @@ class RelionTomogram:
     @property
     def size_xyz(self) -> tuple[int, int, int]:
         """rlnTomoSize{X,Y,Z}: the tomogram's extent in tilt-series pixels."""
-        return tuple(round(n * self.binning) for n in self.tomogram_shape_zyx[::-1])
+        z, y, x = self.tomogram_shape_zyx
+        return round(x * self.binning), round(y * self.binning), round(z * self.binning)
 
     def centre_a(self) -> np.ndarray:
         """The tomogram's projection centre (x, y, z) in A from voxel (0, 0, 0)."""

@@ -103,15 +103,25 @@ def _grid(root: ET.Element, name: str, source: str) -> np.ndarray | None:
         shape = tuple(int(element.get(k, "1")) for k in ("Depth", "Height", "Width"))
         out = np.zeros(shape)
         for node in element.iter("Node"):
-            out[int(node.get("Z", 0)), int(node.get("Y", 0)), int(node.get("X", 0))] = float(node.get("Value"))
+            value = node.get("Value")
+            if value is None:
+                raise StoreError(source, f"<{name}> has a Node without a Value ({node.attrib})", field=name)
+            out[int(node.get("Z", 0)), int(node.get("Y", 0)), int(node.get("X", 0))] = float(value)
     except (TypeError, ValueError, IndexError) as exc:
         raise StoreError(source, f"<{name}> is not a readable grid ({exc})", field=name) from None
     return out
 
 
-def _params(root: ET.Element, block: str) -> dict[str, str]:
+def _params(root: ET.Element, block: str, source: str) -> dict[str, str]:
+    """The Name -> Value of a block's <Param> elements ({} when the block is absent)."""
     element = root.find(block)
-    return {} if element is None else {p.get("Name"): p.get("Value") for p in element.iter("Param")}
+    params: dict[str, str] = {}
+    for param in [] if element is None else element.iter("Param"):
+        name, value = param.get("Name"), param.get("Value")
+        if name is None or value is None:
+            raise StoreError(source, f"<{block}> has a Param without a Name or a Value ({param.attrib})", field=block)
+        params[name] = value
+    return params
 
 
 def read_warp_xml(url: str | os.PathLike, *, storage_options: dict | None = None) -> WarpTiltSeries:
@@ -151,7 +161,7 @@ def read_warp_xml(url: str | os.PathLike, *, storage_options: dict | None = None
         grid = _grid(root, name, src)
         if grid is not None:
             not_applied[name] = float(np.abs(grid).max())
-    ctf = _params(root, "CTF")
+    ctf = _params(root, "CTF", src)
     defocus_grid = _grid(root, "GridCTF", src)
     if defocus_grid is None or defocus_grid.shape != (n, 1, 1):
         raise StoreError(src, "has no per-tilt <GridCTF> (one node per tilt, um)", field="GridCTF")
