@@ -34,3 +34,9 @@ def test_import_contracts_are_kept():
     result = _run(_tool("lint-imports"), "--no-cache")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout, result.stdout
+
+
+def test_types_check():
+    """mypy over the files [tool.mypy] names (the data model, the pure core and the store)."""
+    result = _run(_tool("mypy"))
+    assert result.returncode == 0, result.stdout + result.stderr
