@@ -69,7 +69,7 @@ class MembraneSettings(pydantic.BaseModel):
     polarity: Literal["dark", "bright", "either"] = pydantic.Field(
         "either", description="membrane contrast: dark (density, cryocloud's tomograms), bright (inverted), either"
     )
-    low: float = pydantic.Field(4.0, ge=0, description="hysteresis low threshold: median + low x noise s.d. of the ridge response")
+    low: float = pydantic.Field(5.0, ge=0, description="hysteresis low threshold: median + low x noise s.d. of the ridge response")
     high: float | None = pydantic.Field(
         None, ge=0, description="hysteresis high threshold (noise units) for every membrane, an explicit override; None (default): "
         f"adaptive, {DEFAULT_HIGH:g} for a candidate smaller than large_area_a2, large_high for a larger one"
