@@ -32,28 +32,32 @@ def _segment(phantom, settings=None):
     return segment_membranes(Tomogram.from_array(phantom.tomogram, pixel_size=phantom.pixel_size_a), settings, quiet=True)
 
 
-@pytest.mark.parametrize("snr", [0.2, 0.3])
-def test_membranes_found_and_blobs_not_in_every_seed(snr):
-    for seed in SEEDS:
-        phantom = membrane_phantom(seed, snr)
-        result = _segment(phantom)
-        labels = result.labels.values
-        scores = evaluate_membranes(labels > 0, phantom.membrane, phantom.pixel_size_a, phantom.tilt_range_deg)
-        plane_recall = (labels > 0)[phantom.plane].mean()
-        blob_id, n_blobs = ndimage.label(phantom.blobs)
-        on_blobs = np.asarray(ndimage.mean(labels > 0, blob_id, np.arange(1, n_blobs + 1)))  # labelled fraction per blob
-        print(f"snr {snr} seed {seed}: {result.count} membranes, {scores}, plane recall {plane_recall:.2f}, "
-              f"most labelled blob {on_blobs.max():.3f}, left out {result.left_out}")
-        # resolvable Dice >= 0.7 in every seed at SNR 0.3; at SNR 0.2 seed 4 reaches 0.692 (its plane breaks into
-        # pieces below the minimum area at the low threshold of 5; a low of 4 gives 0.72 but lets a gold streak
-        # through on the twin), so 0.69 there: the issue's 0.7 is not met in that one seed
-        assert scores["dice_resolvable"] >= (0.7 if snr >= 0.3 else 0.69) and scores["precision"] >= 0.8
-        assert plane_recall >= 0.4  # the planar membrane (~8.8e5 A^2, normal 20 deg from x) is never dropped
-        # no protein blob labelled: a membrane's 50 A band may graze a blob's edge (blob truth: 2 s.d. = 50 A),
-        # never cover a tenth of it, and no membrane label lies mostly on blobs
-        assert on_blobs.max() < 0.1
-        assert all(phantom.blobs[labels == k].mean() < 0.1 for k in range(1, result.count + 1))
-        assert result.left_out == ()
+# At SNR 0.2 seed 4 reaches a resolvable Dice of 0.692: its plane breaks into pieces below the minimum area at the
+# low threshold of 5 (a low of 4 gives 0.72 but lets a gold streak through on the twin). Issue 23 asks for 0.7 in
+# every seed, so that case is marked open (strict: it fails the build once it passes).
+OPEN = pytest.mark.xfail(strict=True, reason="issue 23 open: resolvable Dice 0.692 < 0.7 (plane split below the minimum area)")
+CASES = [pytest.param(snr, seed, marks=OPEN if (snr, seed) == (0.2, 4) else ()) for snr in (0.2, 0.3) for seed in SEEDS]
+
+
+@pytest.mark.parametrize(("snr", "seed"), CASES)
+def test_membranes_found_and_blobs_not(snr, seed):
+    """Resolvable Dice >= 0.7, precision >= 0.8, the plane kept, no blob labelled: each noise seed at each SNR."""
+    phantom = membrane_phantom(seed, snr)
+    result = _segment(phantom)
+    labels = result.labels.values
+    scores = evaluate_membranes(labels > 0, phantom.membrane, phantom.pixel_size_a, phantom.tilt_range_deg)
+    plane_recall = (labels > 0)[phantom.plane].mean()
+    blob_id, n_blobs = ndimage.label(phantom.blobs)
+    on_blobs = np.asarray(ndimage.mean(labels > 0, blob_id, np.arange(1, n_blobs + 1)))  # labelled fraction per blob
+    print(f"snr {snr} seed {seed}: {result.count} membranes, {scores}, plane recall {plane_recall:.2f}, "
+          f"most labelled blob {on_blobs.max():.3f}, left out {result.left_out}")
+    assert scores["dice_resolvable"] >= 0.7 and scores["precision"] >= 0.8
+    assert plane_recall >= 0.4  # the planar membrane (~8.8e5 A^2, normal 20 deg from x) is never dropped
+    # no protein blob labelled: a membrane's 50 A band may graze a blob's edge (blob truth: 2 s.d. = 50 A),
+    # never cover a tenth of it, and no membrane label lies mostly on blobs
+    assert on_blobs.max() < 0.1
+    assert all(phantom.blobs[labels == k].mean() < 0.1 for k in range(1, result.count + 1))
+    assert result.left_out == ()
 
 
 def test_explicit_high_drops_the_plane_and_says_so():
