@@ -211,7 +211,7 @@ def extract_peaks_cmd(
         null, null_scores = job.null_threshold(maps, null_maps, source=null_match), null_maps.scores
     avoid = job.avoided(maps, searched=searched, mask=mask, sources=(avoid_fiducials, avoid_mask))
     name = tomo_name or series_name(tilt_series or str(summary.get("tomogram", "")))
-    if not name.strip():
+    if fmt in ("star", "relion5") and not name.strip():  # RELION needs rlnTomoName; the other formats may leave it empty
         raise ModelError("tomo_name", "cannot tell the tomogram's name from its URL; give --tomo-name", source=match_url)
     cutoff = job.cutoff(maps, null_threshold=null)
     particles, threshold = job.run(maps, avoid=avoid, cutoff=cutoff, tomogram=name, object_name=object_name)
