@@ -123,7 +123,7 @@ def test_a_tilt_series_key_runs_into_the_users_bucket(portal, tmp_path, capsys):
     cfg.write_text(json.dumps({"input": key, "output": out, "stages": ["reconstruct"], "storage_options": so, "reconstruct": {"binning": 2},
                                "cluster": {"processes": False, "n_workers": 1, "threads_per_worker": 2}}))
     assert main(["run", str(cfg)]) == 0
-    assert f"copick overlay: {out}/copick_config.json" in capsys.readouterr().err
+    assert f"copick overlay: {out}/copick_config.json" in capsys.readouterr().out  # the end-of-run summary, on stdout
     with open_url(f"{out}/summary.json", "r", storage_options=so) as fh:
         summary = json.load(fh)
     assert summary["input"]["url"] == key and "picks" not in summary["copick"]
@@ -162,7 +162,7 @@ def test_a_batch_of_portal_runs_shares_one_overlay(portal, tmp_path, capsys):
     cfg.write_text(json.dumps({"inputs": [f"portal://{DS}/{RUN}", "portal://10002/TS_02"], "output": str(out), "stages": ["reconstruct"],
                                "reconstruct": {"binning": 2}, "report": False, "cluster": {"processes": False, "n_workers": 1}}))
     assert main(["run", str(cfg)]) == 0
-    assert f"copick overlay: {out}/copick_config.json" in capsys.readouterr().err
+    assert f"copick overlay: {out}/copick_config.json" in capsys.readouterr().out  # the end-of-run summary, on stdout
     batch = json.loads((out / "batch_summary.json").read_text())
     assert batch["copick_config"] == str(out / "copick_config.json")
     config = json.loads((out / "copick_config.json").read_text())
